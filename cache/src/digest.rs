@@ -1,0 +1,109 @@
+//! Typed blake3 digests: an artifact's content hash and a stage's key are different
+//! types, so one can never be looked up where the other is expected.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::CacheError;
+
+macro_rules! digest_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name([u8; 32]);
+
+        impl $name {
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            pub fn to_hex(&self) -> String {
+                let mut text = String::with_capacity(64);
+                for byte in self.0 {
+                    text.push_str(&format!("{byte:02x}"));
+                }
+                text
+            }
+
+            /// The first 12 hex digits, for people.
+            pub fn short(&self) -> String {
+                self.to_hex()[..12].to_string()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = CacheError;
+
+            fn from_str(text: &str) -> Result<Self, CacheError> {
+                let bad = || CacheError::BadDigest(text.to_string());
+                if text.len() != 64 || !text.is_ascii() {
+                    return Err(bad());
+                }
+                let mut bytes = [0u8; 32];
+                for (i, byte) in bytes.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+                }
+                Ok(Self(bytes))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+digest_type!(
+    /// blake3 hash of an artifact's bytes: its name in the object store.
+    ArtifactHash
+);
+digest_type!(
+    /// blake3 hash of a stage's canonical key inputs: its name in the action cache.
+    StageKey
+);
+
+impl ArtifactHash {
+    pub fn of(bytes: &[u8]) -> ArtifactHash {
+        ArtifactHash(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let hash = ArtifactHash::of(b"pipe");
+        let text = hash.to_hex();
+        assert_eq!(text.len(), 64);
+        assert_eq!(text.parse::<ArtifactHash>().unwrap(), hash);
+        assert!("xyz".parse::<ArtifactHash>().is_err());
+        assert!(text.replace(&text[..2], "zz").parse::<ArtifactHash>().is_err());
+    }
+}

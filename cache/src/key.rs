@@ -1,0 +1,155 @@
+//! Stage keys: what makes a stage re-run.
+//!
+//! A stage key is the blake3 hash of the canonical encoding of [`KeyInputs`]:
+//!
+//! | goes into the key                                   | why                                       |
+//! |-----------------------------------------------------|-------------------------------------------|
+//! | stage id                                            | two stages never share an action entry    |
+//! | stage implementation version                        | bumped when a stage's code changes output |
+//! | tool version (`CARGO_PKG_VERSION` of `pipe`)        | a new release may compute differently     |
+//! | each knob the stage *reads*, canonical text         | changing it changes what the stage does   |
+//! | content hash of each upstream artifact it reads     | early cutoff: identical bytes, same key   |
+//! | device class (cpu / cuda / metal) and dtype         | numerics differ across devices            |
+//!
+//! | never goes into the key                             | why                                       |
+//! |-----------------------------------------------------|-------------------------------------------|
+//! | knobs the stage does not read                       | an unrelated edit must not re-run it      |
+//! | check thresholds (`checks.*` verdict knobs)         | verdicts are cheap queries over artifacts |
+//! | comments, formatting and key order of `pipe.toml`   | knobs are compared as parsed values       |
+//! | upstream stage *keys*                               | only upstream bytes matter                |
+//! | thread count, wall-clock time, mtimes, abs. paths   | they must not change results              |
+//!
+//! The encoding is line based, sorted by name, with one float format (Rust's
+//! shortest round-trip `{:?}`), so `3e-4` and `0.0003` give the same key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ArtifactHash, StageKey};
+
+/// The canonical text of one knob value, e.g. `f64:0.0003` or `list[int:2,int:32]`.
+pub type KnobValueText = String;
+
+/// Everything a stage key is made of; stored in manifests so `pipe status` can say
+/// which input changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInputs {
+    pub stage: String,
+    pub stage_version: u32,
+    pub tool_version: String,
+    pub knobs: BTreeMap<String, KnobValueText>,
+    /// `upstream_stage/artifact_name` -> content hash.
+    pub upstream: BTreeMap<String, ArtifactHash>,
+    /// Content fingerprints of external inputs such as a dataset.
+    pub fingerprints: BTreeMap<String, ArtifactHash>,
+    pub device: String,
+    pub dtype: String,
+}
+
+impl KeyInputs {
+    /// The canonical byte encoding hashed into the key.
+    pub fn canonical(&self) -> String {
+        let mut text = String::new();
+        text.push_str(&format!("pipe-key-v1\nstage={}\nstage_version={}\n", self.stage, self.stage_version));
+        text.push_str(&format!("tool_version={}\n", self.tool_version));
+        for (name, value) in &self.knobs {
+            text.push_str(&format!("knob {name}={value}\n"));
+        }
+        for (name, hash) in &self.upstream {
+            text.push_str(&format!("upstream {name}={hash}\n"));
+        }
+        for (name, hash) in &self.fingerprints {
+            text.push_str(&format!("fingerprint {name}={hash}\n"));
+        }
+        text.push_str(&format!("device={}\ndtype={}\n", self.device, self.dtype));
+        text
+    }
+
+    pub fn key(&self) -> StageKey {
+        StageKey::from_bytes(*blake3::hash(self.canonical().as_bytes()).as_bytes())
+    }
+
+    /// Human-readable reasons why `self` (the current inputs) differ from `before`.
+    pub fn explain_change(&self, before: &KeyInputs) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.stage_version != before.stage_version || self.tool_version != before.tool_version {
+            reasons.push(format!(
+                "implementation changed (stage v{} -> v{}, pipe {} -> {})",
+                before.stage_version, self.stage_version, before.tool_version, self.tool_version
+            ));
+        }
+        diff_maps(&before.knobs, &self.knobs, "knob", &mut reasons, |v| strip_type(v).to_string());
+        diff_maps(&before.upstream, &self.upstream, "upstream", &mut reasons, |h| h.short());
+        diff_maps(&before.fingerprints, &self.fingerprints, "input", &mut reasons, |h| h.short());
+        if self.device != before.device || self.dtype != before.dtype {
+            reasons.push(format!(
+                "device {}/{} -> {}/{}",
+                before.device, before.dtype, self.device, self.dtype
+            ));
+        }
+        reasons
+    }
+}
+
+/// `f64:0.0003` -> `0.0003`: the value as a person wrote it.
+fn strip_type(text: &str) -> &str {
+    match text.split_once(':') {
+        Some((kind, rest)) if !kind.contains('[') => rest,
+        _ => text,
+    }
+}
+
+fn diff_maps<V: PartialEq>(
+    before: &BTreeMap<String, V>,
+    after: &BTreeMap<String, V>,
+    what: &str,
+    reasons: &mut Vec<String>,
+    show: impl Fn(&V) -> String,
+) {
+    for (name, new) in after {
+        match before.get(name) {
+            Some(old) if old == new => {}
+            Some(old) => reasons.push(format!("{what} `{name}` {} -> {}", show(old), show(new))),
+            None => reasons.push(format!("{what} `{name}` is new ({})", show(new))),
+        }
+    }
+    for name in before.keys().filter(|name| !after.contains_key(*name)) {
+        reasons.push(format!("{what} `{name}` no longer read"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> KeyInputs {
+        KeyInputs {
+            stage: "overfit".into(),
+            stage_version: 1,
+            tool_version: "0.1.0".into(),
+            knobs: BTreeMap::from([("train.lr".to_string(), "f64:0.0003".to_string())]),
+            upstream: BTreeMap::from([("data/dataset".to_string(), ArtifactHash::of(b"x"))]),
+            fingerprints: BTreeMap::new(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+        }
+    }
+
+    #[test]
+    fn key_changes_with_each_input_and_explains_why() {
+        let base = inputs();
+        assert_eq!(base.key(), inputs().key());
+        let mut lr = inputs();
+        lr.knobs.insert("train.lr".into(), "f64:0.001".into());
+        assert_ne!(lr.key(), base.key());
+        assert_eq!(lr.explain_change(&base), vec!["knob `train.lr` 0.0003 -> 0.001"]);
+        let mut up = inputs();
+        up.upstream.insert("data/dataset".into(), ArtifactHash::of(b"y"));
+        assert_ne!(up.key(), base.key());
+        assert!(up.explain_change(&base)[0].starts_with("upstream `data/dataset`"));
+        let mut dev = inputs();
+        dev.device = "cuda".into();
+        assert_ne!(dev.key(), base.key());
+    }
+}

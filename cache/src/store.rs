@@ -1,0 +1,131 @@
+//! The content-addressed object store: one read-only file per blake3 hash, sharded
+//! by the first hex byte, written temp-then-rename so a crash never leaves a half
+//! object under a valid name.
+
+use std::path::{Path, PathBuf};
+
+use crate::{write_atomic, ArtifactHash, CacheError};
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    objects: PathBuf,
+    tmp: PathBuf,
+    quarantine: PathBuf,
+}
+
+impl Store {
+    pub(crate) fn new(root: &Path) -> Store {
+        Store {
+            objects: root.join("objects"),
+            tmp: root.join("tmp"),
+            quarantine: root.join("quarantine"),
+        }
+    }
+
+    /// Where the object named `hash` lives (whether or not it exists).
+    pub fn path(&self, hash: &ArtifactHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.objects.join(&hex[..2]).join(hex)
+    }
+
+    /// Stores `bytes` and returns their hash. Storing the same bytes twice is a no-op;
+    /// an existing object with wrong bytes is replaced.
+    pub fn put(&self, bytes: &[u8]) -> Result<ArtifactHash, CacheError> {
+        let hash = ArtifactHash::of(bytes);
+        if self.verify(&hash) {
+            return Ok(hash);
+        }
+        let path = self.path(&hash);
+        if path.exists() {
+            self.quarantine(&hash)?;
+        }
+        write_atomic(&self.tmp, &path, bytes)?;
+        set_read_only(&path)?;
+        Ok(hash)
+    }
+
+    /// Reads an object and checks its bytes against its name.
+    pub fn get(&self, hash: &ArtifactHash) -> Result<Vec<u8>, CacheError> {
+        let path = self.path(hash);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CacheError::Missing { hash: hash.to_hex() })
+            }
+            Err(source) => return Err(CacheError::Io { path, source }),
+        };
+        let actual = ArtifactHash::of(&bytes);
+        if actual != *hash {
+            return Err(CacheError::Corrupt { hash: hash.to_hex(), actual: actual.to_hex() });
+        }
+        Ok(bytes)
+    }
+
+    /// True when the object exists and its bytes match its name.
+    pub fn verify(&self, hash: &ArtifactHash) -> bool {
+        let Ok(mut file) = std::fs::File::open(self.path(hash)) else {
+            return false;
+        };
+        let mut hasher = blake3::Hasher::new();
+        match std::io::copy(&mut file, &mut hasher) {
+            Ok(_) => ArtifactHash::from_bytes(*hasher.finalize().as_bytes()) == *hash,
+            Err(_) => false,
+        }
+    }
+
+    /// Moves a (corrupt) object aside so it can be inspected and is never served.
+    pub fn quarantine(&self, hash: &ArtifactHash) -> Result<(), CacheError> {
+        let from = self.path(hash);
+        let to = self.quarantine.join(format!("{}.{}", hash.to_hex(), std::process::id()));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CacheError::Io { path: from, source }),
+        }
+    }
+}
+
+fn set_read_only(path: &Path) -> Result<(), CacheError> {
+    let io = |source| CacheError::Io { path: path.to_path_buf(), source };
+    let mut permissions = std::fs::metadata(path).map_err(io)?.permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(path, permissions).map_err(io)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::Cache;
+
+    #[test]
+    fn put_get_and_detect_corruption() {
+        let dir = test_dir("store");
+        let cache = Cache::open(&dir).unwrap();
+        let store = cache.store();
+        let hash = store.put(b"hello artifact").unwrap();
+        assert_eq!(store.get(&hash).unwrap(), b"hello artifact");
+        assert!(store.verify(&hash));
+        let path = store.path(&hash);
+        assert!(std::fs::metadata(&path).unwrap().permissions().readonly());
+
+        // Flip a byte in place, as a disk error or a stray edit would.
+        let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        permissions.set_readonly(false);
+        std::fs::set_permissions(&path, permissions).unwrap();
+        std::fs::write(&path, b"hello artifacT").unwrap();
+        assert!(!store.verify(&hash));
+        assert!(matches!(store.get(&hash), Err(CacheError::Corrupt { .. })));
+
+        // Putting the right bytes again repairs the object.
+        assert_eq!(store.put(b"hello artifact").unwrap(), hash);
+        assert_eq!(store.get(&hash).unwrap(), b"hello artifact");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    pub(crate) fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pipe-cache-test-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        dir
+    }
+}
