@@ -1,0 +1,316 @@
+//! Datasets in one canonical form (f32 features `[N, ...]`, u32 labels, class
+//! names), a seeded stratified split and normalisation with training statistics
+//! only, stored as one safetensors artifact.
+
+use std::collections::BTreeMap;
+
+use cache::ArtifactHash;
+use serde::{Deserialize, Serialize};
+
+use crate::rng::Rng;
+use crate::tensors::{TensorFile, TensorFileError};
+
+/// A whole dataset as loaded from its source.
+#[derive(Debug, Clone)]
+pub struct RawDataset {
+    /// Row-major, `n * n_features` values.
+    pub x: Vec<f32>,
+    pub y: Vec<u32>,
+    /// Shape of one example (`[8, 8]` for digits).
+    pub shape: Vec<usize>,
+    pub class_names: Vec<String>,
+}
+
+impl RawDataset {
+    pub fn n_features(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("unknown data.source `{0}` (supported: builtin:digits)")]
+    UnknownSource(String),
+    #[error("data.split must have 3 fractions (train, val, test) summing to 1, got {0:?}")]
+    BadSplit(Vec<f64>),
+    #[error("the split leaves no training examples")]
+    EmptyTrain,
+    #[error("dataset artifact: {0}")]
+    Artifact(#[from] TensorFileError),
+}
+
+/// Loads a dataset by its `data.source` knob.
+pub fn load_source(source: &str) -> Result<RawDataset, DataError> {
+    match source {
+        "builtin:digits" => Ok(digits()),
+        other => Err(DataError::UnknownSource(other.to_string())),
+    }
+}
+
+/// The content fingerprint of a source: what identifies the dataset in stage keys.
+pub fn fingerprint(source: &str) -> Result<ArtifactHash, DataError> {
+    let raw = load_source(source)?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(source.as_bytes());
+    for value in &raw.x {
+        hasher.update(&value.to_le_bytes());
+    }
+    for label in &raw.y {
+        hasher.update(&label.to_le_bytes());
+    }
+    Ok(ArtifactHash::from_bytes(*hasher.finalize().as_bytes()))
+}
+
+/// The UCI optical digits set (1797 8x8 images, values 0..16), as embedded by smartcore.
+fn digits() -> RawDataset {
+    let dataset = smartcore::dataset::digits::load_dataset();
+    RawDataset {
+        x: dataset.data,
+        y: dataset.target.iter().map(|&label| label as u32).collect(),
+        shape: vec![8, 8],
+        class_names: (0..10).map(|digit| digit.to_string()).collect(),
+    }
+}
+
+/// One split: features, labels and each example's index in the raw dataset.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Split {
+    pub x: Vec<f32>,
+    pub y: Vec<u32>,
+    pub index: Vec<u32>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataMeta {
+    pub source: String,
+    pub shape: Vec<usize>,
+    pub class_names: Vec<String>,
+    pub normalize: String,
+}
+
+/// The `data` stage's product: split, normalised, ready to feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub meta: DataMeta,
+    pub train: Split,
+    pub val: Split,
+    pub test: Split,
+    /// Per-feature statistics of the training split used to normalise (0 and 1 for `none`).
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Prepared {
+    pub fn n_features(&self) -> usize {
+        self.meta.shape.iter().product()
+    }
+
+    pub fn n_classes(&self) -> usize {
+        self.meta.class_names.len()
+    }
+
+    pub fn splits(&self) -> [(&'static str, &Split); 3] {
+        [("train", &self.train), ("val", &self.val), ("test", &self.test)]
+    }
+
+    /// Class frequencies of the training split.
+    pub fn train_priors(&self) -> Vec<f64> {
+        let mut counts = vec![0usize; self.n_classes()];
+        for &label in &self.train.y {
+            counts[label as usize] += 1;
+        }
+        counts.iter().map(|&count| count as f64 / self.train.len() as f64).collect()
+    }
+
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        let mut metrics = BTreeMap::new();
+        for (name, split) in self.splits() {
+            metrics.insert(format!("n_{name}"), split.len() as f64);
+            let mut counts = vec![0usize; self.n_classes()];
+            for &label in &split.y {
+                counts[label as usize] += 1;
+            }
+            for (class, count) in counts.iter().enumerate() {
+                metrics.insert(format!("n_{name}_class_{class}"), *count as f64);
+            }
+        }
+        metrics.insert("n_features".into(), self.n_features() as f64);
+        metrics.insert("n_classes".into(), self.n_classes() as f64);
+        metrics
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, DataError> {
+        let mut file = TensorFile::default();
+        for (name, split) in self.splits() {
+            file.push_f32(&format!("{name}.x"), vec![split.len(), self.n_features()], split.x.clone());
+            file.push_u32(&format!("{name}.y"), vec![split.len()], split.y.clone());
+            file.push_u32(&format!("{name}.index"), vec![split.len()], split.index.clone());
+        }
+        file.push_f32("norm.mean", vec![self.mean.len()], self.mean.clone());
+        file.push_f32("norm.std", vec![self.std.len()], self.std.clone());
+        Ok(file.encode(&self.meta)?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Prepared, DataError> {
+        let file = TensorFile::decode(bytes)?;
+        let meta: DataMeta = file.meta()?;
+        let split = |name: &str| -> Result<Split, DataError> {
+            Ok(Split {
+                x: file.f32(&format!("{name}.x"))?,
+                y: file.u32(&format!("{name}.y"))?,
+                index: file.u32(&format!("{name}.index"))?,
+            })
+        };
+        Ok(Prepared {
+            train: split("train")?,
+            val: split("val")?,
+            test: split("test")?,
+            mean: file.f32("norm.mean")?,
+            std: file.f32("norm.std")?,
+            meta,
+        })
+    }
+}
+
+/// Seeded stratified split: within each class, a shuffled order is cut by the
+/// fractions; each split is then shuffled so classes interleave.
+pub fn split(raw: &RawDataset, fractions: &[f64], seed: u64) -> Result<[Vec<u32>; 3], DataError> {
+    if fractions.len() != 3 || (fractions.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
+        return Err(DataError::BadSplit(fractions.to_vec()));
+    }
+    let mut by_class: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (index, &label) in raw.y.iter().enumerate() {
+        by_class.entry(label).or_default().push(index as u32);
+    }
+    let mut parts: [Vec<u32>; 3] = Default::default();
+    for (label, mut indices) in by_class {
+        Rng::new(seed, &format!("split/class={label}")).shuffle(&mut indices);
+        let n = indices.len() as f64;
+        let n_train = (fractions[0] * n).round() as usize;
+        let n_val = ((fractions[1] * n).round() as usize).min(indices.len() - n_train.min(indices.len()));
+        let n_train = n_train.min(indices.len());
+        parts[0].extend_from_slice(&indices[..n_train]);
+        parts[1].extend_from_slice(&indices[n_train..n_train + n_val]);
+        parts[2].extend_from_slice(&indices[n_train + n_val..]);
+    }
+    for (i, part) in parts.iter_mut().enumerate() {
+        part.sort_unstable();
+        Rng::new(seed, &format!("split/order={i}")).shuffle(part);
+    }
+    if parts[0].is_empty() {
+        return Err(DataError::EmptyTrain);
+    }
+    Ok(parts)
+}
+
+/// Splits and normalises `raw` (statistics from the training split only).
+pub fn prepare(raw: &RawDataset, source: &str, fractions: &[f64], seed: u64, normalize: &str) -> Result<Prepared, DataError> {
+    let [train, val, test] = split(raw, fractions, seed)?;
+    let d = raw.n_features();
+    let gather = |indices: Vec<u32>| Split {
+        x: indices.iter().flat_map(|&i| raw.x[i as usize * d..(i as usize + 1) * d].iter().copied()).collect(),
+        y: indices.iter().map(|&i| raw.y[i as usize]).collect(),
+        index: indices,
+    };
+    let (mut train, mut val, mut test) = (gather(train), gather(val), gather(test));
+    let (mean, std) = if normalize == "standard" { standard_stats(&train.x, d) } else { (vec![0.0; d], vec![1.0; d]) };
+    for split in [&mut train, &mut val, &mut test] {
+        for row in split.x.chunks_mut(d) {
+            for ((value, m), s) in row.iter_mut().zip(&mean).zip(&std) {
+                *value = (*value - m) / s;
+            }
+        }
+    }
+    let meta = DataMeta {
+        source: source.to_string(),
+        shape: raw.shape.clone(),
+        class_names: raw.class_names.clone(),
+        normalize: normalize.to_string(),
+    };
+    Ok(Prepared { meta, train, val, test, mean, std })
+}
+
+/// Per-feature mean and standard deviation (in f64), a constant feature gets std 1.
+fn standard_stats(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = (x.len() / d).max(1) as f64;
+    let mut mean = vec![0f64; d];
+    for row in x.chunks(d) {
+        for (m, v) in mean.iter_mut().zip(row) {
+            *m += *v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = vec![0f64; d];
+    for row in x.chunks(d) {
+        for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
+            *s += (*v as f64 - m).powi(2);
+        }
+    }
+    let std = var.iter().map(|s| (s / n).sqrt()).map(|s| if s < 1e-6 { 1.0 } else { s as f32 }).collect();
+    (mean.iter().map(|m| *m as f32).collect(), std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_is_the_real_uci_set() {
+        let raw = load_source("builtin:digits").unwrap();
+        assert_eq!(raw.len(), 1797);
+        assert_eq!(raw.n_features(), 64);
+        assert!(raw.x.iter().all(|v| (0.0..=16.0).contains(v) && v.fract() == 0.0));
+        let mut counts = [0; 10];
+        raw.y.iter().for_each(|&y| counts[y as usize] += 1);
+        // The published class counts of the set.
+        assert_eq!(counts, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]);
+    }
+
+    #[test]
+    fn split_is_stratified_seeded_and_disjoint() {
+        let raw = load_source("builtin:digits").unwrap();
+        let parts = split(&raw, &[0.6, 0.2, 0.2], 0).unwrap();
+        assert_eq!(parts, split(&raw, &[0.6, 0.2, 0.2], 0).unwrap());
+        assert_ne!(parts, split(&raw, &[0.6, 0.2, 0.2], 1).unwrap());
+        let mut all: Vec<u32> = parts.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..1797).collect::<Vec<_>>());
+        let zeros = parts[0].iter().filter(|&&i| raw.y[i as usize] == 0).count();
+        assert_eq!(zeros, (178.0f64 * 0.6).round() as usize);
+        assert!(split(&raw, &[0.5, 0.2], 0).is_err());
+        assert!(split(&raw, &[0.5, 0.2, 0.2], 0).is_err());
+    }
+
+    #[test]
+    fn normalisation_uses_training_statistics_only() {
+        let raw = load_source("builtin:digits").unwrap();
+        let data = prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, "standard").unwrap();
+        let d = data.n_features();
+        for feature in [10, 20, 36] {
+            let column: Vec<f32> = data.train.x.iter().skip(feature).step_by(d).copied().collect();
+            let mean = column.iter().sum::<f32>() / column.len() as f32;
+            assert!(mean.abs() < 1e-4, "train mean of feature {feature} is {mean}");
+        }
+        let decoded = Prepared::decode(&data.encode().unwrap()).unwrap();
+        assert_eq!(decoded, data);
+        assert_eq!(data.encode().unwrap(), decoded.encode().unwrap(), "encoding is deterministic");
+    }
+}

@@ -1,0 +1,102 @@
+//! The knob schema of the recipe: every knob, its type, its explicit default and one
+//! line of documentation. `examples/digits/pipe.toml` and the README's knob
+//! reference show the same defaults (a test keeps them in step).
+
+use workspace::{Float, KnobKind, KnobSpec, KnobValue};
+
+fn float(v: f64) -> KnobValue {
+    KnobValue::Float(Float(v))
+}
+
+fn int(v: i64) -> KnobValue {
+    KnobValue::Int(v)
+}
+
+fn text(v: &str) -> KnobValue {
+    KnobValue::Str(v.to_string())
+}
+
+const BIG: i64 = 1_000_000_000;
+
+pub fn schema() -> Vec<KnobSpec> {
+    use KnobKind::*;
+    let prob = Float { min: 0.0, max: 1.0 };
+    vec![
+        KnobSpec::new("data.source", Str, text("builtin:digits"), "dataset: builtin:digits (UCI optical digits, 1797 8x8 images)"),
+        KnobSpec::new("data.seed", Int { min: 0, max: i64::MAX }, int(0), "seed of the stratified split"),
+        KnobSpec::new(
+            "data.split",
+            FloatList { min: 0.0, max: 1.0 },
+            KnobValue::FloatList(vec![Float(0.6), Float(0.2), Float(0.2)]),
+            "train/val/test fractions, summing to 1",
+        ),
+        KnobSpec::new(
+            "data.normalize",
+            Choice(&["standard", "none"]),
+            text("standard"),
+            "standard: per-feature mean/std of the training split; none: raw values",
+        ),
+        KnobSpec::new("model.kind", Choice(&["mlp", "linear"]), text("mlp"), "mlp or linear (softmax regression)"),
+        KnobSpec::new(
+            "model.hidden",
+            IntList { min: 1, max: 65_536 },
+            KnobValue::IntList(vec![128, 128]),
+            "hidden layer widths of the mlp",
+        ),
+        KnobSpec::new("model.activation", Choice(&["relu", "tanh", "gelu"]), text("relu"), "hidden activation"),
+        KnobSpec::new("train.optimizer", Choice(&["adam", "sgd"]), text("adam"), "adam (AdamW form) or sgd"),
+        KnobSpec::new("train.lr", Float { min: 0.0, max: 100.0 }, float(3e-4), "learning rate, constant"),
+        KnobSpec::new("train.beta1", prob, float(0.9), "adam beta1"),
+        KnobSpec::new("train.beta2", prob, float(0.999), "adam beta2"),
+        KnobSpec::new("train.eps", Float { min: 0.0, max: 1.0 }, float(1e-8), "adam epsilon"),
+        KnobSpec::new("train.momentum", prob, float(0.0), "sgd momentum"),
+        KnobSpec::new("train.weight_decay", Float { min: 0.0, max: 10.0 }, float(0.0), "decoupled weight decay"),
+        KnobSpec::new("train.batch_size", Int { min: 1, max: 1_000_000 }, int(64), "examples per step"),
+        KnobSpec::new("train.steps", Int { min: 1, max: BIG }, int(3000), "optimizer steps of the overfit stage"),
+        KnobSpec::new("train.seed", Int { min: 0, max: i64::MAX }, int(0), "seed of init and shuffles"),
+        KnobSpec::new("train.eval_every", Int { min: 1, max: BIG }, int(100), "steps between full-split evaluations"),
+        KnobSpec::new(
+            "checks.loss_at_init.tolerance",
+            Float { min: 0.0, max: 100.0 },
+            float(0.1),
+            "pass when |loss at init - label entropy| <= this (nats)",
+        ),
+        KnobSpec::new(
+            "checks.zero_input_baseline.steps",
+            Int { min: 1, max: BIG },
+            int(300),
+            "training budget of each zero-input baseline run",
+        ),
+        KnobSpec::new(
+            "checks.zero_input_baseline.margin",
+            Float { min: 0.0, max: 100.0 },
+            float(0.2),
+            "pass when real-input val loss is lower than zero-input val loss by this (nats)",
+        ),
+        KnobSpec::new(
+            "checks.overfit_batch.size",
+            IntList { min: 1, max: 100_000 },
+            KnobValue::IntList(vec![2]),
+            "sizes of the fixed batches to overfit, e.g. [2, 32]",
+        ),
+        KnobSpec::new(
+            "checks.overfit_batch.target_loss",
+            Float { min: 0.0, max: 100.0 },
+            float(1e-3),
+            "stop overfitting a batch once its loss is below this",
+        ),
+        KnobSpec::new(
+            "checks.overfit_batch.max_steps",
+            Int { min: 1, max: BIG },
+            int(3000),
+            "step cap when overfitting one batch",
+        ),
+        KnobSpec::new(
+            "checks.overfit.min_drop",
+            Float { min: 0.0, max: 1.0 },
+            float(0.5),
+            "pass when training loss fell by at least this fraction from the first evaluation",
+        ),
+        KnobSpec::new("checks.overfit.min_train_acc", prob, float(0.99), "pass when final training accuracy >= this"),
+    ]
+}

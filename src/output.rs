@@ -1,0 +1,194 @@
+//! What `pipe` prints: one human line per stage (plus compiler-style errors for
+//! failed checks) or, with `--json`, the line protocol of shared/design.md.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use cache::{OutDir, RunRecord, RunStage};
+use serde_json::{json, Value};
+use workspace::{StageReport, StageStatus, StatusReport, Verdict, VerdictStatus};
+
+pub struct Printer {
+    json: bool,
+    out: OutDir,
+}
+
+fn status_word(report: &StageReport) -> &'static str {
+    report.status.map_or("skipped", StageStatus::as_str)
+}
+
+fn verdict_word(status: VerdictStatus) -> &'static str {
+    match status {
+        VerdictStatus::Pass => "pass",
+        VerdictStatus::Warn => "warn",
+        VerdictStatus::Fail => "FAIL",
+    }
+}
+
+/// The JSON object of one stage, as the `--json` protocol and `pipe show --json` give it.
+pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
+    let artifacts: BTreeMap<&String, Value> = report
+        .output
+        .iter()
+        .flat_map(|output| &output.artifacts)
+        .map(|(name, artifact)| {
+            let path = out.path(report.stage, name);
+            (name, json!({ "hash": artifact.hash.to_hex(), "path": path.display().to_string(), "bytes": artifact.bytes }))
+        })
+        .collect();
+    let metrics = report.output.as_ref().map(|output| output.metrics.clone()).unwrap_or_default();
+    let mut value = json!({
+        "event": "stage",
+        "stage": report.stage,
+        "key": report.key.map(|key| key.to_hex()),
+        "status": status_word(report),
+        "secs": report.secs,
+        "artifacts": artifacts,
+        "metrics": metrics,
+        "verdicts": report.verdicts,
+    });
+    if let Some(error) = &report.error {
+        value["error"] = json!(error);
+    }
+    value
+}
+
+fn print_failure(stage: &str, verdict: &Verdict) {
+    eprintln!("error[{}]: {}", verdict.check, verdict.message);
+    eprintln!("  --> stage `{stage}`: measured {}, expected {}", short(verdict.value), short(verdict.expected));
+    if let Some(hint) = &verdict.hint {
+        eprintln!("  = help: {hint}");
+    }
+}
+
+fn short(value: f64) -> String {
+    if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) { format!("{value:.3e}") } else { format!("{value:.4}") }
+}
+
+impl Printer {
+    pub fn new(json: bool, out: OutDir) -> Printer {
+        Printer { json, out }
+    }
+
+    pub fn stage(&self, report: &StageReport) {
+        if self.json {
+            println!("{}", stage_json(report, &self.out));
+            std::io::stdout().flush().ok();
+            return;
+        }
+        let verdicts: Vec<String> =
+            report.verdicts.iter().map(|v| format!("{} {}", verdict_word(v.status), v.check)).collect();
+        let secs = if report.status == Some(StageStatus::Ran) { format!("{:.2}s", report.secs) } else { "-".into() };
+        println!("{:>8} {:<22} {:>8}  {}", status_word(report), report.stage, secs, verdicts.join(", "));
+        std::io::stdout().flush().ok();
+        for verdict in report.verdicts.iter().filter(|v| v.status == VerdictStatus::Fail) {
+            print_failure(report.stage, verdict);
+        }
+        if report.status == Some(StageStatus::Failed) {
+            if let Some(error) = &report.error {
+                eprintln!("error[{}]: {error}", report.stage);
+            }
+        }
+    }
+
+    pub fn done(&self, reports: &[StageReport], secs: f64) {
+        let count = |status: Option<StageStatus>| reports.iter().filter(|r| r.status == status).count();
+        let (ran, cached, failed) = (count(Some(StageStatus::Ran)), count(Some(StageStatus::Cached)), count(Some(StageStatus::Failed)));
+        let failed_checks = reports.iter().flat_map(|r| &r.verdicts).filter(|v| v.status == VerdictStatus::Fail).count();
+        if self.json {
+            println!("{}", json!({ "event": "done", "ran": ran, "cached": cached, "failed": failed, "failed_checks": failed_checks, "secs": secs }));
+        } else {
+            let skipped = count(None);
+            let mut line = format!("{ran} ran, {cached} cached, {failed} failed");
+            if skipped > 0 {
+                line.push_str(&format!(", {skipped} skipped"));
+            }
+            if failed_checks > 0 {
+                line.push_str(&format!("; {failed_checks} check(s) failed"));
+            }
+            println!("{line} in {secs:.2}s");
+        }
+    }
+}
+
+/// Records the build as a run in the cache (for `pipe runs` / `pipe diff`).
+pub fn record_run(cache: &cache::Cache, targets: &[String], config: &workspace::Config, device: &str, reports: &[StageReport]) {
+    let runs = cache.runs();
+    let run = RunRecord {
+        id: runs.next_id(),
+        started_unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs()),
+        targets: targets.to_vec(),
+        config: config.canonical(),
+        device: device.to_string(),
+        stages: reports
+            .iter()
+            .map(|report| RunStage {
+                stage: report.stage.to_string(),
+                key: report.key,
+                status: status_word(report).to_string(),
+                artifacts: report.output.as_ref().map(|o| o.artifacts.clone()).unwrap_or_default(),
+                metrics: report.output.as_ref().map(|o| o.metrics.clone()).unwrap_or_default(),
+                verdicts: serde_json::to_value(&report.verdicts).unwrap_or(Value::Null),
+            })
+            .collect(),
+    };
+    if let Err(error) = runs.record(&run) {
+        tracing::warn!(%error, "could not record the run");
+    }
+}
+
+pub fn print_status(reports: &[StatusReport], json: bool) {
+    for report in reports {
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "event": "status",
+                    "stage": report.stage,
+                    "key": report.key.map(|k| k.to_hex()),
+                    "status": if report.stale.is_some() { "stale" } else { "cached" },
+                    "reason": report.stale.as_ref().map(|r| r.to_string()),
+                })
+            );
+        } else {
+            match &report.stale {
+                None => println!("{:>8} {:<22} {}", "cached", report.stage, report.key.map(|k| k.short()).unwrap_or_default()),
+                Some(reason) => println!("{:>8} {:<22} {reason}", "stale", report.stage),
+            }
+        }
+    }
+}
+
+pub fn print_show(report: &StageReport, out: &OutDir, json: bool) {
+    if json {
+        println!("{}", stage_json(report, out));
+        return;
+    }
+    println!("stage {}  key {}", report.stage, report.key.map(|k| k.to_hex()).unwrap_or_default());
+    if let Some(output) = &report.output {
+        println!("artifacts:");
+        for (name, artifact) in &output.artifacts {
+            println!(
+                "  {name:<26} {:>10} bytes  {}  {}",
+                artifact.bytes,
+                artifact.hash.short(),
+                out.path(report.stage, name).display()
+            );
+        }
+        println!("metrics:");
+        for (name, value) in &output.metrics {
+            println!("  {name:<26} {}", short(*value));
+        }
+    }
+    if !report.verdicts.is_empty() {
+        println!("verdicts:");
+        for verdict in &report.verdicts {
+            println!("  {:<5} {:<22} {}", verdict_word(verdict.status), verdict.check, verdict.message);
+            if let Some(hint) = &verdict.hint {
+                println!("        help: {hint}");
+            }
+        }
+    }
+}
