@@ -161,7 +161,10 @@ fn open(cli: &Cli) -> Result<Session, Failure> {
         (None, Some(dir)) => PathBuf::from(dir),
         (None, None) => file.parent().unwrap_or(Path::new(".")).join(".pipe"),
     };
-    let cache = cache::Cache::open(&cache_dir).with_context(|| format!("opening cache {}", cache_dir.display())).map_err(failed)?;
+    let cache_dir = std::path::absolute(&cache_dir).unwrap_or(cache_dir);
+    let cache = cache::Cache::open(&cache_dir)
+        .with_context(|| format!("opening cache {}", cache_dir.display()))
+        .map_err(failed)?;
     let fingerprints = pipelines::fingerprints(&config).map_err(usage)?;
     let db = Database::new(recipe, cache.clone(), &config, fingerprints, &cli.device);
     Ok(Session { config, cache, db, device: cli.device.clone() })
@@ -205,7 +208,8 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                     Ok(_) => format!("`{stage}` is a target; `pipe show` takes a stage id"),
                 })));
             }
-            let stages = workspace::resolve_targets(&session.db, std::slice::from_ref(stage)).map_err(|e| usage(anyhow::anyhow!(e)))?;
+            let stages = workspace::resolve_targets(&session.db, std::slice::from_ref(stage))
+                .map_err(|e| usage(anyhow::anyhow!(e)))?;
             let status = workspace::status(&session.db, &stages);
             let mine = status.iter().find(|s| s.stage == stage.as_str()).expect("resolved stage has a status");
             if let Some(reason) = &mine.stale {

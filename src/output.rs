@@ -8,6 +8,13 @@ use cache::{OutDir, RunRecord, RunStage};
 use serde_json::{json, Value};
 use workspace::{StageReport, StageStatus, StatusReport, Verdict, VerdictStatus};
 
+/// `println!` that ignores a closed stdout (`pipe build --json | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub struct Printer {
     json: bool,
     out: OutDir,
@@ -33,7 +40,10 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
         .flat_map(|output| &output.artifacts)
         .map(|(name, artifact)| {
             let path = out.path(report.stage, name);
-            (name, json!({ "hash": artifact.hash.to_hex(), "path": path.display().to_string(), "bytes": artifact.bytes }))
+            (
+                name,
+                json!({ "hash": artifact.hash.to_hex(), "path": path.display().to_string(), "bytes": artifact.bytes }),
+            )
         })
         .collect();
     let metrics = report.output.as_ref().map(|output| output.metrics.clone()).unwrap_or_default();
@@ -62,7 +72,11 @@ fn print_failure(stage: &str, verdict: &Verdict) {
 }
 
 fn short(value: f64) -> String {
-    if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) { format!("{value:.3e}") } else { format!("{value:.4}") }
+    if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
+        format!("{value:.3e}")
+    } else {
+        format!("{value:.4}")
+    }
 }
 
 impl Printer {
@@ -72,15 +86,14 @@ impl Printer {
 
     pub fn stage(&self, report: &StageReport) {
         if self.json {
-            println!("{}", stage_json(report, &self.out));
-            std::io::stdout().flush().ok();
-            return;
+            say!("{}", stage_json(report, &self.out));
+        } else {
+            let verdicts: Vec<String> =
+                report.verdicts.iter().map(|v| format!("{} {}", verdict_word(v.status), v.check)).collect();
+            let secs = if report.status == Some(StageStatus::Ran) { format!("{:.2}s", report.secs) } else { "-".into() };
+            say!("{:>8} {:<22} {:>8}  {}", status_word(report), report.stage, secs, verdicts.join(", "));
         }
-        let verdicts: Vec<String> =
-            report.verdicts.iter().map(|v| format!("{} {}", verdict_word(v.status), v.check)).collect();
-        let secs = if report.status == Some(StageStatus::Ran) { format!("{:.2}s", report.secs) } else { "-".into() };
-        println!("{:>8} {:<22} {:>8}  {}", status_word(report), report.stage, secs, verdicts.join(", "));
-        std::io::stdout().flush().ok();
+        // Failures go to stderr in both modes: stdout stays the protocol.
         for verdict in report.verdicts.iter().filter(|v| v.status == VerdictStatus::Fail) {
             print_failure(report.stage, verdict);
         }
@@ -93,10 +106,15 @@ impl Printer {
 
     pub fn done(&self, reports: &[StageReport], secs: f64) {
         let count = |status: Option<StageStatus>| reports.iter().filter(|r| r.status == status).count();
-        let (ran, cached, failed) = (count(Some(StageStatus::Ran)), count(Some(StageStatus::Cached)), count(Some(StageStatus::Failed)));
-        let failed_checks = reports.iter().flat_map(|r| &r.verdicts).filter(|v| v.status == VerdictStatus::Fail).count();
+        let (ran, cached, failed) =
+            (count(Some(StageStatus::Ran)), count(Some(StageStatus::Cached)), count(Some(StageStatus::Failed)));
+        let failed_checks =
+            reports.iter().flat_map(|r| &r.verdicts).filter(|v| v.status == VerdictStatus::Fail).count();
         if self.json {
-            println!("{}", json!({ "event": "done", "ran": ran, "cached": cached, "failed": failed, "failed_checks": failed_checks, "secs": secs }));
+            say!(
+                "{}",
+                json!({ "event": "done", "ran": ran, "cached": cached, "failed": failed, "failed_checks": failed_checks, "secs": secs })
+            );
         } else {
             let skipped = count(None);
             let mut line = format!("{ran} ran, {cached} cached, {failed} failed");
@@ -106,13 +124,19 @@ impl Printer {
             if failed_checks > 0 {
                 line.push_str(&format!("; {failed_checks} check(s) failed"));
             }
-            println!("{line} in {secs:.2}s");
+            say!("{line} in {secs:.2}s");
         }
     }
 }
 
 /// Records the build as a run in the cache (for `pipe runs` / `pipe diff`).
-pub fn record_run(cache: &cache::Cache, targets: &[String], config: &workspace::Config, device: &str, reports: &[StageReport]) {
+pub fn record_run(
+    cache: &cache::Cache,
+    targets: &[String],
+    config: &workspace::Config,
+    device: &str,
+    reports: &[StageReport],
+) {
     let runs = cache.runs();
     let run = RunRecord {
         id: runs.next_id(),
@@ -142,7 +166,7 @@ pub fn record_run(cache: &cache::Cache, targets: &[String], config: &workspace::
 pub fn print_status(reports: &[StatusReport], json: bool) {
     for report in reports {
         if json {
-            println!(
+            say!(
                 "{}",
                 json!({
                     "event": "status",
@@ -154,8 +178,10 @@ pub fn print_status(reports: &[StatusReport], json: bool) {
             );
         } else {
             match &report.stale {
-                None => println!("{:>8} {:<22} {}", "cached", report.stage, report.key.map(|k| k.short()).unwrap_or_default()),
-                Some(reason) => println!("{:>8} {:<22} {reason}", "stale", report.stage),
+                None => {
+                    say!("{:>8} {:<22} {}", "cached", report.stage, report.key.map(|k| k.short()).unwrap_or_default())
+                }
+                Some(reason) => say!("{:>8} {:<22} {reason}", "stale", report.stage),
             }
         }
     }
@@ -163,31 +189,31 @@ pub fn print_status(reports: &[StatusReport], json: bool) {
 
 pub fn print_show(report: &StageReport, out: &OutDir, json: bool) {
     if json {
-        println!("{}", stage_json(report, out));
+        say!("{}", stage_json(report, out));
         return;
     }
-    println!("stage {}  key {}", report.stage, report.key.map(|k| k.to_hex()).unwrap_or_default());
+    say!("stage {}  key {}", report.stage, report.key.map(|k| k.to_hex()).unwrap_or_default());
     if let Some(output) = &report.output {
-        println!("artifacts:");
+        say!("artifacts:");
         for (name, artifact) in &output.artifacts {
-            println!(
+            say!(
                 "  {name:<26} {:>10} bytes  {}  {}",
                 artifact.bytes,
                 artifact.hash.short(),
                 out.path(report.stage, name).display()
             );
         }
-        println!("metrics:");
+        say!("metrics:");
         for (name, value) in &output.metrics {
-            println!("  {name:<26} {}", short(*value));
+            say!("  {name:<26} {}", short(*value));
         }
     }
     if !report.verdicts.is_empty() {
-        println!("verdicts:");
+        say!("verdicts:");
         for verdict in &report.verdicts {
-            println!("  {:<5} {:<22} {}", verdict_word(verdict.status), verdict.check, verdict.message);
+            say!("  {:<5} {:<22} {}", verdict_word(verdict.status), verdict.check, verdict.message);
             if let Some(hint) = &verdict.hint {
-                println!("        help: {hint}");
+                say!("        help: {hint}");
             }
         }
     }

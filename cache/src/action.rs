@@ -93,10 +93,8 @@ impl ActionCache {
                 return Err(CacheError::Missing { hash: artifact.hash.to_hex() });
             }
         }
-        let bytes = serde_json::to_vec_pretty(manifest).map_err(|source| CacheError::Json {
-            path: self.path(&manifest.key),
-            source,
-        })?;
+        let bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|source| CacheError::Json { path: self.path(&manifest.key), source })?;
         write_atomic(&self.tmp, &self.path(&manifest.key), &bytes)?;
         self.set_last(manifest)
     }

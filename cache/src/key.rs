@@ -83,10 +83,7 @@ impl KeyInputs {
         diff_maps(&before.upstream, &self.upstream, "upstream", &mut reasons, |h| h.short());
         diff_maps(&before.fingerprints, &self.fingerprints, "input", &mut reasons, |h| h.short());
         if self.device != before.device || self.dtype != before.dtype {
-            reasons.push(format!(
-                "device {}/{} -> {}/{}",
-                before.device, before.dtype, self.device, self.dtype
-            ));
+            reasons.push(format!("device {}/{} -> {}/{}", before.device, before.dtype, self.device, self.dtype));
         }
         reasons
     }

@@ -62,8 +62,7 @@ impl Runs {
 
     pub fn record(&self, run: &RunRecord) -> Result<(), CacheError> {
         let path = self.dir.join(format!("{:06}.json", run.id));
-        let bytes =
-            serde_json::to_vec_pretty(run).map_err(|source| CacheError::Json { path: path.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(run).map_err(|source| CacheError::Json { path: path.clone(), source })?;
         write_atomic(&self.tmp, &path, &bytes)
     }
 

@@ -15,11 +15,7 @@ pub struct Store {
 
 impl Store {
     pub(crate) fn new(root: &Path) -> Store {
-        Store {
-            objects: root.join("objects"),
-            tmp: root.join("tmp"),
-            quarantine: root.join("quarantine"),
-        }
+        Store { objects: root.join("objects"), tmp: root.join("tmp"), quarantine: root.join("quarantine") }
     }
 
     /// Where the object named `hash` lives (whether or not it exists).

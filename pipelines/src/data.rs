@@ -222,7 +222,13 @@ pub fn split(raw: &RawDataset, fractions: &[f64], seed: u64) -> Result<[Vec<u32>
 }
 
 /// Splits and normalises `raw` (statistics from the training split only).
-pub fn prepare(raw: &RawDataset, source: &str, fractions: &[f64], seed: u64, normalize: &str) -> Result<Prepared, DataError> {
+pub fn prepare(
+    raw: &RawDataset,
+    source: &str,
+    fractions: &[f64],
+    seed: u64,
+    normalize: &str,
+) -> Result<Prepared, DataError> {
     let [train, val, test] = split(raw, fractions, seed)?;
     let d = raw.n_features();
     let gather = |indices: Vec<u32>| Split {

@@ -22,7 +22,12 @@ pub fn schema() -> Vec<KnobSpec> {
     use KnobKind::*;
     let prob = Float { min: 0.0, max: 1.0 };
     vec![
-        KnobSpec::new("data.source", Str, text("builtin:digits"), "dataset: builtin:digits (UCI optical digits, 1797 8x8 images)"),
+        KnobSpec::new(
+            "data.source",
+            Str,
+            text("builtin:digits"),
+            "dataset: builtin:digits (UCI optical digits, 1797 8x8 images)",
+        ),
         KnobSpec::new("data.seed", Int { min: 0, max: i64::MAX }, int(0), "seed of the stratified split"),
         KnobSpec::new(
             "data.split",

@@ -70,10 +70,12 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4).map({
-            let mut rng = Rng::new(7, "x");
-            move |_| rng.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut rng = Rng::new(7, "x");
+                move |_| rng.next_u64()
+            })
+            .collect();
         let mut again = Rng::new(7, "x");
         assert_eq!(a, (0..4).map(|_| again.next_u64()).collect::<Vec<_>>());
         assert_ne!(Rng::new(7, "y").next_u64(), a[0]);

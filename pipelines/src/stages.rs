@@ -157,14 +157,9 @@ impl Ctx<'_, '_> {
     fn mlp_spec(&self, data: &Prepared) -> Result<MlpSpec, ExecError> {
         let hidden = match self.text("model.kind")? {
             "linear" => Vec::new(),
-            _ => self
-                .exec
-                .knob("model.hidden")?
-                .as_int_list()
-                .unwrap_or_default()
-                .iter()
-                .map(|&w| w as usize)
-                .collect(),
+            _ => {
+                self.exec.knob("model.hidden")?.as_int_list().unwrap_or_default().iter().map(|&w| w as usize).collect()
+            }
         };
         Ok(MlpSpec {
             n_in: data.n_features(),
@@ -222,7 +217,8 @@ impl Executor for Stages {
         };
         match stage {
             "loss_at_init" => {
-                let (loss, entropy, tolerance) = (metric("loss"), metric("entropy"), check("checks.loss_at_init.tolerance"));
+                let (loss, entropy, tolerance) =
+                    (metric("loss"), metric("entropy"), check("checks.loss_at_init.tolerance"));
                 vec![verdict(
                     "loss_at_init",
                     (loss - entropy).abs() <= tolerance,
@@ -437,8 +433,7 @@ fn stage_overfit_batch(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
 }
 
 fn argmax(row: &[f32]) -> u32 {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
-        as u32
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32
 }
 
 #[derive(Serialize, Default)]
@@ -528,7 +523,10 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
     });
     let checkpoint = checkpoint.encode(&meta).map_err(|error| ExecError(error.to_string()))?;
     Ok(ExecOutput {
-        artifacts: vec![("checkpoint.safetensors".into(), checkpoint), ("metrics.json".into(), json_bytes(&series_json)?)],
+        artifacts: vec![
+            ("checkpoint.safetensors".into(), checkpoint),
+            ("metrics.json".into(), json_bytes(&series_json)?),
+        ],
         metrics,
     })
 }

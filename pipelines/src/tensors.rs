@@ -48,8 +48,12 @@ impl TensorFile {
             .tensors
             .iter()
             .map(|(name, shape, data)| match data {
-                Data::F32(v) => (name.clone(), shape.clone(), Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                Data::U32(v) => (name.clone(), shape.clone(), Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Data::F32(v) => {
+                    (name.clone(), shape.clone(), Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                Data::U32(v) => {
+                    (name.clone(), shape.clone(), Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
             })
             .collect();
         let mut views = Vec::with_capacity(bytes.len());
@@ -67,8 +71,12 @@ impl TensorFile {
         let mut tensors = Vec::new();
         for (name, view) in file.tensors() {
             let data = match view.dtype() {
-                Dtype::F32 => Data::F32(view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-                Dtype::U32 => Data::U32(view.data().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                Dtype::F32 => Data::F32(
+                    view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                ),
+                Dtype::U32 => Data::U32(
+                    view.data().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                ),
                 other => {
                     return Err(TensorFileError::Dtype { name, found: format!("{other:?}"), expected: "F32 or U32" })
                 }

@@ -152,7 +152,9 @@ pub fn build(
 }
 
 fn stage_key_inputs_owned(db: &Database, id: &str) -> KeyInputs {
-    crate::db::stage_key_inputs(db, db.inputs().stage(id)).clone().unwrap_or_else(|_| unreachable!("stage {id} has output"))
+    crate::db::stage_key_inputs(db, db.inputs().stage(id))
+        .clone()
+        .unwrap_or_else(|_| unreachable!("stage {id} has output"))
 }
 
 /// Why a stage is stale.
@@ -219,7 +221,11 @@ pub fn status(db: &Database, stages: &[&'static str]) -> Vec<StatusReport> {
                     None => StaleReason::NeverBuilt,
                     Some(last) => {
                         let reasons = inputs.explain_change(&last);
-                        if reasons.is_empty() { StaleReason::CacheDamaged } else { StaleReason::Changed(reasons) }
+                        if reasons.is_empty() {
+                            StaleReason::CacheDamaged
+                        } else {
+                            StaleReason::Changed(reasons)
+                        }
                     }
                 };
                 reports.push(StatusReport { stage: id, key: Some(key), stale: Some(reason) });

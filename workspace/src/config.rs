@@ -180,11 +180,19 @@ fn convert(spec: &KnobSpec, value: &DeValue<'_>, location: &str) -> Result<KnobV
         KnobKind::Bool => value.as_bool().map(KnobValue::Bool).ok_or_else(|| wrong(&found)),
         KnobKind::Int { min, max } => {
             let v = integer(value).ok_or_else(|| wrong(&found))?;
-            if (min..=max).contains(&v) { Ok(KnobValue::Int(v)) } else { Err(wrong(&found)) }
+            if (min..=max).contains(&v) {
+                Ok(KnobValue::Int(v))
+            } else {
+                Err(wrong(&found))
+            }
         }
         KnobKind::Float { min, max } => {
             let v = number(value).ok_or_else(|| wrong(&found))?;
-            if v.is_finite() && v >= min && v <= max { Ok(KnobValue::Float(Float(v))) } else { Err(wrong(&found)) }
+            if v.is_finite() && v >= min && v <= max {
+                Ok(KnobValue::Float(Float(v)))
+            } else {
+                Err(wrong(&found))
+            }
         }
         KnobKind::Str => value.as_str().map(|s| KnobValue::Str(s.to_string())).ok_or_else(|| wrong(&found)),
         KnobKind::Choice(options) => {
@@ -215,8 +223,11 @@ fn convert(spec: &KnobSpec, value: &DeValue<'_>, location: &str) -> Result<KnobV
         }
         KnobKind::FloatList { min, max } => {
             let DeValue::Array(array) = value else { return Err(wrong(&found)) };
-            let items: Vec<f64> =
-                array.iter().map(|item| number(item.get_ref())).collect::<Option<Vec<_>>>().ok_or_else(|| wrong(&found))?;
+            let items: Vec<f64> = array
+                .iter()
+                .map(|item| number(item.get_ref()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| wrong(&found))?;
             if items.is_empty() || items.iter().any(|v| !v.is_finite() || *v < min || *v > max) {
                 return Err(wrong(&found));
             }
@@ -288,14 +299,25 @@ mod tests {
             KnobSpec::new("train.lr", KnobKind::Float { min: 0.0, max: 10.0 }, KnobValue::Float(Float(3e-4)), "lr"),
             KnobSpec::new("train.steps", KnobKind::Int { min: 1, max: 1_000_000 }, KnobValue::Int(100), "steps"),
             KnobSpec::new("model.kind", KnobKind::Choice(&["linear", "mlp"]), KnobValue::Str("mlp".into()), "kind"),
-            KnobSpec::new("checks.overfit_batch.size", KnobKind::IntList { min: 1, max: 512 }, KnobValue::IntList(vec![2]), "sizes"),
-            KnobSpec::new("data.split", KnobKind::FloatList { min: 0.0, max: 1.0 }, KnobValue::FloatList(vec![Float(0.6), Float(0.4)]), "split"),
+            KnobSpec::new(
+                "checks.overfit_batch.size",
+                KnobKind::IntList { min: 1, max: 512 },
+                KnobValue::IntList(vec![2]),
+                "sizes",
+            ),
+            KnobSpec::new(
+                "data.split",
+                KnobKind::FloatList { min: 0.0, max: 1.0 },
+                KnobValue::FloatList(vec![Float(0.6), Float(0.4)]),
+                "split",
+            ),
         ]
     }
 
     #[test]
     fn parses_values_and_ignores_comments() {
-        let text = "# a comment\n[train]\nlr = 1e-3 # trailing\nsteps = 1_000\n[checks.overfit_batch]\nsize = [2, 32]\n";
+        let text =
+            "# a comment\n[train]\nlr = 1e-3 # trailing\nsteps = 1_000\n[checks.overfit_batch]\nsize = [2, 32]\n";
         let config = Config::parse(&schema(), text, "pipe.toml").unwrap();
         assert_eq!(config.get("train.lr"), Some(&KnobValue::Float(Float(1e-3))));
         assert_eq!(config.get("train.steps"), Some(&KnobValue::Int(1000)));

@@ -153,7 +153,8 @@ impl Database {
             })
             .collect();
         let fingerprints = fingerprints.into_iter().map(|(name, hash)| (name, Fingerprint::new(&db, hash))).collect();
-        let stages = db.engine.recipe.stages.iter().map(|spec| (spec.id, Stage::new(&db, spec.id.to_string()))).collect();
+        let stages =
+            db.engine.recipe.stages.iter().map(|spec| (spec.id, Stage::new(&db, spec.id.to_string()))).collect();
         knobs.insert(DEVICE_KNOB, Knob::new(&db, KnobValue::Str(device.to_string())));
         db.inputs = Arc::new(Inputs { knobs, fingerprints, stages });
         db

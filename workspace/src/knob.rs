@@ -142,17 +142,29 @@ pub fn format_float(value: f64) -> String {
 pub enum KnobKind {
     Bool,
     /// An integer in `min..=max`.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     /// A float in `min..=max` (finite).
-    Float { min: f64, max: f64 },
+    Float {
+        min: f64,
+        max: f64,
+    },
     /// Any string.
     Str,
     /// One of a fixed set of strings.
     Choice(&'static [&'static str]),
     /// A list of integers in `min..=max`; a single integer is read as a one-element list.
-    IntList { min: i64, max: i64 },
+    IntList {
+        min: i64,
+        max: i64,
+    },
     /// A list of floats in `min..=max`.
-    FloatList { min: f64, max: f64 },
+    FloatList {
+        min: f64,
+        max: f64,
+    },
 }
 
 impl KnobKind {
@@ -162,7 +174,9 @@ impl KnobKind {
             KnobKind::Int { min, max } => format!("an integer in {min}..={max}"),
             KnobKind::Float { min, max } => format!("a number in {}..={}", format_float(*min), format_float(*max)),
             KnobKind::Str => "a string".into(),
-            KnobKind::Choice(options) => format!("one of {}", options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")),
+            KnobKind::Choice(options) => {
+                format!("one of {}", options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", "))
+            }
             KnobKind::IntList { min, max } => format!("an integer or a list of integers in {min}..={max}"),
             KnobKind::FloatList { min, max } => {
                 format!("a list of numbers in {}..={}", format_float(*min), format_float(*max))
@@ -197,8 +211,8 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in table.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        table[0][j] = j;
+    for (j, cell) in table[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

@@ -121,10 +121,8 @@ impl ExecContext<'_> {
             .upstream
             .get(stage)
             .ok_or_else(|| ExecError(format!("stage `{}` reads `{stage}` it did not declare", self.spec.id)))?;
-        let artifact = output
-            .artifacts
-            .get(name)
-            .ok_or_else(|| ExecError(format!("stage `{stage}` has no artifact `{name}`")))?;
+        let artifact =
+            output.artifacts.get(name).ok_or_else(|| ExecError(format!("stage `{stage}` has no artifact `{name}`")))?;
         self.store.get(&artifact.hash).map_err(|err| ExecError(err.to_string()))
     }
 }
