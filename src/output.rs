@@ -90,7 +90,8 @@ impl Printer {
         } else {
             let verdicts: Vec<String> =
                 report.verdicts.iter().map(|v| format!("{} {}", verdict_word(v.status), v.check)).collect();
-            let secs = if report.status == Some(StageStatus::Ran) { format!("{:.2}s", report.secs) } else { "-".into() };
+            let secs =
+                if report.status == Some(StageStatus::Ran) { format!("{:.2}s", report.secs) } else { "-".into() };
             say!("{:>8} {:<22} {:>8}  {}", status_word(report), report.stage, secs, verdicts.join(", "));
         }
         // Failures go to stderr in both modes: stdout stays the protocol.
