@@ -145,7 +145,8 @@ fn open(cli: &Cli) -> Result<Session, Failure> {
             file.display()
         )));
     }
-    let recipe = pipelines::recipe();
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let recipe = pipelines::recipe(&base_dir);
     let mut config = Config::load(&recipe.schema, &file).map_err(usage)?;
     for assignment in &cli.set {
         config.set(&recipe.schema, assignment).map_err(usage)?;
@@ -170,7 +171,7 @@ fn open(cli: &Cli) -> Result<Session, Failure> {
     let cache = cache::Cache::open(&cache_dir)
         .with_context(|| format!("opening cache {}", cache_dir.display()))
         .map_err(failed)?;
-    let fingerprints = pipelines::fingerprints(&config).map_err(usage)?;
+    let fingerprints = pipelines::fingerprints(&config, &base_dir, cache.stats()).map_err(usage)?;
     let db = Database::new(recipe, cache.clone(), &config, fingerprints, &cli.device);
     Ok(Session { config, cache, db, device: cli.device.clone() })
 }
@@ -190,7 +191,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             });
             printer.done(&reports, started.elapsed().as_secs_f64());
             output::record_run(&session.cache, &targets, &session.config, &session.device, &reports);
-            Ok(if reports.iter().any(|r| r.failed()) { 1 } else { 0 })
+            session.cache.save_stats().map_err(failed)?;
+            Ok(if reports.iter().any(|r| r.bad_input) {
+                2
+            } else if reports.iter().any(|r| r.failed()) {
+                1
+            } else {
+                0
+            })
         }
         Command::Knobs => {
             print!("{}", workspace::config::example_toml(&pipelines::knobs::schema()));
@@ -202,6 +210,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let stages = workspace::resolve_targets(&session.db, &targets).map_err(|e| usage(anyhow::anyhow!(e)))?;
             let reports = workspace::status(&session.db, &stages);
             output::print_status(&reports, *json);
+            session.cache.save_stats().map_err(failed)?;
             Ok(0)
         }
         Command::Show { stage, json } => {
@@ -227,6 +236,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let reports = workspace::build(&session.db, &stages, &BuildOptions { keep_going: true }, |_| {});
             let report = reports.iter().find(|r| r.stage == stage.as_str()).expect("stage was built");
             output::print_show(report, &session.cache.out(), *json);
+            session.cache.save_stats().map_err(failed)?;
             Ok(if report.failed() { 1 } else { 0 })
         }
     }

@@ -14,6 +14,7 @@
 //!   last/<stage>.json         key inputs of the latest build of each stage (for `pipe status`)
 //!   out/<stage>/<name>.<ext>  copies of the latest artifacts at a stable path
 //!   runs/<id>.json            one record per `pipe build`
+//!   stat-cache.json           (path, size, mtime, inode) -> hash of data files and objects
 //!   quarantine/               corrupt objects and manifests moved aside
 //!   tmp/                      temp files, renamed into place when complete
 //! ```
@@ -25,6 +26,7 @@ mod key;
 mod lock;
 mod out;
 mod runs;
+mod stat;
 mod store;
 
 pub use action::{ActionCache, ArtifactRef, Manifest, Metrics};
@@ -34,6 +36,7 @@ pub use key::{KeyInputs, KnobValueText};
 pub use lock::CacheLock;
 pub use out::OutDir;
 pub use runs::{RunRecord, RunStage, Runs};
+pub use stat::{hash_file, StatCache};
 pub use store::Store;
 
 use std::path::{Path, PathBuf};
@@ -54,7 +57,8 @@ impl Cache {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir, source })?;
         }
-        let store = Store::new(&root);
+        let stats = std::sync::Arc::new(StatCache::load(&root));
+        let store = Store::new(&root, stats);
         let actions = ActionCache::new(&root, store.clone());
         Ok(Cache { root, store, actions })
     }
@@ -78,6 +82,16 @@ impl Cache {
 
     pub fn out(&self) -> OutDir {
         OutDir::new(&self.root, self.store.clone())
+    }
+
+    /// File hashes remembered by stat (dataset files and verified objects).
+    pub fn stats(&self) -> &StatCache {
+        self.store.stats()
+    }
+
+    /// Saves what was learned about file hashes; call at the end of a command.
+    pub fn save_stats(&self) -> Result<(), CacheError> {
+        self.store.stats().save()
     }
 
     pub fn runs(&self) -> Runs {

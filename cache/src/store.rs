@@ -3,19 +3,25 @@
 //! object under a valid name.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::{write_atomic, ArtifactHash, CacheError};
+use crate::{write_atomic, ArtifactHash, CacheError, StatCache};
 
 #[derive(Debug, Clone)]
 pub struct Store {
     objects: PathBuf,
     tmp: PathBuf,
     quarantine: PathBuf,
+    stats: Arc<StatCache>,
 }
 
 impl Store {
-    pub(crate) fn new(root: &Path) -> Store {
-        Store { objects: root.join("objects"), tmp: root.join("tmp"), quarantine: root.join("quarantine") }
+    pub(crate) fn new(root: &Path, stats: Arc<StatCache>) -> Store {
+        Store { objects: root.join("objects"), tmp: root.join("tmp"), quarantine: root.join("quarantine"), stats }
+    }
+
+    pub(crate) fn stats(&self) -> &StatCache {
+        &self.stats
     }
 
     /// Where the object named `hash` lives (whether or not it exists).
@@ -37,6 +43,7 @@ impl Store {
         }
         write_atomic(&self.tmp, &path, bytes)?;
         set_read_only(&path)?;
+        self.stats.remember(&path, hash);
         Ok(hash)
     }
 
@@ -52,26 +59,35 @@ impl Store {
         };
         let actual = ArtifactHash::of(&bytes);
         if actual != *hash {
+            self.stats.forget(&path);
             return Err(CacheError::Corrupt { hash: hash.to_hex(), actual: actual.to_hex() });
         }
         Ok(bytes)
     }
 
-    /// True when the object exists and its bytes match its name.
+    /// True when the object exists and its bytes match its name. An object whose
+    /// stat is unchanged since it was last verified is trusted without re-reading.
     pub fn verify(&self, hash: &ArtifactHash) -> bool {
-        let Ok(mut file) = std::fs::File::open(self.path(hash)) else {
-            return false;
-        };
-        let mut hasher = blake3::Hasher::new();
-        match std::io::copy(&mut file, &mut hasher) {
-            Ok(_) => ArtifactHash::from_bytes(*hasher.finalize().as_bytes()) == *hash,
-            Err(_) => false,
+        let path = self.path(hash);
+        if self.stats.unchanged(&path, hash) {
+            return true;
         }
+        let ok = crate::hash_file(&path).is_ok_and(|actual| actual == *hash);
+        if ok {
+            self.stats.remember(&path, *hash);
+        }
+        ok
+    }
+
+    /// Re-reads the object and checks it, ignoring what the stat cache remembers.
+    pub fn verify_deep(&self, hash: &ArtifactHash) -> bool {
+        crate::hash_file(&self.path(hash)).is_ok_and(|actual| actual == *hash)
     }
 
     /// Moves a (corrupt) object aside so it can be inspected and is never served.
     pub fn quarantine(&self, hash: &ArtifactHash) -> Result<(), CacheError> {
         let from = self.path(hash);
+        self.stats.forget(&from);
         let to = self.quarantine.join(format!("{}.{}", hash.to_hex(), std::process::id()));
         match std::fs::rename(&from, &to) {
             Ok(()) => Ok(()),

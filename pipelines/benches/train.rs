@@ -7,6 +7,7 @@ use std::time::Instant;
 use candle_core::Device;
 use pipelines::data;
 use pipelines::model::{Activation, Init, Mlp, MlpSpec};
+use pipelines::sources::{Source, SourceOptions};
 use pipelines::train::{Batches, OptimSpec, OptimizerKind, SplitTensors, Trainer};
 
 // The same allocator as the `pipe` binary: glibc's malloc trims and regrows the heap
@@ -19,7 +20,7 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
-    let raw = data::load_source("builtin:digits").expect("digits");
+    let raw = Source::Digits.load(&SourceOptions::default()).expect("digits");
     let prepared = data::prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, "standard").expect("prepare");
     let device = Device::Cpu;
     let train = SplitTensors::new(&prepared.train, 64, &device).expect("tensors");

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use cache::ArtifactHash;
+use cache::{ArtifactHash, StatCache};
 use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
+use crate::sources::{Source, SourceError, SourceOptions};
 use crate::tensors::{TensorFile, TensorFileError};
 
 /// A whole dataset as loaded from its source.
@@ -16,9 +17,13 @@ pub struct RawDataset {
     /// Row-major, `n * n_features` values.
     pub x: Vec<f32>,
     pub y: Vec<u32>,
-    /// Shape of one example (`[8, 8]` for digits).
+    /// Shape of one example (`[8, 8]` for digits, `[3, 32, 32]` for CIFAR-10).
     pub shape: Vec<usize>,
     pub class_names: Vec<String>,
+    /// Examples from this index on form the source's declared test split.
+    pub test_start: Option<usize>,
+    /// The range raw values must lie in, when the format declares one.
+    pub value_range: Option<(f32, f32)>,
 }
 
 impl RawDataset {
@@ -37,47 +42,42 @@ impl RawDataset {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("unknown data.source `{0}` (supported: builtin:digits)")]
-    UnknownSource(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("data.split must have 3 fractions (train, val, test) summing to 1, got {0:?}")]
     BadSplit(Vec<f64>),
     #[error("the split leaves no training examples")]
     EmptyTrain,
     #[error("dataset artifact: {0}")]
     Artifact(#[from] TensorFileError),
-}
-
-/// Loads a dataset by its `data.source` knob.
-pub fn load_source(source: &str) -> Result<RawDataset, DataError> {
-    match source {
-        "builtin:digits" => Ok(digits()),
-        other => Err(DataError::UnknownSource(other.to_string())),
-    }
+    #[error("{0}")]
+    Cache(#[from] cache::CacheError),
 }
 
 /// The content fingerprint of a source: what identifies the dataset in stage keys.
-pub fn fingerprint(source: &str) -> Result<ArtifactHash, DataError> {
-    let raw = load_source(source)?;
+/// Files are hashed through the stat cache, so an untouched dataset is not re-read.
+pub fn fingerprint(source: &Source, stats: &StatCache) -> Result<ArtifactHash, DataError> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(source.as_bytes());
-    for value in &raw.x {
-        hasher.update(&value.to_le_bytes());
-    }
-    for label in &raw.y {
-        hasher.update(&label.to_le_bytes());
+    hasher.update(b"pipe-dataset-v1\n");
+    match source {
+        Source::Digits => {
+            let raw = source.load(&SourceOptions::default())?;
+            hasher.update(b"builtin:digits\n");
+            for value in &raw.x {
+                hasher.update(&value.to_le_bytes());
+            }
+            for label in &raw.y {
+                hasher.update(&label.to_le_bytes());
+            }
+        }
+        _ => {
+            for (name, path) in source.files()? {
+                let hash = stats.hash(&path)?;
+                hasher.update(format!("{name}={hash}\n").as_bytes());
+            }
+        }
     }
     Ok(ArtifactHash::from_bytes(*hasher.finalize().as_bytes()))
-}
-
-/// The UCI optical digits set (1797 8x8 images, values 0..16), as embedded by smartcore.
-fn digits() -> RawDataset {
-    let dataset = smartcore::dataset::digits::load_dataset();
-    RawDataset {
-        x: dataset.data,
-        y: dataset.target.iter().map(|&label| label as u32).collect(),
-        shape: vec![8, 8],
-        class_names: (0..10).map(|digit| digit.to_string()).collect(),
-    }
 }
 
 /// One split: features, labels and each example's index in the raw dataset.
@@ -104,6 +104,8 @@ pub struct DataMeta {
     pub shape: Vec<usize>,
     pub class_names: Vec<String>,
     pub normalize: String,
+    /// The range raw values must lie in, when the format declares one.
+    pub value_range: Option<(f32, f32)>,
 }
 
 /// The `data` stage's product: split, normalised, ready to feed.
@@ -196,17 +198,32 @@ pub fn split(raw: &RawDataset, fractions: &[f64], seed: u64) -> Result<[Vec<u32>
     if fractions.len() != 3 || (fractions.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
         return Err(DataError::BadSplit(fractions.to_vec()));
     }
+    // A declared test split (IDX t10k, CIFAR test_batch) is kept as the test split;
+    // the rest is split into train and val in the ratio of the first two fractions.
+    let pool_end = raw.test_start.unwrap_or(raw.len());
+    let fractions: Vec<f64> = match raw.test_start {
+        Some(_) => {
+            let train_val = (fractions[0] + fractions[1]).max(f64::MIN_POSITIVE);
+            vec![fractions[0] / train_val, fractions[1] / train_val, 0.0]
+        }
+        None => fractions.to_vec(),
+    };
     let mut by_class: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (index, &label) in raw.y.iter().enumerate() {
+    for (index, &label) in raw.y[..pool_end].iter().enumerate() {
         by_class.entry(label).or_default().push(index as u32);
     }
     let mut parts: [Vec<u32>; 3] = Default::default();
+    parts[2].extend(pool_end as u32..raw.len() as u32);
     for (label, mut indices) in by_class {
         Rng::new(seed, &format!("split/class={label}")).shuffle(&mut indices);
         let n = indices.len() as f64;
         let n_train = (fractions[0] * n).round() as usize;
-        let n_val = ((fractions[1] * n).round() as usize).min(indices.len() - n_train.min(indices.len()));
         let n_train = n_train.min(indices.len());
+        let n_val = if raw.test_start.is_some() {
+            indices.len() - n_train
+        } else {
+            ((fractions[1] * n).round() as usize).min(indices.len() - n_train)
+        };
         parts[0].extend_from_slice(&indices[..n_train]);
         parts[1].extend_from_slice(&indices[n_train..n_train + n_val]);
         parts[2].extend_from_slice(&indices[n_train + n_val..]);
@@ -250,27 +267,39 @@ pub fn prepare(
         shape: raw.shape.clone(),
         class_names: raw.class_names.clone(),
         normalize: normalize.to_string(),
+        value_range: raw.value_range,
     };
     Ok(Prepared { meta, train, val, test, mean, std })
 }
 
-/// Per-feature mean and standard deviation (in f64), a constant feature gets std 1.
+/// Per-feature mean and standard deviation (in f64) over the finite values; a
+/// constant feature gets std 1. Non-finite values are left for `inspect` to report.
 fn standard_stats(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
-    let n = (x.len() / d).max(1) as f64;
+    let mut count = vec![0f64; d];
     let mut mean = vec![0f64; d];
     for row in x.chunks(d) {
-        for (m, v) in mean.iter_mut().zip(row) {
-            *m += *v as f64;
+        for ((m, c), v) in mean.iter_mut().zip(count.iter_mut()).zip(row) {
+            if v.is_finite() {
+                *m += *v as f64;
+                *c += 1.0;
+            }
         }
     }
-    mean.iter_mut().for_each(|m| *m /= n);
+    mean.iter_mut().zip(&count).for_each(|(m, c)| *m /= c.max(1.0));
     let mut var = vec![0f64; d];
     for row in x.chunks(d) {
         for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
-            *s += (*v as f64 - m).powi(2);
+            if v.is_finite() {
+                *s += (*v as f64 - m).powi(2);
+            }
         }
     }
-    let std = var.iter().map(|s| (s / n).sqrt()).map(|s| if s < 1e-6 { 1.0 } else { s as f32 }).collect();
+    let std = var
+        .iter()
+        .zip(&count)
+        .map(|(s, c)| (s / c.max(1.0)).sqrt())
+        .map(|s| if s < 1e-6 { 1.0 } else { s as f32 })
+        .collect();
     (mean.iter().map(|m| *m as f32).collect(), std)
 }
 
@@ -280,7 +309,7 @@ mod tests {
 
     #[test]
     fn digits_is_the_real_uci_set() {
-        let raw = load_source("builtin:digits").unwrap();
+        let raw = Source::Digits.load(&SourceOptions::default()).unwrap();
         assert_eq!(raw.len(), 1797);
         assert_eq!(raw.n_features(), 64);
         assert!(raw.x.iter().all(|v| (0.0..=16.0).contains(v) && v.fract() == 0.0));
@@ -292,7 +321,7 @@ mod tests {
 
     #[test]
     fn split_is_stratified_seeded_and_disjoint() {
-        let raw = load_source("builtin:digits").unwrap();
+        let raw = Source::Digits.load(&SourceOptions::default()).unwrap();
         let parts = split(&raw, &[0.6, 0.2, 0.2], 0).unwrap();
         assert_eq!(parts, split(&raw, &[0.6, 0.2, 0.2], 0).unwrap());
         assert_ne!(parts, split(&raw, &[0.6, 0.2, 0.2], 1).unwrap());
@@ -307,7 +336,7 @@ mod tests {
 
     #[test]
     fn normalisation_uses_training_statistics_only() {
-        let raw = load_source("builtin:digits").unwrap();
+        let raw = Source::Digits.load(&SourceOptions::default()).unwrap();
         let data = prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, "standard").unwrap();
         let d = data.n_features();
         for feature in [10, 20, 36] {

@@ -26,7 +26,7 @@ pub fn schema() -> Vec<KnobSpec> {
             "data.source",
             Str,
             text("builtin:digits"),
-            "dataset: builtin:digits (UCI optical digits, 1797 8x8 images)",
+            "builtin:digits (UCI optical digits), idx:DIR, cifar10:DIR, csv:FILE or images:DIR; paths relative to pipe.toml",
         ),
         KnobSpec::new("data.seed", Int { min: 0, max: i64::MAX }, int(0), "seed of the stratified split"),
         KnobSpec::new(
@@ -41,6 +41,15 @@ pub fn schema() -> Vec<KnobSpec> {
             text("standard"),
             "standard: per-feature mean/std of the training split; none: raw values",
         ),
+        KnobSpec::new("data.csv.label", Str, text("label"), "csv: the label column's header name (or its 0-based index without a header; \"last\")"),
+        KnobSpec::new("data.csv.header", Bool, KnobValue::Bool(true), "csv: the first row names the columns"),
+        KnobSpec::new(
+            "data.images.size",
+            IntList { min: 1, max: 4096 },
+            KnobValue::IntList(vec![28, 28]),
+            "images: every image is resized to [height, width]",
+        ),
+        KnobSpec::new("data.images.channels", Int { min: 1, max: 3 }, int(1), "images: 1 (grayscale) or 3 (RGB)"),
         KnobSpec::new("model.kind", Choice(&["mlp", "linear"]), text("mlp"), "mlp or linear (softmax regression)"),
         KnobSpec::new(
             "model.hidden",

@@ -8,23 +8,32 @@ pub mod data;
 pub mod knobs;
 pub mod model;
 pub mod rng;
+pub mod sources;
 pub mod stages;
 pub mod tensors;
 pub mod train;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use cache::ArtifactHash;
+use cache::{ArtifactHash, StatCache};
 use workspace::{Config, ConfigError, Recipe};
 
-/// The recipe: knob schema, stages, targets and the candle executor.
-pub fn recipe() -> Recipe {
+/// The recipe: knob schema, stages, targets and the candle executor. Relative data
+/// paths are resolved against `base_dir`, the directory of `pipe.toml`.
+pub fn recipe(base_dir: &Path) -> Recipe {
     Recipe {
         schema: knobs::schema(),
         stages: stages::specs(),
         targets: stages::targets(),
-        executor: Box::new(stages::Stages),
+        executor: Box::new(stages::Stages { base_dir: base_dir.to_path_buf() }),
     }
+}
+
+/// The dataset source named by `config`.
+pub fn source(config: &Config, base_dir: &Path) -> Result<sources::Source, sources::SourceError> {
+    let text = config.get("data.source").and_then(|v| v.as_str()).unwrap_or("builtin:digits");
+    sources::Source::parse(text, base_dir)
 }
 
 /// Checks across knobs that the schema's per-knob types cannot express.
@@ -40,23 +49,26 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             });
         }
     }
-    if let Some(source) = config.get("data.source").and_then(|v| v.as_str()) {
-        if let Err(error) = data::load_source(source) {
-            return Err(ConfigError {
-                location: at("data.source"),
-                key: Some("data.source".into()),
-                message: error.to_string(),
-                help: None,
-            });
-        }
+    if let Err(error) = source(config, Path::new(".")) {
+        return Err(ConfigError {
+            location: at("data.source"),
+            key: Some("data.source".into()),
+            message: error.to_string(),
+            help: None,
+        });
     }
     Ok(())
 }
 
-/// Content fingerprints of the external inputs named by `config`.
-pub fn fingerprints(config: &Config) -> Result<BTreeMap<String, ArtifactHash>, data::DataError> {
-    let source = config.get("data.source").and_then(|v| v.as_str()).unwrap_or("builtin:digits");
-    Ok(BTreeMap::from([("dataset".to_string(), data::fingerprint(source)?)]))
+/// Content fingerprints of the external inputs named by `config` (files are hashed
+/// through the stat cache).
+pub fn fingerprints(
+    config: &Config,
+    base_dir: &Path,
+    stats: &StatCache,
+) -> Result<BTreeMap<String, ArtifactHash>, data::DataError> {
+    let source = source(config, base_dir)?;
+    Ok(BTreeMap::from([("dataset".to_string(), data::fingerprint(&source, stats)?)]))
 }
 
 /// Devices this build can run on.

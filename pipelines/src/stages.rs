@@ -11,6 +11,7 @@ use workspace::{
 
 use crate::data::{self, Prepared};
 use crate::model::{Activation, Init, Mlp, MlpSpec, Model};
+use crate::sources::{Source, SourceOptions};
 use crate::tensors::TensorFile;
 use crate::train::{evaluate, Batches, OptimSpec, OptimizerKind, SplitTensors, TrainError, Trainer};
 
@@ -37,7 +38,16 @@ pub fn specs() -> Vec<StageSpec> {
             id: "data",
             version: 1,
             doc: "load, stratified split, normalise with training statistics",
-            knobs: vec!["data.source", "data.seed", "data.split", "data.normalize"],
+            knobs: vec![
+                "data.source",
+                "data.seed",
+                "data.split",
+                "data.normalize",
+                "data.csv.label",
+                "data.csv.header",
+                "data.images.size",
+                "data.images.channels",
+            ],
             checks: vec![],
             upstream: vec![],
             fingerprints: vec!["dataset"],
@@ -102,14 +112,17 @@ pub fn targets() -> Vec<Target> {
 }
 
 /// Runs the recipe's stages with candle.
-pub struct Stages;
+pub struct Stages {
+    /// The directory of `pipe.toml`: relative data paths start here.
+    pub base_dir: std::path::PathBuf,
+}
 
 fn err(context: &str) -> impl Fn(candle_core::Error) -> ExecError + '_ {
-    move |error| ExecError(format!("{context}: {error}"))
+    move |error| ExecError::Failed(format!("{context}: {error}"))
 }
 
 fn train_err(error: TrainError) -> ExecError {
-    ExecError(error.to_string())
+    ExecError::Failed(error.to_string())
 }
 
 fn device(name: &str) -> Result<Device, ExecError> {
@@ -119,30 +132,31 @@ fn device(name: &str) -> Result<Device, ExecError> {
         "cuda" => Device::new_cuda(0).map_err(err("cuda device")),
         #[cfg(feature = "metal")]
         "metal" => Device::new_metal(0).map_err(err("metal device")),
-        other => Err(ExecError(format!("device `{other}` is not available in this build"))),
+        other => Err(ExecError::Failed(format!("device `{other}` is not available in this build"))),
     }
 }
 
 fn json_bytes(value: &impl Serialize) -> Result<Vec<u8>, ExecError> {
-    serde_json::to_vec_pretty(value).map_err(|error| ExecError(format!("json: {error}")))
+    serde_json::to_vec_pretty(value).map_err(|error| ExecError::Failed(format!("json: {error}")))
 }
 
 struct Ctx<'a, 'b> {
     exec: &'a ExecContext<'b>,
     device: Device,
+    base_dir: &'a std::path::Path,
 }
 
 impl Ctx<'_, '_> {
     fn f64(&self, name: &str) -> Result<f64, ExecError> {
-        self.exec.knob(name)?.as_f64().ok_or_else(|| ExecError(format!("knob `{name}` is not a number")))
+        self.exec.knob(name)?.as_f64().ok_or_else(|| ExecError::Failed(format!("knob `{name}` is not a number")))
     }
 
     fn int(&self, name: &str) -> Result<i64, ExecError> {
-        self.exec.knob(name)?.as_i64().ok_or_else(|| ExecError(format!("knob `{name}` is not an integer")))
+        self.exec.knob(name)?.as_i64().ok_or_else(|| ExecError::Failed(format!("knob `{name}` is not an integer")))
     }
 
     fn text(&self, name: &str) -> Result<&str, ExecError> {
-        self.exec.knob(name)?.as_str().ok_or_else(|| ExecError(format!("knob `{name}` is not a string")))
+        self.exec.knob(name)?.as_str().ok_or_else(|| ExecError::Failed(format!("knob `{name}` is not a string")))
     }
 
     fn seed(&self) -> Result<u64, ExecError> {
@@ -151,7 +165,7 @@ impl Ctx<'_, '_> {
 
     fn data(&self) -> Result<Prepared, ExecError> {
         let bytes = self.exec.artifact("data", "dataset.safetensors")?;
-        Prepared::decode(&bytes).map_err(|error| ExecError(error.to_string()))
+        Prepared::decode(&bytes).map_err(|error| ExecError::Failed(error.to_string()))
     }
 
     fn mlp_spec(&self, data: &Prepared) -> Result<MlpSpec, ExecError> {
@@ -193,14 +207,14 @@ impl Ctx<'_, '_> {
 
 impl Executor for Stages {
     fn execute(&self, exec: &ExecContext<'_>) -> Result<ExecOutput, ExecError> {
-        let ctx = Ctx { exec, device: device(exec.device)? };
+        let ctx = Ctx { exec, device: device(exec.device)?, base_dir: &self.base_dir };
         match exec.spec.id {
             "data" => stage_data(&ctx),
             "loss_at_init" => stage_loss_at_init(&ctx),
             "zero_input_baseline" => stage_zero_input_baseline(&ctx),
             "overfit_batch" => stage_overfit_batch(&ctx),
             "overfit" => stage_overfit(&ctx),
-            other => Err(ExecError(format!("no such stage `{other}`"))),
+            other => Err(ExecError::Failed(format!("no such stage `{other}`"))),
         }
     }
 
@@ -300,11 +314,23 @@ impl Executor for Stages {
 
 fn stage_data(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
     let source = ctx.text("data.source")?;
-    let raw = data::load_source(source).map_err(|error| ExecError(error.to_string()))?;
+    let parsed = Source::parse(source, ctx.base_dir).map_err(|error| ExecError::BadInput(error.to_string()))?;
+    let size = ctx.exec.knob("data.images.size")?.as_int_list().unwrap_or_default().to_vec();
+    let options = SourceOptions {
+        csv_label: ctx.text("data.csv.label")?.to_string(),
+        csv_header: ctx.exec.knob("data.csv.header")?.as_bool().unwrap_or(true),
+        image_size: match size[..] {
+            [height, width] => (height as usize, width as usize),
+            [side] => (side as usize, side as usize),
+            _ => return Err(ExecError::BadInput("data.images.size must be [height, width]".into())),
+        },
+        image_channels: ctx.int("data.images.channels")? as usize,
+    };
+    let raw = parsed.load(&options).map_err(|error| ExecError::BadInput(error.to_string()))?;
     let fractions = ctx.exec.knob("data.split")?.as_float_list().unwrap_or_default();
     let prepared = data::prepare(&raw, source, &fractions, ctx.int("data.seed")? as u64, ctx.text("data.normalize")?)
-        .map_err(|error| ExecError(error.to_string()))?;
-    let bytes = prepared.encode().map_err(|error| ExecError(error.to_string()))?;
+        .map_err(|error| ExecError::Failed(error.to_string()))?;
+    let bytes = prepared.encode().map_err(|error| ExecError::Failed(error.to_string()))?;
     Ok(ExecOutput { artifacts: vec![("dataset.safetensors".into(), bytes)], metrics: prepared.metrics() })
 }
 
@@ -521,7 +547,7 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         "class_names": data.meta.class_names,
         "normalize": data.meta.normalize,
     });
-    let checkpoint = checkpoint.encode(&meta).map_err(|error| ExecError(error.to_string()))?;
+    let checkpoint = checkpoint.encode(&meta).map_err(|error| ExecError::Failed(error.to_string()))?;
     Ok(ExecOutput {
         artifacts: vec![
             ("checkpoint.safetensors".into(), checkpoint),

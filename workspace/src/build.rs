@@ -61,6 +61,8 @@ pub struct StageReport {
     pub output: Option<StageOutput>,
     pub verdicts: Vec<Verdict>,
     pub error: Option<String>,
+    /// The failure was bad user input (a malformed data file): exit 2, not 1.
+    pub bad_input: bool,
 }
 
 impl StageReport {
@@ -91,6 +93,7 @@ pub fn build(
                 output: None,
                 verdicts: Vec::new(),
                 error: Some("skipped: an earlier stage failed (use --keep-going to continue)".into()),
+                bad_input: false,
             };
             on_stage(&report);
             reports.push(report);
@@ -130,6 +133,7 @@ pub fn build(
                     output: Some(output),
                     verdicts: stage_verdicts(db, stage).clone(),
                     error: None,
+                    bad_input: false,
                 }
             }
             Err(failure) => StageReport {
@@ -140,6 +144,7 @@ pub fn build(
                 output: None,
                 verdicts: Vec::new(),
                 error: Some(failure.to_string()),
+                bad_input: matches!(failure, StageFailure::BadInput(_)),
             },
         };
         if report.failed() && !options.keep_going {

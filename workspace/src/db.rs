@@ -11,7 +11,9 @@ use salsa::Setter;
 
 use crate::config::Config;
 use crate::knob::KnobValue;
-use crate::recipe::{ExecContext, NoProgress, Progress, Recipe, StageFailure, StageOutput, StageSpec, Verdict};
+use crate::recipe::{
+    ExecContext, ExecError, NoProgress, Progress, Recipe, StageFailure, StageOutput, StageSpec, Verdict,
+};
 
 /// One knob's value.
 #[salsa::input(debug)]
@@ -322,7 +324,11 @@ pub fn stage_output(db: &dyn Db, stage: Stage) -> Result<StageOutput, StageFailu
         device: &device,
         progress: engine.progress.as_ref(),
     };
-    let result = engine.recipe.executor.execute(&ctx).map_err(|err| StageFailure::Error(err.0)).and_then(|output| {
+    let result = engine.recipe.executor.execute(&ctx).map_err(|err| match err {
+        ExecError::Failed(message) => StageFailure::Error(message),
+        ExecError::BadInput(message) => StageFailure::BadInput(message),
+    });
+    let result = result.and_then(|output| {
         if let Some((name, value)) = output.metrics.iter().find(|(_, value)| !value.is_finite()) {
             return Err(StageFailure::Error(format!("metric `{name}` is {value}, not a finite number")));
         }

@@ -73,13 +73,15 @@ pub enum StageFailure {
     Upstream(String),
     /// The stage itself failed.
     Error(String),
+    /// The stage's input (a data file) is malformed.
+    BadInput(String),
 }
 
 impl std::fmt::Display for StageFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StageFailure::Upstream(stage) => write!(f, "upstream stage `{stage}` failed"),
-            StageFailure::Error(message) => f.write_str(message),
+            StageFailure::Error(message) | StageFailure::BadInput(message) => f.write_str(message),
         }
     }
 }
@@ -110,9 +112,9 @@ pub struct ExecContext<'a> {
 
 impl ExecContext<'_> {
     pub fn knob(&self, name: &str) -> Result<&KnobValue, ExecError> {
-        self.knobs
-            .get(name)
-            .ok_or_else(|| ExecError(format!("stage `{}` reads knob `{name}` it did not declare", self.spec.id)))
+        self.knobs.get(name).ok_or_else(|| {
+            ExecError::Failed(format!("stage `{}` reads knob `{name}` it did not declare", self.spec.id))
+        })
     }
 
     /// The verified bytes of artifact `name` of upstream stage `stage`.
@@ -120,10 +122,12 @@ impl ExecContext<'_> {
         let output = self
             .upstream
             .get(stage)
-            .ok_or_else(|| ExecError(format!("stage `{}` reads `{stage}` it did not declare", self.spec.id)))?;
-        let artifact =
-            output.artifacts.get(name).ok_or_else(|| ExecError(format!("stage `{stage}` has no artifact `{name}`")))?;
-        self.store.get(&artifact.hash).map_err(|err| ExecError(err.to_string()))
+            .ok_or_else(|| ExecError::Failed(format!("stage `{}` reads `{stage}` it did not declare", self.spec.id)))?;
+        let artifact = output
+            .artifacts
+            .get(name)
+            .ok_or_else(|| ExecError::Failed(format!("stage `{stage}` has no artifact `{name}`")))?;
+        self.store.get(&artifact.hash).map_err(|err| ExecError::Failed(err.to_string()))
     }
 }
 
@@ -134,9 +138,16 @@ pub struct ExecOutput {
     pub metrics: Metrics,
 }
 
+/// Why a stage execution failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ExecError(pub String);
+pub enum ExecError {
+    /// The stage broke (a NaN loss, an I/O error).
+    #[error("{0}")]
+    Failed(String),
+    /// The user's input is wrong (a malformed data file): a usage error, exit 2.
+    #[error("{0}")]
+    BadInput(String),
+}
 
 /// Runs stages and judges their results. Implemented by `pipelines` (and by fakes in tests).
 pub trait Executor: Send + Sync {

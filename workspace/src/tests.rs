@@ -32,7 +32,7 @@ impl Executor for Fake {
                 bytes.extend(b" c");
                 bytes
             }
-            other => return Err(ExecError(format!("no stage {other}"))),
+            other => return Err(ExecError::Failed(format!("no stage {other}"))),
         };
         let metric = bytes.len() as f64;
         Ok(ExecOutput {

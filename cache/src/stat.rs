@@ -1,0 +1,141 @@
+//! A stat cache: (path, size, mtime, inode) -> content hash, so a no-op build does
+//! not re-read gigabytes. A file whose stat changed is re-hashed once; if its bytes
+//! are unchanged its hash (and so every key built on it) is too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{write_atomic, ArtifactHash, CacheError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    size: u64,
+    mtime_ns: i128,
+    inode: u64,
+    hash: ArtifactHash,
+}
+
+/// File content hashes remembered by stat. Saved to `stat-cache.json` in the cache.
+#[derive(Debug)]
+pub struct StatCache {
+    path: PathBuf,
+    tmp: PathBuf,
+    entries: Mutex<BTreeMap<PathBuf, Entry>>,
+    dirty: Mutex<bool>,
+}
+
+fn stat(path: &Path) -> std::io::Result<(u64, i128, u64)> {
+    let meta = std::fs::metadata(path)?;
+    let mtime_ns = match meta.modified()?.duration_since(std::time::UNIX_EPOCH) {
+        Ok(elapsed) => elapsed.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok((meta.len(), mtime_ns, inode))
+}
+
+/// blake3 of a file's bytes, streamed.
+pub fn hash_file(path: &Path) -> Result<ArtifactHash, CacheError> {
+    let io = |source| CacheError::Io { path: path.to_path_buf(), source };
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap(path).map_err(io)?;
+    Ok(ArtifactHash::from_bytes(*hasher.finalize().as_bytes()))
+}
+
+impl StatCache {
+    pub(crate) fn load(root: &Path) -> StatCache {
+        let path = root.join("stat-cache.json");
+        let entries =
+            std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        StatCache { path, tmp: root.join("tmp"), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+    }
+
+    /// The content hash of `path`, re-reading the file only when its stat changed.
+    pub fn hash(&self, path: &Path) -> Result<ArtifactHash, CacheError> {
+        let (size, mtime_ns, inode) =
+            stat(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(entry) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if entry.size == size && entry.mtime_ns == mtime_ns && entry.inode == inode {
+                return Ok(entry.hash);
+            }
+        }
+        tracing::debug!(path = %path.display(), bytes = size, "hashing file");
+        let hash = hash_file(path)?;
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Entry { size, mtime_ns, inode, hash });
+        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        Ok(hash)
+    }
+
+    /// Whether `path` still has the stat recorded when it was last hashed to `hash`.
+    pub fn unchanged(&self, path: &Path, hash: &ArtifactHash) -> bool {
+        let Ok((size, mtime_ns, inode)) = stat(path) else { return false };
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|entry| {
+            entry.size == size && entry.mtime_ns == mtime_ns && entry.inode == inode && entry.hash == *hash
+        })
+    }
+
+    /// Records that `path` was just verified (or written) with content `hash`.
+    pub fn remember(&self, path: &Path, hash: ArtifactHash) {
+        if let Ok((size, mtime_ns, inode)) = stat(path) {
+            let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Entry { size, mtime_ns, inode, hash });
+            *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        }
+    }
+
+    /// Forgets `path` (after it was found corrupt or removed).
+    pub fn forget(&self, path: &Path) {
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&key).is_some() {
+            *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        }
+    }
+
+    /// Writes the cache back if anything changed.
+    pub fn save(&self) -> Result<(), CacheError> {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if !*dirty {
+            return Ok(());
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes =
+            serde_json::to_vec(&*entries).map_err(|source| CacheError::Json { path: self.path.clone(), source })?;
+        write_atomic(&self.tmp, &self.path, &bytes)?;
+        *dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rehashes_only_after_a_stat_change() {
+        let dir = crate::store::tests::test_dir("stat");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let file = dir.join("data.bin");
+        std::fs::write(&file, b"abc").unwrap();
+        let cache = StatCache::load(&dir);
+        let hash = cache.hash(&file).unwrap();
+        assert_eq!(hash, ArtifactHash::of(b"abc"));
+        assert!(cache.unchanged(&file, &hash));
+        cache.save().unwrap();
+        let reloaded = StatCache::load(&dir);
+        assert!(reloaded.unchanged(&file, &hash));
+        // Same size, new bytes, new mtime: re-hashed.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&file, b"abd").unwrap();
+        assert!(!reloaded.unchanged(&file, &hash));
+        assert_eq!(reloaded.hash(&file).unwrap(), ArtifactHash::of(b"abd"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
