@@ -88,8 +88,21 @@ impl Printer {
         if self.json {
             say!("{}", stage_json(report, &self.out));
         } else {
-            let verdicts: Vec<String> =
-                report.verdicts.iter().map(|v| format!("{} {}", verdict_word(v.status), v.check)).collect();
+            // Few checks: name them all; many: count the passes and name the rest.
+            let verdicts: Vec<String> = if report.verdicts.len() <= 3 {
+                report.verdicts.iter().map(|v| format!("{} {}", verdict_word(v.status), v.check)).collect()
+            } else {
+                let passed = report.verdicts.iter().filter(|v| v.status == VerdictStatus::Pass).count();
+                std::iter::once(format!("{passed}/{} pass", report.verdicts.len()))
+                    .chain(
+                        report
+                            .verdicts
+                            .iter()
+                            .filter(|v| v.status != VerdictStatus::Pass)
+                            .map(|v| format!("{} {}", verdict_word(v.status), v.check)),
+                    )
+                    .collect()
+            };
             let secs =
                 if report.status == Some(StageStatus::Ran) { format!("{:.2}s", report.secs) } else { "-".into() };
             say!("{:>8} {:<22} {:>8}  {}", status_word(report), report.stage, secs, verdicts.join(", "));

@@ -5,8 +5,10 @@
 //! absolute paths, sorted tensor names).
 
 pub mod data;
+pub mod inspect;
 pub mod knobs;
 pub mod model;
+pub mod render;
 pub mod rng;
 pub mod sources;
 pub mod stages;

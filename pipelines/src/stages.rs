@@ -10,6 +10,7 @@ use workspace::{
 };
 
 use crate::data::{self, Prepared};
+use crate::inspect::{self, InspectOptions};
 use crate::model::{Activation, Init, Mlp, MlpSpec, Model};
 use crate::sources::{Source, SourceOptions};
 use crate::tensors::TensorFile;
@@ -51,6 +52,32 @@ pub fn specs() -> Vec<StageSpec> {
             checks: vec![],
             upstream: vec![],
             fingerprints: vec!["dataset"],
+            device_dependent: false,
+        },
+        StageSpec {
+            id: "inspect",
+            version: 1,
+            doc: "become one with the data: balance, duplicates, leakage, corrupt values, outliers, label noise, pictures",
+            knobs: vec![
+                "checks.inspect.top_k",
+                "checks.inspect.knn_k",
+                "checks.inspect.knn_queries",
+                "checks.inspect.outlier_z",
+                "data.seed",
+            ],
+            checks: INSPECT_CHECKS.to_vec(),
+            upstream: vec!["data"],
+            fingerprints: vec![],
+            device_dependent: false,
+        },
+        StageSpec {
+            id: "batch_preview",
+            version: 1,
+            doc: "the first training batch exactly as the training loop receives it, decoded to pictures",
+            knobs: vec!["train.batch_size", "train.seed"],
+            checks: vec![],
+            upstream: vec!["data"],
+            fingerprints: vec![],
             device_dependent: false,
         },
         StageSpec {
@@ -100,11 +127,25 @@ pub fn specs() -> Vec<StageSpec> {
     ]
 }
 
+const INSPECT_CHECKS: [&str; 10] = [
+    "checks.inspect.max_imbalance",
+    "checks.inspect.max_leaked",
+    "checks.inspect.max_duplicates",
+    "checks.inspect.max_conflicting",
+    "checks.inspect.max_near_duplicate_share",
+    "checks.inspect.max_corrupt",
+    "checks.inspect.max_constant_share",
+    "checks.inspect.max_all_zero",
+    "checks.inspect.max_outlier_share",
+    "checks.inspect.max_suspect_share",
+];
+
 pub fn targets() -> Vec<Target> {
-    let skeleton = vec!["data", "loss_at_init", "zero_input_baseline", "overfit_batch"];
+    let skeleton = vec!["data", "inspect", "batch_preview", "loss_at_init", "zero_input_baseline", "overfit_batch"];
     let mut overfit = skeleton.clone();
     overfit.push("overfit");
     vec![
+        Target { name: "inspect", doc: "become one with the data", stages: vec!["data", "inspect"] },
         Target { name: "skeleton", doc: "end-to-end skeleton with dumb baselines", stages: skeleton },
         Target { name: "overfit", doc: "skeleton, then overfit the training split", stages: overfit.clone() },
         Target { name: "all", doc: "every stage", stages: overfit },
@@ -210,6 +251,8 @@ impl Executor for Stages {
         let ctx = Ctx { exec, device: device(exec.device)?, base_dir: &self.base_dir };
         match exec.spec.id {
             "data" => stage_data(&ctx),
+            "inspect" => stage_inspect(&ctx),
+            "batch_preview" => stage_batch_preview(&ctx),
             "loss_at_init" => stage_loss_at_init(&ctx),
             "zero_input_baseline" => stage_zero_input_baseline(&ctx),
             "overfit_batch" => stage_overfit_batch(&ctx),
@@ -230,6 +273,7 @@ impl Executor for Stages {
             hint: (!pass).then(|| hint.to_string()),
         };
         match stage {
+            "inspect" => inspect_verdicts(output, checks),
             "loss_at_init" => {
                 let (loss, entropy, tolerance) =
                     (metric("loss"), metric("entropy"), check("checks.loss_at_init.tolerance"));
@@ -555,4 +599,181 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         ],
         metrics,
     })
+}
+
+fn stage_inspect(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
+    let data = ctx.data()?;
+    let options = InspectOptions {
+        top_k: ctx.int("checks.inspect.top_k")? as usize,
+        knn_k: ctx.int("checks.inspect.knn_k")? as usize,
+        knn_queries: ctx.int("checks.inspect.knn_queries")? as usize,
+        outlier_z: ctx.f64("checks.inspect.outlier_z")?,
+        seed: ctx.int("data.seed")? as u64,
+    };
+    let inspection = inspect::inspect(&data, &options).map_err(err("inspect"))?;
+    let mut artifacts = vec![("report.json".to_string(), json_bytes(&inspection.report)?)];
+    artifacts.extend(inspection.files);
+    Ok(ExecOutput { artifacts, metrics: inspection.metrics })
+}
+
+fn inspect_verdicts(output: &StageOutput, checks: &BTreeMap<&'static str, KnobValue>) -> Vec<Verdict> {
+    let metric = |name: &str| output.metrics.get(name).copied().unwrap_or(f64::NAN);
+    let check = |name: &str| checks.get(name).and_then(KnobValue::as_f64).unwrap_or(f64::NAN);
+    // (check, metric, threshold knob, fail or warn, message, hint)
+    let rules: [(&str, &str, &str, VerdictStatus, String, &str); 10] = [
+        (
+            "class_balance",
+            "imbalance_ratio",
+            "checks.inspect.max_imbalance",
+            VerdictStatus::Warn,
+            format!("largest/smallest training class count is {:.2}", metric("imbalance_ratio")),
+            "re-weight the loss or resample, and judge the model by per-class metrics",
+        ),
+        (
+            "leakage",
+            "n_leaked",
+            "checks.inspect.max_leaked",
+            VerdictStatus::Fail,
+            format!("{} val/test examples are exact copies of examples in another split", metric("n_leaked")),
+            "deduplicate before splitting; report.json lists the copies under duplicates.cross_split",
+        ),
+        (
+            "duplicates",
+            "n_duplicates_within",
+            "checks.inspect.max_duplicates",
+            VerdictStatus::Warn,
+            format!("{} exact duplicates within splits", metric("n_duplicates_within")),
+            "duplicates over-weight some examples; report.json lists them under duplicates.within_split",
+        ),
+        (
+            "conflicting_labels",
+            "n_conflicting",
+            "checks.inspect.max_conflicting",
+            VerdictStatus::Fail,
+            format!("{} examples have an identical twin with a different label", metric("n_conflicting")),
+            "fix the labels of duplicates.conflicting_labels in report.json",
+        ),
+        (
+            "near_duplicates",
+            "near_duplicate_share",
+            "checks.inspect.max_near_duplicate_share",
+            VerdictStatus::Warn,
+            format!("{} val/test examples nearly duplicate a training example", metric("n_near_duplicates")),
+            "near copies inflate validation scores: look at near_duplicates in report.json",
+        ),
+        (
+            "corrupt_values",
+            "n_non_finite",
+            "checks.inspect.max_corrupt",
+            VerdictStatus::Fail,
+            format!("{} examples hold NaN or Inf", metric("n_non_finite")),
+            "fix or drop the examples listed under non_finite in report.json",
+        ),
+        (
+            "value_range",
+            "n_out_of_range",
+            "checks.inspect.max_corrupt",
+            VerdictStatus::Fail,
+            format!("{} examples hold values outside the format's range", metric("n_out_of_range")),
+            "check the decoding of the examples listed under out_of_range",
+        ),
+        (
+            "constant_features",
+            "constant_feature_share",
+            "checks.inspect.max_constant_share",
+            VerdictStatus::Warn,
+            format!("{} features are constant on the training split", metric("n_constant_features")),
+            "constant features carry no signal; check the loader, or drop them",
+        ),
+        (
+            "all_zero",
+            "n_all_zero",
+            "checks.inspect.max_all_zero",
+            VerdictStatus::Warn,
+            format!("{} examples are all zeros", metric("n_all_zero")),
+            "all-zero inputs are often failed reads: look at all_zero in report.json",
+        ),
+        (
+            "outliers",
+            "outlier_share",
+            "checks.inspect.max_outlier_share",
+            VerdictStatus::Warn,
+            format!("{} examples have a robust z-score above the outlier threshold", metric("n_outliers")),
+            "look at outliers.png and the outliers in report.json",
+        ),
+    ];
+    let mut verdicts: Vec<Verdict> = rules
+        .into_iter()
+        .map(|(name, metric_name, knob, severity, message, hint)| {
+            let (value, expected) = (metric(metric_name), check(knob));
+            let pass = value <= expected;
+            Verdict {
+                check: name.to_string(),
+                status: if pass { VerdictStatus::Pass } else { severity },
+                value,
+                expected,
+                message,
+                hint: (!pass).then(|| hint.to_string()),
+            }
+        })
+        .collect();
+    let (share, max_share) = (metric("suspect_share"), check("checks.inspect.max_suspect_share"));
+    verdicts.push(Verdict {
+        check: "label_noise".into(),
+        status: if share <= max_share { VerdictStatus::Pass } else { VerdictStatus::Warn },
+        value: share,
+        expected: max_share,
+        message: format!(
+            "{} of {} checked training examples disagree with most of their nearest neighbours",
+            metric("n_suspects"),
+            metric("knn_queries")
+        ),
+        hint: (share > max_share).then(|| "look at suspects.png and label_noise in report.json".to_string()),
+    });
+    verdicts
+}
+
+fn stage_batch_preview(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
+    let data = ctx.data()?;
+    let train = ctx.tensors(&data, &data.train)?;
+    // The very code path of the training stages: same batcher, same seed, same purpose.
+    let mut batches = Batches::new(&train, ctx.int("train.batch_size")? as usize, ctx.seed()?, "train");
+    let (x, y) = batches.next_batch().map_err(err("batch"))?;
+    let values: Vec<Vec<f32>> = x.to_vec2().map_err(err("batch"))?;
+    let labels: Vec<u32> = y.to_vec1().map_err(err("batch"))?;
+    let flat: Vec<f32> = values.iter().flatten().copied().filter(|v| v.is_finite()).collect();
+    let n = flat.len().max(1) as f64;
+    let mean = flat.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let std = (flat.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let (min, max) = flat.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let names = &data.meta.class_names;
+    let summary = json!({
+        "batch_size": labels.len(),
+        "labels": labels,
+        "label_names": labels.iter().map(|&l| names.get(l as usize).cloned().unwrap_or_default()).collect::<Vec<_>>(),
+        "mean": mean, "std": std, "min": min, "max": max,
+        "normalize": data.meta.normalize,
+        "rendering": "normalised values drawn with -3 as black and +3 as white, exactly as fed to the model",
+    });
+    let mut artifacts = vec![("batch_preview.json".to_string(), json_bytes(&summary)?)];
+    if crate::render::is_image(&data.meta.shape) {
+        let tiles: Vec<(&[f32], String)> = values
+            .iter()
+            .zip(&labels)
+            .map(|(row, &l)| (row.as_slice(), names.get(l as usize).cloned().unwrap_or_else(|| l.to_string())))
+            .collect();
+        let scale = if data.meta.normalize == "standard" {
+            crate::render::Scale { low: -3.0, high: 3.0 }
+        } else {
+            let (low, high) = data.meta.value_range.unwrap_or((min, max));
+            crate::render::Scale { low, high }
+        };
+        artifacts.push(("batch_preview.png".to_string(), crate::render::tiles(&tiles, &data.meta.shape, scale, 8)));
+    }
+    let metrics = BTreeMap::from([
+        ("batch_mean".to_string(), mean),
+        ("batch_std".to_string(), std),
+        ("batch_size".to_string(), labels.len() as f64),
+    ]);
+    Ok(ExecOutput { artifacts, metrics })
 }

@@ -21,6 +21,9 @@ max_steps = 1000
 min_train_acc = 0.9
 "#;
 
+/// Stages of the `overfit` target.
+const OVERFIT_STAGES: i64 = 7;
+
 fn digits() -> TestDir {
     TestDir::with_pipeline(SMALL)
 }
@@ -30,11 +33,11 @@ fn second_build_runs_nothing() {
     let dir = digits();
     let first = dir.build(&[]);
     assert_eq!(first.code, 0, "{}", first.stderr);
-    assert_eq!(first.done()["ran"], 5);
+    assert_eq!(first.done()["ran"], OVERFIT_STAGES);
     let second = dir.build(&[]);
     assert_eq!(second.code, 0);
     assert_eq!(second.done()["ran"], 0);
-    assert_eq!(second.done()["cached"], 5);
+    assert_eq!(second.done()["cached"], OVERFIT_STAGES);
     assert_eq!(first.hashes(), second.hashes());
 }
 
@@ -48,6 +51,8 @@ fn changing_lr_reruns_only_dependent_stages() {
         stage_statuses(&run),
         [
             ("data".to_string(), "cached".to_string()),
+            ("inspect".into(), "cached".into()),
+            ("batch_preview".into(), "cached".into()),
             ("loss_at_init".into(), "cached".into()),
             ("zero_input_baseline".into(), "ran".into()),
             ("overfit_batch".into(), "ran".into()),
@@ -88,7 +93,7 @@ fn wiping_the_cache_reproduces_identical_bytes() {
     let first = dir.build(&[]);
     std::fs::remove_dir_all(dir.path().join(".pipe")).unwrap();
     let second = dir.build(&[]);
-    assert_eq!(second.done()["ran"], 5);
+    assert_eq!(second.done()["ran"], OVERFIT_STAGES);
     assert_eq!(first.hashes(), second.hashes());
 }
 
@@ -98,7 +103,7 @@ fn thread_count_does_not_change_results() {
     let one = dir.run_with_env(&["build", "--json", "--threads", "1", "--cache-dir", "cache-1"], &[]);
     let two = dir.run_with_env(&["build", "--json", "--cache-dir", "cache-2"], &[("PIPE_THREADS", "2")]);
     assert_eq!(one.code, 0, "{}", one.stderr);
-    assert_eq!(two.done()["ran"], 5);
+    assert_eq!(two.done()["ran"], OVERFIT_STAGES);
     assert_eq!(one.hashes(), two.hashes());
 }
 
@@ -245,7 +250,7 @@ fn two_processes_share_one_cache_safely() {
         assert_eq!(run.code, 0, "{}", run.stderr);
     }
     let ran: i64 = runs.iter().map(|run| run.done()["ran"].as_i64().unwrap()).sum();
-    assert_eq!(ran, 5, "the second process waits for the lock and reuses the first one's work");
+    assert_eq!(ran, OVERFIT_STAGES, "the second process waits for the lock and reuses the first one's work");
     assert_eq!(runs[0].hashes(), runs[1].hashes());
 }
 
