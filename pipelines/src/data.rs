@@ -230,7 +230,10 @@ pub fn split(raw: &RawDataset, fractions: &[f64], seed: u64) -> Result<[Vec<u32>
     }
     for (i, part) in parts.iter_mut().enumerate() {
         part.sort_unstable();
-        Rng::new(seed, &format!("split/order={i}")).shuffle(part);
+        // A declared test split keeps its file order; the rest interleave classes.
+        if !(i == 2 && raw.test_start.is_some()) {
+            Rng::new(seed, &format!("split/order={i}")).shuffle(part);
+        }
     }
     if parts[0].is_empty() {
         return Err(DataError::EmptyTrain);

@@ -160,12 +160,12 @@ fn duplicates(
     );
 }
 
-/// A coarse signature: downsampled to at most 8x8 (channels averaged), quantised
-/// to 4 levels over the data's range; 2 bits per cell.
-fn signature(row: &[f32], shape: &[usize], low: f32, high: f32) -> u128 {
+/// A coarse signature of an image: downsampled to at most 8x8 cells (channels
+/// averaged), each cell quantised to 4 levels over the data's range.
+fn image_signature(row: &[f32], shape: &[usize], low: f32, high: f32) -> [u8; 16] {
     let (channels, height, width) = image_dims(shape);
     let (cells_h, cells_w) = (height.min(8), width.min(8));
-    let mut signature = 0u128;
+    let mut levels = Vec::with_capacity(cells_h * cells_w);
     for cy in 0..cells_h {
         for cx in 0..cells_w {
             let (y0, y1) = (cy * height / cells_h, ((cy + 1) * height / cells_h).max(cy * height / cells_h + 1));
@@ -184,11 +184,26 @@ fn signature(row: &[f32], shape: &[usize], low: f32, high: f32) -> u128 {
                 }
             }
             let mean = if n > 0.0 { sum / n } else { low };
-            let level = (((mean - low) / (high - low).max(1e-12)) * 4.0).clamp(0.0, 3.0) as u128;
-            signature = (signature << 2) | level;
+            levels.push((((mean - low) / (high - low).max(1e-12)) * 4.0).clamp(0.0, 3.0) as u8);
         }
     }
-    signature
+    digest(&levels)
+}
+
+/// A signature of a feature vector: each standardised feature rounded to 0.001
+/// standard deviations, so copies that differ only by rounding collide.
+fn vector_signature(standardised: &[f32]) -> [u8; 16] {
+    let levels: Vec<u8> = standardised
+        .iter()
+        .flat_map(|z| if z.is_finite() { ((z * 1000.0).round() as i32).to_le_bytes() } else { [0xff; 4] })
+        .collect();
+    digest(&levels)
+}
+
+fn digest(bytes: &[u8]) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&blake3::hash(bytes).as_bytes()[..16]);
+    key
 }
 
 fn near_duplicates(
@@ -202,16 +217,24 @@ fn near_duplicates(
         let finite = views.iter().flat_map(|v| v.raw.iter()).filter(|v| v.is_finite());
         finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
     });
-    let mut train: HashMap<u128, usize> = HashMap::new();
-    for (index, row) in views[0].raw.chunks(d).enumerate() {
-        train.entry(signature(row, &data.meta.shape, low, high)).or_insert(index);
+    let image = is_image(&data.meta.shape);
+    let signature = |view: &View<'_>, index: usize| {
+        if image {
+            image_signature(&view.raw[index * d..(index + 1) * d], &data.meta.shape, low, high)
+        } else {
+            vector_signature(&view.split.x[index * d..(index + 1) * d])
+        }
+    };
+    let mut train: HashMap<[u8; 16], usize> = HashMap::new();
+    for index in 0..views[0].split.len() {
+        train.entry(signature(&views[0], index)).or_insert(index);
     }
     let mut pairs = Vec::new();
     let mut n_other = 0usize;
     for view in &views[1..] {
         n_other += view.split.len();
         for (index, row) in view.raw.chunks(d).enumerate() {
-            if let Some(&train_index) = train.get(&signature(row, &data.meta.shape, low, high)) {
+            if let Some(&train_index) = train.get(&signature(view, index)) {
                 let exact = views[0].raw[train_index * d..(train_index + 1) * d] == *row;
                 if !exact {
                     pairs.push((view.example(index), views[0].example(train_index)));
@@ -276,7 +299,7 @@ fn corrupt_values(
 #[derive(Debug, Clone, Serialize)]
 pub struct Outlier {
     pub example: ExampleRef,
-    /// The largest robust z-score of the example's mean, std and norm.
+    /// The largest robust z-score (within its class) of the example's mean, std and norm.
     pub score: f64,
     pub mean: f64,
     pub std: f64,
@@ -309,18 +332,26 @@ fn outliers(
             all.push(Outlier { example: view.example(index), score: 0.0, mean, std, norm });
         }
     }
-    for stat in 0..3 {
-        let get = |o: &Outlier| [o.mean, o.std, o.norm][stat];
-        let mut values: Vec<f64> = all.iter().map(get).collect();
-        let center = median(&mut values);
-        let mut deviations: Vec<f64> = all.iter().map(|o| (get(o) - center).abs()).collect();
-        let mad = median(&mut deviations) * 1.4826;
-        let spread = if mad > 1e-12 { mad } else { 1e-12 };
-        for outlier in all.iter_mut() {
-            let z = ((get(outlier) - center) / spread).abs();
-            // A zero spread (most examples identical in this statistic) gives no evidence.
-            let z = if mad > 1e-12 { z } else { 0.0 };
-            outlier.score = outlier.score.max(z);
+    // Robust z-scores within each class: classes may differ in brightness or scale
+    // (a multi-modal population), but an example should look like its own class.
+    let n_classes = all.iter().map(|o| o.example.label as usize + 1).max().unwrap_or(0);
+    for class in 0..n_classes {
+        let members: Vec<usize> = (0..all.len()).filter(|&i| all[i].example.label as usize == class).collect();
+        for stat in 0..3 {
+            let get = |o: &Outlier| [o.mean, o.std, o.norm][stat];
+            let mut values: Vec<f64> = members.iter().map(|&i| get(&all[i])).collect();
+            let center = median(&mut values);
+            let mut deviations: Vec<f64> = members.iter().map(|&i| (get(&all[i]) - center).abs()).collect();
+            let mad = median(&mut deviations) * 1.4826;
+            // No spread (most members identical in this statistic, up to float
+            // rounding) gives no evidence.
+            if mad <= 1e-6 * center.abs().max(1.0) {
+                continue;
+            }
+            for &i in &members {
+                let z = ((get(&all[i]) - center) / mad).abs();
+                all[i].score = all[i].score.max(z);
+            }
         }
     }
     let n_outliers = all.iter().filter(|o| o.score > options.outlier_z).count();
