@@ -50,6 +50,12 @@ pub fn schema() -> Vec<KnobSpec> {
             "images: every image is resized to [height, width]",
         ),
         KnobSpec::new("data.images.channels", Int { min: 1, max: 3 }, int(1), "images: 1 (grayscale) or 3 (RGB)"),
+        KnobSpec::new(
+            "data.human_labels",
+            Str,
+            text(""),
+            "CSV of split,index,label from a second annotation (empty: no human baseline)",
+        ),
         KnobSpec::new("model.kind", Choice(&["mlp", "linear"]), text("mlp"), "mlp or linear (softmax regression)"),
         KnobSpec::new(
             "model.hidden",
@@ -134,6 +140,16 @@ pub fn schema() -> Vec<KnobSpec> {
             Float { min: 0.0, max: 1.0 },
             float(0.5),
             "pass when training loss fell by at least this fraction from the first evaluation",
+        ),
+        KnobSpec::new("checks.dumb_baselines.steps", Int { min: 1, max: BIG }, int(500), "training steps of the softmax-regression baseline"),
+        KnobSpec::new("checks.dumb_baselines.lr", Float { min: 0.0, max: 100.0 }, float(1e-2), "Adam learning rate of the softmax-regression baseline"),
+        KnobSpec::new("checks.dumb_baselines.fail", Bool, KnobValue::Bool(false), "fail (not warn) when the model does not beat a dumb baseline"),
+        KnobSpec::new("checks.grad_deps.samples", Int { min: 1, max: 4096 }, int(4), "examples of the first batch probed by the gradient dependency check"),
+        KnobSpec::new(
+            "checks.dynamics.size",
+            Int { min: 0, max: 10_000 },
+            int(16),
+            "validation examples whose predicted probabilities are recorded at each evaluation",
         ),
         KnobSpec::new("checks.overfit.min_train_acc", prob, float(0.99), "pass when final training accuracy >= this"),
     ]

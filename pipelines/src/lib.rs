@@ -5,6 +5,7 @@
 //! absolute paths, sorted tensor names).
 
 pub mod data;
+pub mod grad_deps;
 pub mod inspect;
 pub mod knobs;
 pub mod model;
@@ -70,7 +71,23 @@ pub fn fingerprints(
     stats: &StatCache,
 ) -> Result<BTreeMap<String, ArtifactHash>, data::DataError> {
     let source = source(config, base_dir)?;
-    Ok(BTreeMap::from([("dataset".to_string(), data::fingerprint(&source, stats)?)]))
+    let human = match config.get("data.human_labels").and_then(|v| v.as_str()) {
+        Some(file) if !file.is_empty() => {
+            let path = base_dir.join(file);
+            if !path.is_file() {
+                return Err(data::DataError::Source(sources::SourceError::File {
+                    path,
+                    message: "no such file (data.human_labels)".into(),
+                }));
+            }
+            stats.hash(&path)?
+        }
+        _ => ArtifactHash::of(b"no human labels"),
+    };
+    Ok(BTreeMap::from([
+        ("dataset".to_string(), data::fingerprint(&source, stats)?),
+        ("human_labels".to_string(), human),
+    ]))
 }
 
 /// Devices this build can run on.

@@ -12,6 +12,21 @@ pub trait Model {
 
     /// Trainable parameters by checkpoint name, in a stable order.
     fn parameters(&self) -> Vec<(String, Var)>;
+
+    /// Logits plus each hidden layer's output (after its activation), by layer name.
+    fn forward_traced(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+        Ok((self.forward(x)?, Vec::new()))
+    }
+
+    /// Whether output position t may depend only on input positions up to t
+    /// (inputs `[batch, time, features]`, outputs `[batch, time, classes]`).
+    fn autoregressive(&self) -> bool {
+        false
+    }
+
+    /// Switches layers that mix the batch by design (batch norm) between training
+    /// and evaluation behaviour. Models without such layers ignore it.
+    fn set_training(&self, _training: bool) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,18 +121,11 @@ impl Mlp {
 
 impl Model for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The bias enters as `ones[batch, 1] x bias[1, out]`: its gradient is then a
-        // matmul too, where a broadcast add would make backprop reduce over the batch
-        // with candle's slow strided sum (16% of a digits training step, measured).
-        let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
-        let mut h = x.clone();
-        for (i, (_, weight, bias)) in self.layers.iter().enumerate() {
-            h = (h.matmul(&weight.as_tensor().t()?)? + ones.matmul(&bias.as_tensor().unsqueeze(0)?)?)?;
-            if i + 1 < self.layers.len() {
-                h = self.activation.apply(&h)?;
-            }
-        }
-        Ok(h)
+        Ok(self.forward_traced_inner(x, false)?.0)
+    }
+
+    fn forward_traced(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+        self.forward_traced_inner(x, true)
     }
 
     fn parameters(&self) -> Vec<(String, Var)> {
@@ -127,6 +135,32 @@ impl Model for Mlp {
                 [(format!("{name}.weight"), weight.clone()), (format!("{name}.bias"), bias.clone())]
             })
             .collect()
+    }
+}
+
+impl Mlp {
+    fn forward_traced_inner(&self, x: &Tensor, trace: bool) -> Result<(Tensor, Vec<(String, Tensor)>)> {
+        let mut hidden = Vec::new();
+        // The bias enters as `ones[batch, 1] x bias[1, out]`: its gradient is then a
+        // matmul too, where a broadcast add would make backprop reduce over the batch
+        // with candle's slow strided sum (16% of a digits training step, measured).
+        let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
+        let mut h = x.clone();
+        for (i, (_, weight, bias)) in self.layers.iter().enumerate() {
+            h = (h.matmul(&weight.as_tensor().t()?)? + ones.matmul(&bias.as_tensor().unsqueeze(0)?)?)?;
+            if i + 1 < self.layers.len() {
+                h = self.activation.apply(&h)?;
+                if trace {
+                    hidden.push((self.layers[i].0.clone(), h.clone()));
+                }
+            }
+        }
+        Ok((h, hidden))
+    }
+
+    /// The first layer's weights `[out, in]`.
+    pub fn first_layer(&self) -> Option<Tensor> {
+        self.layers.first().map(|(_, weight, _)| weight.as_tensor().clone())
     }
 }
 

@@ -193,6 +193,115 @@ pub fn histogram_svg(title: &str, edges: &[f64], counts: &[u64]) -> String {
     svg
 }
 
+/// One line of a chart.
+pub struct Series {
+    pub name: String,
+    pub color: &'static str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Distinct line colours, cycled.
+pub const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+
+/// A line chart panel as an SVG group of `width` x `height` at (x, y). Non-finite
+/// points are skipped; `log_y` plots log10 of positive values.
+fn chart_panel(svg: &mut String, title: &str, series: &[Series], log_y: bool, at: (f64, f64), size: (f64, f64)) {
+    let (x0, y0) = at;
+    let (width, height) = size;
+    let margin = 44.0;
+    let transform = |v: f64| {
+        if log_y {
+            if v > 0.0 {
+                Some(v.log10())
+            } else {
+                None
+            }
+        } else {
+            Some(v)
+        }
+    };
+    let points: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter_map(|(x, y)| if x.is_finite() && y.is_finite() { transform(y).map(|y| (x, y)) } else { None })
+        .collect();
+    let (min_x, max_x) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (min_y, max_y) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (min_x, max_x) = if min_x.is_finite() { (min_x, max_x.max(min_x + 1e-9)) } else { (0.0, 1.0) };
+    let (min_y, max_y) = if min_y.is_finite() { (min_y, max_y.max(min_y + 1e-9)) } else { (0.0, 1.0) };
+    let sx = |x: f64| x0 + margin + (x - min_x) / (max_x - min_x) * (width - 1.5 * margin);
+    let sy = |y: f64| y0 + height - margin + (min_y - y) / (max_y - min_y) * (height - 2.0 * margin);
+    let label = |v: f64| if log_y { format!("{:.3e}", 10f64.powf(v)) } else { format!("{v:.4}") };
+    let _ = write!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" font-weight="bold">{}</text><rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#999"/>"##,
+        x0 + margin,
+        y0 + 16.0,
+        escape(title),
+        x0 + margin,
+        y0 + margin,
+        width - 1.5 * margin,
+        height - 2.0 * margin
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><text x="{:.1}" y="{:.1}">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+        x0 + margin - 2.0,
+        y0 + margin + 4.0,
+        label(max_y),
+        x0 + margin - 2.0,
+        y0 + height - margin,
+        label(min_y),
+        x0 + margin,
+        y0 + height - margin + 14.0,
+        min_x,
+        x0 + width - 0.5 * margin,
+        y0 + height - margin + 14.0,
+        max_x
+    );
+    for (i, line) in series.iter().enumerate() {
+        let coords: Vec<String> = line
+            .points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .filter_map(|&(x, y)| transform(y).map(|y| format!("{:.2},{:.2}", sx(x), sy(y))))
+            .collect();
+        if !coords.is_empty() {
+            let _ = write!(
+                svg,
+                r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"><title>{}</title></polyline>"#,
+                line.color,
+                coords.join(" "),
+                escape(&line.name)
+            );
+        }
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" fill="{}" text-anchor="end">{}</text>"#,
+            x0 + width - 0.5 * margin - 4.0,
+            y0 + margin + 14.0 + 14.0 * i as f64,
+            line.color,
+            escape(&line.name)
+        );
+    }
+}
+
+/// Charts side by side in one SVG: `(title, series, log_y)` per panel.
+pub fn charts_svg(panels: &[(&str, Vec<Series>, bool)]) -> String {
+    let (width, height) = (480.0, 300.0);
+    let total = width * panels.len().max(1) as f64;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{height}" viewBox="0 0 {total} {height}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    for (i, (title, series, log_y)) in panels.iter().enumerate() {
+        chart_panel(&mut svg, title, series, *log_y, (i as f64 * width, 0.0), (width, height));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

@@ -81,6 +81,36 @@ pub fn specs() -> Vec<StageSpec> {
             device_dependent: false,
         },
         StageSpec {
+            id: "human_baseline",
+            version: 1,
+            doc: "agreement of a second annotation (data.human_labels) with the labels",
+            knobs: vec!["data.human_labels"],
+            checks: vec![],
+            upstream: vec!["data"],
+            fingerprints: vec!["human_labels"],
+            device_dependent: false,
+        },
+        StageSpec {
+            id: "dumb_baselines",
+            version: 1,
+            doc: "majority class and softmax regression on the same splits",
+            knobs: vec!["checks.dumb_baselines.steps", "checks.dumb_baselines.lr", "train.seed", "train.batch_size"],
+            checks: vec![],
+            upstream: vec!["data"],
+            fingerprints: vec![],
+            device_dependent: true,
+        },
+        StageSpec {
+            id: "grad_deps",
+            version: 1,
+            doc: "backprop from one example's outputs to the inputs: no other example may receive gradient",
+            knobs: knobs(&[&MODEL_KNOBS, &["train.seed", "train.batch_size", "checks.grad_deps.samples"]]),
+            checks: vec![],
+            upstream: vec!["data"],
+            fingerprints: vec![],
+            device_dependent: true,
+        },
+        StageSpec {
             id: "loss_at_init",
             version: 1,
             doc: "loss at init over the whole training split vs the label entropy",
@@ -116,13 +146,27 @@ pub fn specs() -> Vec<StageSpec> {
         },
         StageSpec {
             id: "overfit",
-            version: 1,
+            version: 2,
             doc: "train the configured model; full-split evaluations; checkpoint",
-            knobs: knobs(&[&MODEL_KNOBS, &OPTIM_KNOBS, &["train.batch_size", "train.steps", "train.eval_every"]]),
+            knobs: knobs(&[
+                &MODEL_KNOBS,
+                &OPTIM_KNOBS,
+                &["train.batch_size", "train.steps", "train.eval_every", "checks.dynamics.size"],
+            ]),
             checks: vec!["checks.overfit.min_drop", "checks.overfit.min_train_acc"],
             upstream: vec!["data"],
             fingerprints: vec![],
             device_dependent: true,
+        },
+        StageSpec {
+            id: "beats_baselines",
+            version: 1,
+            doc: "the trained model against the dumb (and human) baselines on validation",
+            knobs: vec![],
+            checks: vec!["checks.dumb_baselines.fail"],
+            upstream: vec!["dumb_baselines", "human_baseline", "overfit"],
+            fingerprints: vec![],
+            device_dependent: false,
         },
     ]
 }
@@ -141,9 +185,19 @@ const INSPECT_CHECKS: [&str; 10] = [
 ];
 
 pub fn targets() -> Vec<Target> {
-    let skeleton = vec!["data", "inspect", "batch_preview", "loss_at_init", "zero_input_baseline", "overfit_batch"];
+    let skeleton = vec![
+        "data",
+        "inspect",
+        "batch_preview",
+        "human_baseline",
+        "dumb_baselines",
+        "grad_deps",
+        "loss_at_init",
+        "zero_input_baseline",
+        "overfit_batch",
+    ];
     let mut overfit = skeleton.clone();
-    overfit.push("overfit");
+    overfit.extend(["overfit", "beats_baselines"]);
     vec![
         Target { name: "inspect", doc: "become one with the data", stages: vec!["data", "inspect"] },
         Target { name: "skeleton", doc: "end-to-end skeleton with dumb baselines", stages: skeleton },
@@ -253,6 +307,10 @@ impl Executor for Stages {
             "data" => stage_data(&ctx),
             "inspect" => stage_inspect(&ctx),
             "batch_preview" => stage_batch_preview(&ctx),
+            "human_baseline" => stage_human_baseline(&ctx),
+            "dumb_baselines" => stage_dumb_baselines(&ctx),
+            "grad_deps" => stage_grad_deps(&ctx),
+            "beats_baselines" => stage_beats_baselines(&ctx),
             "loss_at_init" => stage_loss_at_init(&ctx),
             "zero_input_baseline" => stage_zero_input_baseline(&ctx),
             "overfit_batch" => stage_overfit_batch(&ctx),
@@ -274,6 +332,48 @@ impl Executor for Stages {
         };
         match stage {
             "inspect" => inspect_verdicts(output, checks),
+            "grad_deps" => {
+                let leaks = metric("n_leaking_probes");
+                vec![verdict(
+                    "batch_independence",
+                    leaks == 0.0 && metric("n_without_self_gradient") == 0.0,
+                    leaks,
+                    0.0,
+                    format!(
+                        "{leaks} of {} probes leak gradient to other examples (or later positions); {} get none from their own input",
+                        metric("n_probes"),
+                        metric("n_without_self_gradient")
+                    ),
+                    "something mixes examples across the batch: look for a view/reshape/transpose on the batch dimension (grad_deps.json lists the probes)",
+                )]
+            }
+            "beats_baselines" => {
+                let warn_or_fail =
+                    if checks.get("checks.dumb_baselines.fail").and_then(KnobValue::as_bool).unwrap_or(false) {
+                        VerdictStatus::Fail
+                    } else {
+                        VerdictStatus::Warn
+                    };
+                ["majority", "linear"]
+                    .iter()
+                    .map(|baseline| {
+                        let (model, base) = (metric("model_val_loss"), metric(&format!("{baseline}_val_loss")));
+                        let pass = model < base;
+                        Verdict {
+                            check: format!("beats_{baseline}"),
+                            status: if pass { VerdictStatus::Pass } else { warn_or_fail },
+                            value: model,
+                            expected: base,
+                            message: format!(
+                                "validation loss {model:.4} (acc {:.4}) vs the {baseline} baseline's {base:.4} (acc {:.4})",
+                                metric("model_val_acc"),
+                                metric(&format!("{baseline}_val_acc"))
+                            ),
+                            hint: (!pass).then(|| "the model does not beat a dumb baseline: do the labels depend on the inputs? is the model learning the training split at all?".to_string()),
+                        }
+                    })
+                    .collect()
+            }
             "loss_at_init" => {
                 let (loss, entropy, tolerance) =
                     (metric("loss"), metric("entropy"), check("checks.loss_at_init.tolerance"));
@@ -499,7 +599,32 @@ fn stage_overfit_batch(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         metrics.insert(format!("size_{size}_steps"), trainer.step as f64);
         results.push(BatchResult { size, steps: trainer.step, final_loss, losses, examples });
     }
-    Ok(ExecOutput { artifacts: vec![("predictions.json".into(), json_bytes(&results)?)], metrics })
+    let curves: Vec<crate::render::Series> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| crate::render::Series {
+            name: format!("batch of {}", r.size),
+            color: crate::render::PALETTE[i % crate::render::PALETTE.len()],
+            points: r.losses.iter().enumerate().map(|(step, &loss)| (step as f64 + 1.0, loss)).collect(),
+        })
+        .collect();
+    let chart = crate::render::charts_svg(&[("overfitting a fixed batch: loss per step", curves, true)]);
+    let mut artifacts =
+        vec![("predictions.json".into(), json_bytes(&results)?), ("loss.svg".into(), chart.into_bytes())];
+    // The smallest batch as pictures, each labelled `label>prediction`.
+    if let (true, Some(first)) = (crate::render::is_image(&data.meta.shape), results.first()) {
+        let d = data.n_features();
+        let name = |l: u32| data.meta.class_names.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
+        let tiles: Vec<(&[f32], String)> = first
+            .examples
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&data.train.x[i * d..(i + 1) * d], format!("{}>{}", name(e.label), name(e.predicted))))
+            .collect();
+        let scale = crate::render::Scale { low: -3.0, high: 3.0 };
+        artifacts.push(("batch.png".into(), crate::render::tiles(&tiles, &data.meta.shape, scale, 8)));
+    }
+    Ok(ExecOutput { artifacts, metrics })
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -517,7 +642,73 @@ struct Series {
     batch_loss: Vec<f64>,
 }
 
+/// Per-layer health at each evaluation: activation statistics on a fixed probe
+/// batch, weight norms, and gradient norms of the last step.
+#[derive(Serialize, Default)]
+struct LayerStats {
+    step: Vec<usize>,
+    /// layer -> series
+    activation_mean: BTreeMap<String, Vec<f64>>,
+    activation_std: BTreeMap<String, Vec<f64>>,
+    /// Share of units that are zero for every probe example (dead ReLUs).
+    dead_share: BTreeMap<String, Vec<f64>>,
+    weight_norm: BTreeMap<String, Vec<f64>>,
+    grad_norm: BTreeMap<String, Vec<f64>>,
+}
+
+/// Predicted class probabilities of fixed validation examples at each evaluation.
+#[derive(Serialize, Default)]
+struct Dynamics {
+    step: Vec<usize>,
+    /// Index within the validation split, and label, of each tracked example.
+    index: Vec<usize>,
+    label: Vec<u32>,
+    /// probs[e][s] = class probabilities of example e at evaluation s.
+    probs: Vec<Vec<Vec<f32>>>,
+}
+
+fn layer_stats(
+    stats: &mut LayerStats,
+    model: &Mlp,
+    probe: &candle_core::Tensor,
+    step: usize,
+    grads: &[(String, f64)],
+) -> Result<(), ExecError> {
+    let (_, hidden) = model.forward_traced(probe).map_err(err("trace"))?;
+    stats.step.push(step);
+    for (name, activation) in hidden {
+        let values: Vec<Vec<f32>> = activation.to_vec2().map_err(err("trace"))?;
+        let flat: Vec<f64> = values.iter().flatten().map(|&v| v as f64).collect();
+        let n = flat.len().max(1) as f64;
+        let mean = flat.iter().sum::<f64>() / n;
+        let std = (flat.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let units = values.first().map_or(0, Vec::len);
+        let dead = (0..units).filter(|&u| values.iter().all(|row| row[u] <= 0.0)).count();
+        stats.activation_mean.entry(name.clone()).or_default().push(mean);
+        stats.activation_std.entry(name.clone()).or_default().push(std);
+        stats.dead_share.entry(name).or_default().push(dead as f64 / units.max(1) as f64);
+    }
+    for (name, var) in model.parameters().iter().filter(|(name, _)| name.ends_with(".weight")) {
+        let norm =
+            var.as_tensor().sqr().and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).map_err(err("norm"))?;
+        let layer = name.trim_end_matches(".weight").to_string();
+        stats.weight_norm.entry(layer.clone()).or_default().push((norm as f64).sqrt());
+        let grad = grads.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, g)| *g);
+        stats.grad_norm.entry(layer).or_default().push(grad);
+    }
+    Ok(())
+}
+
+fn series_of(steps: &[usize], values: &[f64], name: &str, color: &'static str) -> crate::render::Series {
+    crate::render::Series {
+        name: name.to_string(),
+        color,
+        points: steps.iter().zip(values).map(|(&s, &v)| (s as f64, v)).collect(),
+    }
+}
+
 fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
+    use crate::render::{charts_svg, PALETTE};
     let data = ctx.data()?;
     let steps = ctx.int("train.steps")? as usize;
     let eval_every = ctx.int("train.eval_every")? as usize;
@@ -525,8 +716,24 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
     let model = ctx.recipe_model(&data)?;
     let mut trainer = Trainer::new(&model, &ctx.optim()?).map_err(train_err)?;
     let mut batches = Batches::new(&train, ctx.int("train.batch_size")? as usize, ctx.seed()?, "train");
+    let probe = train.head(256).map_err(err("probe"))?;
+    let tracked = val.head(ctx.int("checks.dynamics.size")? as usize).map_err(err("dynamics"))?;
     let mut series = Series::default();
-    let record = |series: &mut Series, step: usize, batch_loss: f64| -> Result<(), ExecError> {
+    let mut layers = LayerStats::default();
+    let mut dynamics = Dynamics {
+        index: (0..tracked.len).collect(),
+        label: data.val.y[..tracked.len].to_vec(),
+        probs: vec![Vec::new(); tracked.len],
+        ..Dynamics::default()
+    };
+    let names: Vec<String> = model.parameters().into_iter().map(|(name, _)| name).collect();
+    let record = |series: &mut Series,
+                  layers: &mut LayerStats,
+                  dynamics: &mut Dynamics,
+                  step: usize,
+                  batch_loss: f64,
+                  grad_norms: &[f64]|
+     -> Result<(), ExecError> {
         let (train_loss, train_acc) = evaluate(&model, &train).map_err(err("evaluate"))?;
         let (val_loss, val_acc) = evaluate(&model, &val).map_err(err("evaluate"))?;
         series.step.push(step);
@@ -535,9 +742,20 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         series.val_loss.push(val_loss);
         series.val_acc.push(val_acc);
         series.batch_loss.push(batch_loss);
+        let grads: Vec<(String, f64)> = names.iter().cloned().zip(grad_norms.iter().copied()).collect();
+        layer_stats(layers, &model, &probe.x, step, &grads)?;
+        if tracked.len > 0 {
+            let logits = model.forward(&tracked.x).map_err(err("dynamics"))?;
+            let probs: Vec<Vec<f32>> =
+                candle_nn::ops::softmax(&logits, 1).and_then(|p| p.to_vec2()).map_err(err("dynamics"))?;
+            dynamics.step.push(step);
+            for (example, row) in dynamics.probs.iter_mut().zip(probs) {
+                example.push(row);
+            }
+        }
         Ok(())
     };
-    record(&mut series, 0, f64::NAN)?;
+    record(&mut series, &mut layers, &mut dynamics, 0, f64::NAN, &[])?;
     ctx.exec.progress.begin("overfit", steps as u64);
     let mut interval_loss = 0.0;
     let mut interval_steps = 0usize;
@@ -546,7 +764,15 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         interval_loss += trainer.step(&x, &y).map_err(train_err)? as f64;
         interval_steps += 1;
         if trainer.step % eval_every == 0 || trainer.step == steps {
-            record(&mut series, trainer.step, interval_loss / interval_steps as f64)?;
+            let grad_norms = trainer.grad_norms.clone();
+            record(
+                &mut series,
+                &mut layers,
+                &mut dynamics,
+                trainer.step,
+                interval_loss / interval_steps as f64,
+                &grad_norms,
+            )?;
             ctx.exec.progress.advance(
                 trainer.step as u64,
                 &format!("train loss {:.4}", series.train_loss.last().copied().unwrap_or_default()),
@@ -565,15 +791,70 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         ("val_acc".to_string(), series.val_acc[last]),
         ("steps".to_string(), steps as f64),
     ]);
-    // The first point has no batch loss yet; JSON has no NaN.
+    // JSON has no NaN: missing values (the first point's batch loss, the first
+    // evaluation's gradient norms) are null.
+    let finite = |values: &[f64]| values.iter().map(|v| v.is_finite().then_some(*v)).collect::<Vec<_>>();
     let series_json = json!({
         "step": series.step,
         "train_loss": series.train_loss,
         "train_acc": series.train_acc,
         "val_loss": series.val_loss,
         "val_acc": series.val_acc,
-        "batch_loss": series.batch_loss.iter().map(|v| if v.is_finite() { Some(*v) } else { None }).collect::<Vec<_>>(),
+        "batch_loss": finite(&series.batch_loss),
     });
+    let layers_json = json!({
+        "step": layers.step,
+        "activation_mean": layers.activation_mean,
+        "activation_std": layers.activation_std,
+        "dead_share": layers.dead_share,
+        "weight_norm": layers.weight_norm,
+        "grad_norm": layers.grad_norm.iter().map(|(k, v)| (k.clone(), finite(v))).collect::<BTreeMap<_, _>>(),
+    });
+    let curves = charts_svg(&[
+        (
+            "loss (full splits)",
+            vec![
+                series_of(&series.step, &series.train_loss, "train", PALETTE[0]),
+                series_of(&series.step, &series.val_loss, "val", PALETTE[1]),
+            ],
+            true,
+        ),
+        (
+            "accuracy (full splits)",
+            vec![
+                series_of(&series.step, &series.train_acc, "train", PALETTE[0]),
+                series_of(&series.step, &series.val_acc, "val", PALETTE[1]),
+            ],
+            false,
+        ),
+    ]);
+    let per_layer = |map: &BTreeMap<String, Vec<f64>>| -> Vec<crate::render::Series> {
+        map.iter()
+            .enumerate()
+            .map(|(i, (name, v))| series_of(&layers.step, v, name, PALETTE[i % PALETTE.len()]))
+            .collect()
+    };
+    let layer_chart = charts_svg(&[
+        ("activation std (probe batch)", per_layer(&layers.activation_std), false),
+        ("dead units (share)", per_layer(&layers.dead_share), false),
+        ("weight norm", per_layer(&layers.weight_norm), false),
+        ("gradient norm", per_layer(&layers.grad_norm), true),
+    ]);
+    let class_name = |l: u32| data.meta.class_names.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
+    let true_prob: Vec<crate::render::Series> = dynamics
+        .probs
+        .iter()
+        .zip(&dynamics.label)
+        .enumerate()
+        .map(|(e, (probs, &label))| crate::render::Series {
+            name: format!("val {e} ({})", class_name(label)),
+            color: PALETTE[e % PALETTE.len()],
+            points: dynamics.step.iter().zip(probs).map(|(&s, p)| (s as f64, p[label as usize] as f64)).collect(),
+        })
+        .collect();
+    let dynamics_chart =
+        charts_svg(&[("probability of the true class, tracked validation examples", true_prob, false)]);
+
     let spec = ctx.mlp_spec(&data)?;
     let mut checkpoint = TensorFile::default();
     for (name, var) in model.parameters() {
@@ -592,13 +873,25 @@ fn stage_overfit(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         "normalize": data.meta.normalize,
     });
     let checkpoint = checkpoint.encode(&meta).map_err(|error| ExecError::Failed(error.to_string()))?;
-    Ok(ExecOutput {
-        artifacts: vec![
-            ("checkpoint.safetensors".into(), checkpoint),
-            ("metrics.json".into(), json_bytes(&series_json)?),
-        ],
-        metrics,
-    })
+    let mut artifacts = vec![
+        ("checkpoint.safetensors".into(), checkpoint),
+        ("metrics.json".into(), json_bytes(&series_json)?),
+        ("curves.svg".into(), curves.into_bytes()),
+        ("layers.json".into(), json_bytes(&layers_json)?),
+        ("layers.svg".into(), layer_chart.into_bytes()),
+        ("dynamics.json".into(), json_bytes(&dynamics)?),
+        ("dynamics.svg".into(), dynamics_chart.into_bytes()),
+    ];
+    // The first layer's weights drawn in the input's shape, one tile per unit.
+    if let (true, Some(weights)) = (crate::render::is_image(&data.meta.shape), model.first_layer()) {
+        let rows: Vec<Vec<f32>> = weights.to_vec2().map_err(err("weights"))?;
+        let bound = rows.iter().flatten().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let tiles: Vec<(&[f32], String)> =
+            rows.iter().enumerate().map(|(i, r)| (r.as_slice(), format!("{i}"))).collect();
+        let scale = crate::render::Scale { low: -bound, high: bound };
+        artifacts.push(("first_layer.png".into(), crate::render::tiles(&tiles, &data.meta.shape, scale, 16)));
+    }
+    Ok(ExecOutput { artifacts, metrics })
 }
 
 fn stage_inspect(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
@@ -776,4 +1069,142 @@ fn stage_batch_preview(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
         ("batch_size".to_string(), labels.len() as f64),
     ]);
     Ok(ExecOutput { artifacts, metrics })
+}
+
+fn stage_human_baseline(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
+    let file = ctx.text("data.human_labels")?;
+    if file.is_empty() {
+        let report = json!({ "status": "not provided", "how": "set data.human_labels to a CSV of split,index,label" });
+        return Ok(ExecOutput {
+            artifacts: vec![("human_baseline.json".into(), json_bytes(&report)?)],
+            metrics: BTreeMap::from([("provided".to_string(), 0.0)]),
+        });
+    }
+    let data = ctx.data()?;
+    let path = ctx.base_dir.join(file);
+    let rows = crate::sources::read_human_labels(&path, &data.meta.class_names)
+        .map_err(|error| ExecError::BadInput(error.to_string()))?;
+    let mut agree = 0usize;
+    let mut disagreements = Vec::new();
+    for (line, split, index, label) in &rows {
+        let labels = match split.as_str() {
+            "train" => &data.train.y,
+            "val" => &data.val.y,
+            _ => &data.test.y,
+        };
+        let Some(&truth) = labels.get(*index) else {
+            return Err(ExecError::BadInput(format!(
+                "{}:{line}:2: index {index} is past the end of the {split} split ({} examples)",
+                path.display(),
+                labels.len()
+            )));
+        };
+        if truth == *label {
+            agree += 1;
+        } else if disagreements.len() < 100 {
+            disagreements.push(json!({ "split": split, "index": index, "label": truth, "human": label }));
+        }
+    }
+    let accuracy = agree as f64 / rows.len().max(1) as f64;
+    let report =
+        json!({ "status": "provided", "n": rows.len(), "agreement": accuracy, "disagreements": disagreements });
+    Ok(ExecOutput {
+        artifacts: vec![("human_baseline.json".into(), json_bytes(&report)?)],
+        metrics: BTreeMap::from([
+            ("provided".to_string(), 1.0),
+            ("human_acc".to_string(), accuracy),
+            ("n_human".to_string(), rows.len() as f64),
+        ]),
+    })
+}
+
+fn stage_dumb_baselines(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
+    let data = ctx.data()?;
+    let priors = data.train_priors();
+    // Majority: the best input-independent predictor, the training priors.
+    let n_val = data.val.len().max(1) as f64;
+    let majority_class =
+        priors.iter().enumerate().fold((0, 0.0), |best, (c, &p)| if p > best.1 { (c, p) } else { best }).0;
+    let majority_val_loss = data.val.y.iter().map(|&y| -priors[y as usize].max(1e-12).ln()).sum::<f64>() / n_val;
+    let majority_val_acc = data.val.y.iter().filter(|&&y| y as usize == majority_class).count() as f64 / n_val;
+    // Softmax regression with Adam, explicit knobs.
+    let spec =
+        MlpSpec { n_in: data.n_features(), hidden: vec![], n_out: data.n_classes(), activation: Activation::Relu };
+    let log_priors = priors.iter().map(|p| p.max(1e-12).ln() as f32).collect();
+    let model = Mlp::new(&spec, &Init::Recipe { log_priors }, ctx.seed()?, &ctx.device).map_err(err("init"))?;
+    let optim = OptimSpec {
+        kind: OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
+        lr: ctx.f64("checks.dumb_baselines.lr")?,
+        weight_decay: 0.0,
+    };
+    let (train, val) = (ctx.tensors(&data, &data.train)?, ctx.tensors(&data, &data.val)?);
+    let mut trainer = Trainer::new(&model, &optim).map_err(train_err)?;
+    let mut batches = Batches::new(&train, ctx.int("train.batch_size")? as usize, ctx.seed()?, "dumb_baselines/linear");
+    for _ in 0..ctx.int("checks.dumb_baselines.steps")? {
+        let (x, y) = batches.next_batch().map_err(err("batch"))?;
+        trainer.step(&x, &y).map_err(train_err)?;
+    }
+    let (linear_val_loss, linear_val_acc) = evaluate(&model, &val).map_err(err("evaluate"))?;
+    let metrics = BTreeMap::from([
+        ("majority_val_loss".to_string(), majority_val_loss),
+        ("majority_val_acc".to_string(), majority_val_acc),
+        ("linear_val_loss".to_string(), linear_val_loss),
+        ("linear_val_acc".to_string(), linear_val_acc),
+    ]);
+    Ok(ExecOutput { artifacts: vec![("baselines.json".into(), json_bytes(&metrics)?)], metrics })
+}
+
+fn stage_grad_deps(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
+    let data = ctx.data()?;
+    let train = ctx.tensors(&data, &data.train)?;
+    let model = ctx.recipe_model(&data)?;
+    // The first training batch, as the training loop sees it.
+    let mut batches = Batches::new(&train, ctx.int("train.batch_size")? as usize, ctx.seed()?, "train");
+    let (x, _) = batches.next_batch().map_err(err("batch"))?;
+    let batch = x.dim(0).map_err(err("batch"))?;
+    let mut indices: Vec<usize> = (0..batch).collect();
+    crate::rng::Rng::new(ctx.seed()?, "grad_deps/samples").shuffle(&mut indices);
+    indices.truncate(ctx.int("checks.grad_deps.samples")? as usize);
+    indices.sort_unstable();
+    let probes = crate::grad_deps::check(&model, &x, &indices).map_err(err("grad_deps"))?;
+    let leaking = probes.iter().filter(|p| !p.leaks_from.is_empty() || !p.leaks_from_future.is_empty()).count();
+    let without_self = probes.iter().filter(|p| !p.depends_on_itself).count();
+    // A picture: one row per probe, one cell per batch example, brightness = gradient mass.
+    let rows: Vec<Vec<f32>> =
+        probes.iter().map(|p| p.gradient_per_example.iter().map(|&g| g as f32).collect()).collect();
+    let max = rows.iter().flatten().fold(0f32, |m, &v| m.max(v)).max(1e-12);
+    let tiles: Vec<(&[f32], String)> =
+        rows.iter().zip(&probes).map(|(r, p)| (r.as_slice(), format!("example {}", p.example))).collect();
+    let picture = crate::render::tiles(&tiles, &[1, batch], crate::render::Scale { low: 0.0, high: max }, 1);
+    let report = json!({
+        "note": "the sum of one example's outputs is back-propagated to the batch input; only that example may receive gradient. Layers that mix the batch by design run in evaluation mode for this check.",
+        "batch_size": batch,
+        "probes": probes,
+    });
+    Ok(ExecOutput {
+        artifacts: vec![("grad_deps.json".into(), json_bytes(&report)?), ("grad_deps.png".into(), picture)],
+        metrics: BTreeMap::from([
+            ("n_probes".to_string(), probes.len() as f64),
+            ("n_leaking_probes".to_string(), leaking as f64),
+            ("n_without_self_gradient".to_string(), without_self as f64),
+        ]),
+    })
+}
+
+fn stage_beats_baselines(ctx: &Ctx<'_, '_>) -> Result<ExecOutput, ExecError> {
+    let metric = |stage: &str, name: &str| -> f64 {
+        ctx.exec.upstream.get(stage).and_then(|o| o.metrics.get(name).copied()).unwrap_or(f64::NAN)
+    };
+    let mut metrics = BTreeMap::from([
+        ("model_val_loss".to_string(), metric("overfit", "val_loss")),
+        ("model_val_acc".to_string(), metric("overfit", "val_acc")),
+        ("majority_val_loss".to_string(), metric("dumb_baselines", "majority_val_loss")),
+        ("majority_val_acc".to_string(), metric("dumb_baselines", "majority_val_acc")),
+        ("linear_val_loss".to_string(), metric("dumb_baselines", "linear_val_loss")),
+        ("linear_val_acc".to_string(), metric("dumb_baselines", "linear_val_acc")),
+    ]);
+    if metric("human_baseline", "provided") == 1.0 {
+        metrics.insert("human_acc".to_string(), metric("human_baseline", "human_acc"));
+    }
+    Ok(ExecOutput { artifacts: vec![("comparison.json".into(), json_bytes(&metrics)?)], metrics })
 }

@@ -14,8 +14,8 @@ use crate::rng::Rng;
 pub enum TrainError {
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
-    #[error("training loss became {value} at step {step}; try a lower train.lr")]
-    NonFinite { step: usize, value: f32 },
+    #[error("step {step}: `{tensor}` became {value}, the first non-finite tensor; try a lower train.lr")]
+    NonFinite { step: usize, tensor: String, value: f32 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +106,7 @@ impl<'a> Batches<'a> {
 /// AdamW computes the same formula as a dozen tensor ops per parameter, each
 /// allocating; for small models that dominates a training step.
 struct FusedAdam {
+    names: Vec<String>,
     vars: Vec<Var>,
     /// First and second moments, one pair per parameter.
     moments: Vec<Mutex<(Vec<f32>, Vec<f32>)>>,
@@ -119,6 +120,8 @@ struct FusedAdam {
 
 struct AdamUpdate<'a> {
     moments: &'a Mutex<(Vec<f32>, Vec<f32>)>,
+    /// Sum of squared gradients, and the first non-finite gradient value seen.
+    seen: &'a Mutex<(f64, Option<f32>)>,
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -152,6 +155,17 @@ impl InplaceOp2 for AdamUpdate<'_> {
             *m = vec![0.0; p1 - p0];
             *v = vec![0.0; p1 - p0];
         }
+        // One pass over the gradient first: its norm for the charts, and a guard so a
+        // NaN/Inf gradient never reaches the weights.
+        let mut sum_sq = 0f64;
+        for &g in &grads[g0..g1] {
+            if !g.is_finite() {
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = (sum_sq, Some(g));
+                return Ok(());
+            }
+            sum_sq += (g as f64) * (g as f64);
+        }
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = (sum_sq, None);
         // The formula and operation order of candle-nn's AdamW, in f32.
         for (((p, &g), m), v) in params[p0..p1].iter_mut().zip(&grads[g0..g1]).zip(m.iter_mut()).zip(v.iter_mut()) {
             *m = *m * self.beta1 + g * (1.0 - self.beta1);
@@ -165,13 +179,21 @@ impl InplaceOp2 for AdamUpdate<'_> {
 }
 
 impl FusedAdam {
-    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+    /// One update; returns the squared gradient norm per parameter, or the name of
+    /// the first parameter whose gradient was not finite (nothing after it updated).
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<Vec<f64>, TrainError> {
         self.step += 1;
         let t = self.step as f64;
-        for (var, moments) in self.vars.iter().zip(&self.moments) {
-            let Some(grad) = grads.get(var) else { continue };
+        let mut norms = Vec::with_capacity(self.vars.len());
+        for ((var, moments), name) in self.vars.iter().zip(&self.moments).zip(&self.names) {
+            let Some(grad) = grads.get(var) else {
+                norms.push(0.0);
+                continue;
+            };
+            let seen = Mutex::new((0.0, None));
             let update = AdamUpdate {
                 moments,
+                seen: &seen,
                 lr: self.lr as f32,
                 beta1: self.beta1 as f32,
                 beta2: self.beta2 as f32,
@@ -181,8 +203,13 @@ impl FusedAdam {
                 scale_v: (1.0 / (1.0 - self.beta2.powf(t))) as f32,
             };
             var.as_tensor().inplace_op2(&grad.contiguous()?, &update)?;
+            let (sum_sq, bad) = *seen.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(value) = bad {
+                return Err(TrainError::NonFinite { step: self.step - 1, tensor: format!("{name}.grad"), value });
+            }
+            norms.push(sum_sq);
         }
-        Ok(())
+        Ok(norms)
     }
 }
 
@@ -196,7 +223,10 @@ enum Optimizer {
 pub struct Trainer<'m> {
     model: &'m dyn Model,
     optimizer: Optimizer,
+    names: Vec<String>,
     pub step: usize,
+    /// Gradient L2 norm per parameter at the last step (in `parameters()` order).
+    pub grad_norms: Vec<f64>,
 }
 
 impl<'m> Trainer<'m> {
@@ -205,10 +235,11 @@ impl<'m> Trainer<'m> {
     }
 
     fn build(model: &'m dyn Model, spec: &OptimSpec, allow_fused: bool) -> Result<Trainer<'m>, TrainError> {
-        let vars: Vec<Var> = model.parameters().into_iter().map(|(_, var)| var).collect();
+        let (names, vars): (Vec<String>, Vec<Var>) = model.parameters().into_iter().unzip();
         let on_cpu = allow_fused && vars.iter().all(|var| var.device().is_cpu());
         let optimizer = match spec.kind {
             OptimizerKind::Adam { beta1, beta2, eps } if on_cpu => Optimizer::FusedAdam(FusedAdam {
+                names: names.clone(),
                 moments: vars.iter().map(|_| Mutex::default()).collect(),
                 vars,
                 lr: spec.lr,
@@ -230,7 +261,7 @@ impl<'m> Trainer<'m> {
                 weight_decay: spec.weight_decay,
             },
         };
-        Ok(Trainer { model, optimizer, step: 0 })
+        Ok(Trainer { model, optimizer, names, step: 0, grad_norms: Vec::new() })
     }
 
     /// One optimizer step on `(x, y)`; returns the batch loss before the step.
@@ -238,15 +269,30 @@ impl<'m> Trainer<'m> {
         let loss = cross_entropy(&self.model.forward(x)?, y)?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
-            return Err(TrainError::NonFinite { step: self.step, value });
+            return Err(TrainError::NonFinite { step: self.step, tensor: "loss".into(), value });
         }
         match &mut self.optimizer {
-            Optimizer::FusedAdam(adam) => adam.step(&loss.backward()?)?,
+            Optimizer::FusedAdam(adam) => {
+                let squared = adam.step(&loss.backward()?)?;
+                self.grad_norms = squared.into_iter().map(f64::sqrt).collect();
+            }
+            // On accelerators: no per-step read-back of gradients (it would sync the
+            // device every step); a non-finite gradient shows in the next step's loss.
             Optimizer::Adam(adam) => adam.backward_step(&loss)?,
             Optimizer::Sgd { vars, lr, momentum, weight_decay, velocity } => {
                 let grads = loss.backward()?;
-                for (var, velocity) in vars.iter().zip(velocity.iter_mut()) {
+                self.grad_norms.clear();
+                for ((var, velocity), name) in vars.iter().zip(velocity.iter_mut()).zip(&self.names) {
                     let Some(grad) = grads.get(var) else { continue };
+                    let sum_sq = grad.sqr()?.sum_all()?.to_scalar::<f32>()?;
+                    if !sum_sq.is_finite() {
+                        return Err(TrainError::NonFinite {
+                            step: self.step,
+                            tensor: format!("{name}.grad"),
+                            value: sum_sq,
+                        });
+                    }
+                    self.grad_norms.push((sum_sq as f64).sqrt());
                     let update = match velocity.take() {
                         Some(v) if *momentum > 0.0 => ((v * *momentum)? + grad)?,
                         _ => grad.clone(),

@@ -2,6 +2,7 @@
 //! small budgets, asserting what a user sees (exit codes, JSON lines, files).
 
 mod data;
+mod skeleton;
 mod support;
 
 use support::{stage_statuses, TestDir};
@@ -23,7 +24,7 @@ min_train_acc = 0.9
 "#;
 
 /// Stages of the `overfit` target.
-const OVERFIT_STAGES: i64 = 7;
+const OVERFIT_STAGES: i64 = 11;
 
 fn digits() -> TestDir {
     TestDir::with_pipeline(SMALL)
@@ -54,10 +55,14 @@ fn changing_lr_reruns_only_dependent_stages() {
             ("data".to_string(), "cached".to_string()),
             ("inspect".into(), "cached".into()),
             ("batch_preview".into(), "cached".into()),
+            ("human_baseline".into(), "cached".into()),
+            ("dumb_baselines".into(), "cached".into()),
+            ("grad_deps".into(), "cached".into()),
             ("loss_at_init".into(), "cached".into()),
             ("zero_input_baseline".into(), "ran".into()),
             ("overfit_batch".into(), "ran".into()),
             ("overfit".into(), "ran".into()),
+            ("beats_baselines".into(), "ran".into()),
         ]
     );
     // Same value written differently: same keys, nothing runs.

@@ -273,18 +273,24 @@ fn number(value: &DeValue<'_>) -> Option<f64> {
     }
 }
 
-/// Renders the schema as a commented `pipe.toml` with every knob at its default.
+/// Renders the schema as a commented `pipe.toml` with every knob at its default,
+/// one table per section in order of first appearance (TOML forbids a table twice).
 pub fn example_toml(schema: &[KnobSpec]) -> String {
-    let mut text = String::new();
-    let mut section = "";
+    let section_of = |spec: &KnobSpec| spec.name.rsplit_once('.').map_or("", |(section, _)| section);
+    let mut sections: Vec<&str> = Vec::new();
     for spec in schema {
-        let (this_section, leaf) = spec.name.rsplit_once('.').unwrap_or(("", spec.name));
-        if this_section != section {
-            text.push_str(&format!("\n[{this_section}]\n"));
-            section = this_section;
+        if !sections.contains(&section_of(spec)) {
+            sections.push(section_of(spec));
         }
-        text.push_str(&format!("# {} ({})\n", spec.doc, spec.kind.describe()));
-        text.push_str(&format!("{leaf} = {}\n", spec.default.to_toml()));
+    }
+    let mut text = String::new();
+    for section in sections {
+        text.push_str(&format!("\n[{section}]\n"));
+        for spec in schema.iter().filter(|spec| section_of(spec) == section) {
+            let leaf = spec.name.rsplit_once('.').map_or(spec.name, |(_, leaf)| leaf);
+            text.push_str(&format!("# {} ({})\n", spec.doc, spec.kind.describe()));
+            text.push_str(&format!("{leaf} = {}\n", spec.default.to_toml()));
+        }
     }
     text
 }
