@@ -14,6 +14,7 @@
 //!   last/<stage>.json         key inputs of the latest build of each stage (for `pipe status`)
 //!   out/<stage>/<name>.<ext>  copies of the latest artifacts at a stable path
 //!   runs/<id>.json            one record per `pipe build`
+//!   runs/index.jsonl          one compact line per run, for `pipe runs`
 //!   quarantine/               corrupt objects and manifests moved aside
 //!   tmp/                      temp files, renamed into place when complete
 //! ```
@@ -21,18 +22,24 @@
 mod action;
 mod digest;
 mod error;
+mod fsck;
+mod gc;
 mod key;
 mod lock;
 mod out;
+mod run_index;
 mod runs;
 mod store;
 
 pub use action::{ActionCache, ArtifactRef, Manifest, Metrics};
 pub use digest::{ArtifactHash, StageKey};
 pub use error::CacheError;
+pub use fsck::{fsck, FsckReport, Problem};
+pub use gc::{gc, FreedAction, FreedObject, GcOptions, GcReport};
 pub use key::{KeyInputs, KnobValueText};
 pub use lock::CacheLock;
 pub use out::OutDir;
+pub use run_index::RunSummary;
 pub use runs::{RunRecord, RunStage, Runs};
 pub use store::Store;
 
