@@ -4,9 +4,11 @@
 //! passed explicitly; stage outputs are deterministic bytes (no timestamps, no
 //! absolute paths, sorted tensor names).
 
+pub mod compare;
 pub mod data;
 pub mod knobs;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod stages;
 pub mod tensors;
