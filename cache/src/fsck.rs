@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::{ArtifactHash, Cache, CacheError, CacheLock, Manifest, RunSummary, StageKey};
+use crate::{ArtifactHash, Cache, CacheError, CacheLock, Manifest, StageKey};
 
 /// One thing found wrong, and where it was moved.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +107,7 @@ pub fn fsck(cache: &Cache, _lock: &CacheLock) -> Result<FsckReport, CacheError> 
     }
 
     let mut intact: BTreeSet<ArtifactHash> = BTreeSet::new();
+    let mut corrupt: BTreeSet<ArtifactHash> = BTreeSet::new();
     for path in shard_files(&root.join("objects"))? {
         report.objects += 1;
         let Some(hash) = object_hash(&path) else {
@@ -120,6 +121,7 @@ pub fn fsck(cache: &Cache, _lock: &CacheLock) -> Result<FsckReport, CacheError> 
             continue;
         }
         cache.store().quarantine(&hash)?;
+        corrupt.insert(hash);
         report.problems.push(Problem::CorruptObject {
             hash,
             actual,
@@ -133,7 +135,7 @@ pub fn fsck(cache: &Cache, _lock: &CacheLock) -> Result<FsckReport, CacheError> 
     for (path, manifest) in manifests {
         let broken = manifest.artifacts.iter().find(|(_, artifact)| !intact.contains(&artifact.hash));
         if let Some((name, artifact)) = broken {
-            let state = if cache.store().path(&artifact.hash).exists() { "corrupt" } else { "missing" };
+            let state = if corrupt.contains(&artifact.hash) { "corrupt" } else { "missing" };
             let reason = format!("its artifact `{name}` ({}) is {state}", artifact.hash.short());
             let moved_to = move_aside(cache, &path, "action")?;
             report.problems.push(Problem::BadAction {
@@ -146,18 +148,18 @@ pub fn fsck(cache: &Cache, _lock: &CacheLock) -> Result<FsckReport, CacheError> 
     }
 
     let runs = cache.runs();
-    let mut summaries = Vec::new();
+    let mut records = Vec::new();
     for id in runs.ids() {
         report.runs += 1;
         match runs.load(id) {
-            Ok(run) => summaries.push(RunSummary::of(&run)),
+            Ok(run) => records.push(run),
             Err(err) => {
                 let moved_to = move_aside(cache, &runs.path(id), "run")?;
                 report.problems.push(Problem::BadRun { id, reason: err.to_string(), moved_to });
             }
         }
     }
-    runs.rewrite_index(&summaries)?;
+    runs.rewrite_index(&records)?;
     Ok(report)
 }
 
@@ -286,6 +288,7 @@ pub(crate) mod tests {
         }
         let entry = report.problems.iter().find(|p| matches!(p, Problem::BadAction { .. })).unwrap();
         assert!(entry.to_string().contains("of stage `b`"), "{entry}");
+        assert!(entry.to_string().contains("`out.txt`") && entry.to_string().contains("is corrupt"), "{entry}");
         assert!(!object.exists());
         assert!(cache.actions().peek(&bad.key).is_none(), "the entry that named it is gone");
         assert_eq!(cache.actions().get(&good.key), Some(good), "intact entries stay");

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::fsck::{action_key, object_hash, shard_files};
-use crate::{ArtifactHash, Cache, CacheError, CacheLock, Manifest, RunSummary, StageKey};
+use crate::{ArtifactHash, Cache, CacheError, CacheLock, Manifest, StageKey};
 
 /// Temp files younger than this may belong to a process that does not take the lock
 /// (`pipe diff` writing its plot), so gc leaves them.
@@ -78,14 +78,14 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
     // Roots. A kept run that cannot be read might reference anything: stop.
     let mut keys: BTreeSet<StageKey> = BTreeSet::new();
     let mut objects: BTreeSet<ArtifactHash> = BTreeSet::new();
-    let mut summaries = Vec::new();
+    let mut records = Vec::new();
     for &id in kept {
         let run = runs.load(id).map_err(|err| CacheError::BadRun { id, reason: err.to_string() })?;
         for stage in &run.stages {
             keys.extend(stage.key);
             objects.extend(stage.artifacts.values().map(|artifact| artifact.hash));
         }
-        summaries.push(RunSummary::of(&run));
+        records.push(run);
     }
     for key in &keys {
         if let Some(manifest) = cache.actions().peek(key) {
@@ -99,7 +99,7 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
         remove(&path, options.dry_run)?;
     }
     if !options.dry_run {
-        runs.rewrite_index(&summaries)?;
+        runs.rewrite_index(&records)?;
     }
 
     let mut names: BTreeMap<ArtifactHash, Vec<String>> = BTreeMap::new();

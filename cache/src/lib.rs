@@ -36,10 +36,10 @@ pub use digest::{ArtifactHash, StageKey};
 pub use error::CacheError;
 pub use fsck::{fsck, FsckReport, Problem};
 pub use gc::{gc, FreedAction, FreedObject, GcOptions, GcReport};
-pub use key::{KeyInputs, KnobValueText};
+pub use key::{value_text, KeyInputs, KnobValueText};
 pub use lock::CacheLock;
 pub use out::OutDir;
-pub use run_index::RunSummary;
+pub use run_index::{changed_knobs, RunSummary};
 pub use runs::{RunRecord, RunStage, Runs};
 pub use store::Store;
 

@@ -77,7 +77,8 @@ impl Runs {
         let path = self.path(run.id);
         let bytes = serde_json::to_vec_pretty(run).map_err(|source| CacheError::Json { path: path.clone(), source })?;
         write_atomic(&self.tmp, &path, &bytes)?;
-        self.append_index(&crate::RunSummary::of(run))
+        let previous = self.ids().into_iter().rfind(|id| *id < run.id).and_then(|id| self.load(id).ok());
+        self.append_index(&crate::RunSummary::new(run, previous.as_ref()))
     }
 
     pub fn load(&self, id: u64) -> Result<RunRecord, CacheError> {
