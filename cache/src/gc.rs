@@ -4,8 +4,9 @@
 //! run keeps the action entry of every stage key it recorded and every object those
 //! entries or the run itself name, so rebuilding a kept run's config runs nothing.
 //! Everything else in `actions/` and `objects/` goes, as do run records that are not
-//! kept, `quarantine/` and stale temp files. It runs with the cache lock held, so a
-//! build can never lose an object between writing it and recording its manifest.
+//! kept, `quarantine/`, stale temp files and `last/` entries naming removed keys. It
+//! runs with the cache lock held, so a build can never lose an object between writing
+//! it and recording its manifest.
 //! Removal order is runs, then action entries, then objects, so a crash part-way
 //! never leaves a manifest naming a missing object.
 
@@ -118,6 +119,16 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
         }
         report.actions.push(FreedAction { key, stage: manifest.map(|m| m.stage), bytes: file_len(&path) });
         remove(&path, options.dry_run)?;
+    }
+    // `last/<stage>.json` naming a removed entry would make `pipe status` call the
+    // stage damaged; without it the stage reads as never built, which it now is.
+    let removed_keys: BTreeSet<StageKey> = report.actions.iter().map(|action| action.key).collect();
+    for entry in std::fs::read_dir(root.join("last")).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let last: Option<crate::KeyInputs> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if last.is_some_and(|inputs| removed_keys.contains(&inputs.key())) {
+            remove(&path, options.dry_run)?;
+        }
     }
 
     for path in shard_files(&root.join("objects"))? {
@@ -241,10 +252,16 @@ mod tests {
         assert!(report.freed_bytes() > 0);
 
         assert_eq!(cache.actions().get(&shared.key), Some(shared));
-        assert_eq!(cache.actions().get(&new.key), Some(new));
+        assert_eq!(cache.actions().get(&new.key), Some(new.clone()));
         assert!(cache.actions().peek(&old.key).is_none());
+        assert_eq!(cache.actions().last("train"), Some(new.inputs.clone()), "the latest build stays");
         assert!(!cache.store().path(&orphan).exists());
         assert_eq!(cache.runs().summaries().iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
+
+        // With no run kept, everything goes, and `last/` no longer names removed entries.
+        gc(&cache, &lock, &GcOptions { keep_runs: Some(0), dry_run: false }).unwrap();
+        assert_eq!(cache.actions().last("train"), None);
+        assert!(crate::fsck::shard_files(&dir.join("objects")).unwrap().is_empty());
         drop(lock);
         std::fs::remove_dir_all(&dir).ok();
     }

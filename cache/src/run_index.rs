@@ -107,10 +107,13 @@ impl Runs {
                 }
             }
         }
+        // Records read while reconciling, each at most once.
+        let mut loaded: BTreeMap<u64, Option<RunRecord>> = BTreeMap::new();
+        let mut load = |id: u64| loaded.entry(id).or_insert_with(|| self.load(id).ok()).clone();
         let mut summaries: Vec<RunSummary> = self
             .ids()
             .into_iter()
-            .filter_map(|id| indexed.remove(&id).or_else(|| self.load(id).ok().map(|run| RunSummary::new(&run, None))))
+            .filter_map(|id| indexed.remove(&id).or_else(|| load(id).map(|run| RunSummary::new(&run, None))))
             .collect();
         for i in 1..summaries.len() {
             let before = &summaries[i - 1];
@@ -122,7 +125,7 @@ impl Runs {
             if same {
                 summaries[i].previous = Some(before_id);
                 summaries[i].changed.clear();
-            } else if let (Ok(before), Ok(run)) = (self.load(before_id), self.load(summaries[i].id)) {
+            } else if let (Some(before), Some(run)) = (load(before_id), load(summaries[i].id)) {
                 summaries[i] = RunSummary::new(&run, Some(&before));
             }
         }
