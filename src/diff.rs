@@ -303,7 +303,16 @@ fn stage_row(
         (Some(_), Some(_)) => "different",
         _ => "not_built",
     };
-    let reasons = if status == "different" { why_different(spec, a, b, sa, sb) } else { Vec::new() };
+    let unknown = |label: &str, side: &Side, stage: &SideStage| match (&side.source, stage.key) {
+        (_, Some(_)) => None,
+        (Source::Run(id), None) => Some(format!("{label}: not built in run {id}")),
+        (Source::Config { .. }, None) => Some(format!("{label}: key unknown until its upstream stages are built")),
+    };
+    let reasons = match status {
+        "different" => why_different(spec, a, b, sa, sb),
+        "not_built" => [unknown("A", a, sa), unknown("B", b, sb)].into_iter().flatten().collect(),
+        _ => Vec::new(),
+    };
     let build_a = (!sa.built).then(|| commands.command(a, spec.id));
     let build_b = (!sb.built).then(|| commands.command(b, spec.id));
     json!({
@@ -431,7 +440,7 @@ fn signed(value: &Value) -> String {
 }
 
 fn short_key(value: &Value) -> String {
-    value.as_str().map_or("-".to_string(), |key| key[..12].to_string())
+    value.as_str().map_or("-".to_string(), |key| key.get(..12).unwrap_or(key).to_string())
 }
 
 fn print_human(report: &Value, knobs: &[(String, Option<String>, Option<String>)]) {
@@ -467,7 +476,11 @@ fn print_human(report: &Value, knobs: &[(String, Option<String>, Option<String>)
                     reasons.join("; ")
                 );
             }
-            _ => say!("  {:<10} {stage:<22}", "not built"),
+            _ => {
+                let reasons: Vec<&str> =
+                    row["reasons"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                say!("  {:<10} {stage:<22} {}", "not built", reasons.join("; "))
+            }
         }
         for side in ["a", "b"] {
             if let Some(command) = row[format!("build_{side}")].as_str() {
@@ -517,7 +530,7 @@ fn print_human(report: &Value, knobs: &[(String, Option<String>, Option<String>)
             "curves of {}: {} (artifact {})",
             curve["stage"].as_str().unwrap_or_default(),
             curve["path"].as_str().unwrap_or_default(),
-            curve["hash"].as_str().map_or("", |h| &h[..12])
+            curve["hash"].as_str().map_or("", |h| h.get(..12).unwrap_or(h))
         );
     }
     for checkpoint in report["checkpoints"].as_array().into_iter().flatten() {

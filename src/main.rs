@@ -97,8 +97,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-execute built stages ignoring the action cache and compare every artifact byte for byte
-    /// (default target: overfit). Exit 1 on any mismatch; the cache is never changed.
+    /// Re-execute built stages ignoring the action cache; compare every artifact byte for byte.
+    ///
+    /// Each stage runs on its cached upstream artifacts (default target: overfit). Exit 1 on
+    /// any mismatch, naming the first differing tensor or JSON field; the cache is never changed.
     Verify {
         /// Targets or stage ids; each stage is re-executed on its cached upstream artifacts.
         targets: Vec<String>,

@@ -143,7 +143,7 @@ fn artifact_json(artifact: &ArtifactCheck, path: &std::path::Path) -> Value {
 
 fn print_artifact(stage: &str, artifact: &ArtifactCheck, value: &Value) {
     let name = format!("{stage}/{}", artifact.name);
-    let short = |h: &Value| h.as_str().map_or("-".to_string(), |h| h[..12].to_string());
+    let short = |h: &Value| h.as_str().map_or("-".to_string(), |h| h.get(..12).unwrap_or(h).to_string());
     if artifact.reproducible() {
         say!("{:>12}  {name:<34} {}", "reproducible", short(&value["cached"]));
         return;

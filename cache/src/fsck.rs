@@ -80,23 +80,32 @@ pub fn fsck(cache: &Cache, _lock: &CacheLock) -> Result<FsckReport, CacheError> 
         let parsed = std::fs::read(&path)
             .map_err(|err| err.to_string())
             .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).map_err(|err| format!("invalid JSON: {err}")));
-        let problem = match &parsed {
-            Err(reason) => Some((None, reason.clone())),
-            Ok(manifest) if manifest.key != key => {
-                Some((Some(manifest.stage.clone()), format!("it records key {}", manifest.key.short())))
-            }
-            Ok(manifest) if manifest.inputs.key() != key => {
-                Some((Some(manifest.stage.clone()), "its key inputs hash to another key".to_string()))
-            }
-            Ok(_) => None,
-        };
-        match (problem, parsed) {
-            (Some((stage, reason)), _) => {
+        let manifest = match parsed {
+            Ok(manifest) => manifest,
+            Err(reason) => {
                 let moved_to = move_aside(cache, &path, "action")?;
-                report.problems.push(Problem::BadAction { key: Some(key), stage, reason, moved_to });
+                report.problems.push(Problem::BadAction { key: Some(key), stage: None, reason, moved_to });
+                continue;
             }
-            (None, Ok(manifest)) => manifests.push((path, manifest)),
-            (None, Err(_)) => unreachable!("an unparsed entry is a problem"),
+        };
+        let mismatch = if manifest.key != key {
+            Some(format!("it records key {}", manifest.key.short()))
+        } else if manifest.inputs.key() != key {
+            Some("its key inputs hash to another key".to_string())
+        } else {
+            None
+        };
+        match mismatch {
+            Some(reason) => {
+                let moved_to = move_aside(cache, &path, "action")?;
+                report.problems.push(Problem::BadAction {
+                    key: Some(key),
+                    stage: Some(manifest.stage),
+                    reason,
+                    moved_to,
+                });
+            }
+            None => manifests.push((path, manifest)),
         }
     }
     let mut names: BTreeMap<ArtifactHash, BTreeSet<String>> = BTreeMap::new();
@@ -291,8 +300,14 @@ pub(crate) mod tests {
         assert!(entry.to_string().contains("`out.txt`") && entry.to_string().contains("is corrupt"), "{entry}");
         assert!(!object.exists());
         assert!(cache.actions().peek(&bad.key).is_none(), "the entry that named it is gone");
-        assert_eq!(cache.actions().get(&good.key), Some(good), "intact entries stay");
+        assert_eq!(cache.actions().get(&good.key), Some(good.clone()), "intact entries stay");
         assert!(fsck(&cache, &lock).unwrap().problems.is_empty(), "a second pass finds nothing");
+
+        std::fs::write(cache.actions().path(&good.key), b"{ not json").unwrap();
+        let report = fsck(&cache, &lock).unwrap();
+        assert_eq!(report.problems.len(), 1);
+        assert!(report.problems[0].to_string().contains("invalid JSON"), "{}", report.problems[0]);
+        assert!(!cache.actions().path(&good.key).exists());
         drop(lock);
         std::fs::remove_dir_all(&dir).ok();
     }
