@@ -2,8 +2,11 @@
 //! cache, builds the salsa database over the recipe and prints what happened.
 //! Exit codes: 0 ok, 1 a check failed or a stage errored, 2 bad usage or config.
 
+mod diff;
+mod history;
 mod output;
 mod progress;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +77,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List recorded builds: id, start time, targets, and the knobs changed since the run before.
+    Runs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two sides: knobs, stage keys and why they differ, metrics, verdicts, curves, checkpoints.
+    ///
+    /// A side is a recorded run (@latest, @prev, @N or N), a pipeline file, or `.` (the
+    /// current pipeline). A defaults to @latest and B to `.`; --set overrides apply to
+    /// the B side only, so `pipe diff . --set train.lr=1e-3` shows what that override
+    /// would change and `pipe diff @prev @latest` compares the last two builds.
+    Diff {
+        /// A side: @latest, @prev, @N, N, a pipeline file or `.` [default: @latest]
+        a: Option<String>,
+        /// B side, which --set overrides apply to [default: .]
+        b: Option<String>,
+        /// Print one JSON object with every section.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-execute built stages ignoring the action cache; compare every artifact byte for byte.
+    ///
+    /// Each stage runs on its cached upstream artifacts (default target: overfit). Exit 1 on
+    /// any mismatch, naming the first differing tensor or JSON field; the cache is never changed.
+    Verify {
+        /// Targets or stage ids; each stage is re-executed on its cached upstream artifacts.
+        targets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every object, action entry and run record; move corrupt ones to quarantine/.
+    Fsck {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove objects and action entries that no kept run references (takes the cache lock).
+    Gc {
+        /// Keep only the newest N runs and what they reference [default: all runs].
+        #[arg(long, value_name = "N")]
+        keep_runs: Option<usize>,
+        /// Print what would be freed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// An error with its exit code.
@@ -129,7 +178,8 @@ struct Session {
     device: String,
 }
 
-fn open(cli: &Cli) -> Result<Session, Failure> {
+/// Where the pipeline file and the cache directory are, without reading either.
+fn locate(cli: &Cli) -> (PathBuf, PathBuf) {
     let base = match &cli.directory {
         Some(dir) => dir.clone(),
         None => PathBuf::from("."),
@@ -139,6 +189,27 @@ fn open(cli: &Cli) -> Result<Session, Failure> {
         Some(file) => base.join(file),
         None => base.join("pipe.toml"),
     };
+    let cache_dir = match (&cli.cache_dir, std::env::var_os("PIPE_CACHE_DIR")) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => PathBuf::from(dir),
+        (None, None) => file.parent().unwrap_or(Path::new(".")).join(".pipe"),
+    };
+    let cache_dir = std::path::absolute(&cache_dir).unwrap_or(cache_dir);
+    (file, cache_dir)
+}
+
+/// Loads and validates a pipeline file with `--set` overrides.
+fn load_config(schema: &[workspace::KnobSpec], file: &Path, sets: &[String]) -> Result<Config, Failure> {
+    let mut config = Config::load(schema, file).map_err(usage)?;
+    for assignment in sets {
+        config.set(schema, assignment).map_err(usage)?;
+    }
+    pipelines::validate(&config).map_err(usage)?;
+    Ok(config)
+}
+
+fn open(cli: &Cli) -> Result<Session, Failure> {
+    let (file, cache_dir) = locate(cli);
     if !file.exists() {
         return Err(usage(anyhow::anyhow!(
             "no pipeline file at {} (give one with --pipeline FILE or -C DIR; examples/digits/pipe.toml is a start)",
@@ -147,11 +218,7 @@ fn open(cli: &Cli) -> Result<Session, Failure> {
     }
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let recipe = pipelines::recipe(&base_dir);
-    let mut config = Config::load(&recipe.schema, &file).map_err(usage)?;
-    for assignment in &cli.set {
-        config.set(&recipe.schema, assignment).map_err(usage)?;
-    }
-    pipelines::validate(&config).map_err(usage)?;
+    let config = load_config(&recipe.schema, &file, &cli.set)?;
     let available = pipelines::available_devices();
     if !available.contains(&cli.device.as_str()) {
         return Err(usage(match cli.device.as_str() {
@@ -162,12 +229,6 @@ fn open(cli: &Cli) -> Result<Session, Failure> {
             other => anyhow::anyhow!("--device {other}: unknown device (use cpu, cuda or metal)"),
         }));
     }
-    let cache_dir = match (&cli.cache_dir, std::env::var_os("PIPE_CACHE_DIR")) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(dir)) => PathBuf::from(dir),
-        (None, None) => file.parent().unwrap_or(Path::new(".")).join(".pipe"),
-    };
-    let cache_dir = std::path::absolute(&cache_dir).unwrap_or(cache_dir);
     let cache = cache::Cache::open(&cache_dir)
         .with_context(|| format!("opening cache {}", cache_dir.display()))
         .map_err(failed)?;
@@ -239,5 +300,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             session.cache.save_stats().map_err(failed)?;
             Ok(if report.failed() { 1 } else { 0 })
         }
+        Command::Runs { json } => history::runs(&cli, *json),
+        Command::Diff { a, b, json } => diff::diff(&cli, a.as_deref(), b.as_deref(), *json),
+        Command::Verify { targets, json } => verify::verify(&cli, targets, *json),
+        Command::Fsck { json } => history::fsck(&cli, *json),
+        Command::Gc { keep_runs, dry_run, json } => history::gc(&cli, *keep_runs, *dry_run, *json),
     }
 }

@@ -53,7 +53,7 @@ impl ActionCache {
         }
     }
 
-    fn path(&self, key: &StageKey) -> PathBuf {
+    pub(crate) fn path(&self, key: &StageKey) -> PathBuf {
         let hex = key.to_hex();
         self.actions.join(&hex[..2]).join(format!("{hex}.json"))
     }
@@ -84,6 +84,15 @@ impl ActionCache {
             }
         }
         Some(manifest)
+    }
+
+    /// The manifest stored under `key` without checking its objects and without moving
+    /// anything aside: for readers that must not change the cache (`pipe diff`, `pipe
+    /// verify`, `pipe gc`). A build uses [`ActionCache::get`].
+    pub fn peek(&self, key: &StageKey) -> Option<Manifest> {
+        let bytes = std::fs::read(self.path(key)).ok()?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+        (manifest.key == *key && manifest.inputs.key() == *key).then_some(manifest)
     }
 
     /// Records a successful stage execution. Its objects must already be stored.

@@ -22,4 +22,6 @@ pub enum CacheError {
     },
     #[error("invalid hex digest `{0}`")]
     BadDigest(String),
+    #[error("run record {id} is unreadable ({reason}); `pipe fsck` moves it aside")]
+    BadRun { id: u64, reason: String },
 }

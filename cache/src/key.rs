@@ -79,7 +79,7 @@ impl KeyInputs {
                 before.stage_version, self.stage_version, before.tool_version, self.tool_version
             ));
         }
-        diff_maps(&before.knobs, &self.knobs, "knob", &mut reasons, |v| strip_type(v).to_string());
+        diff_maps(&before.knobs, &self.knobs, "knob", &mut reasons, |v| value_text(v));
         diff_maps(&before.upstream, &self.upstream, "upstream", &mut reasons, |h| h.short());
         diff_maps(&before.fingerprints, &self.fingerprints, "input", &mut reasons, |h| h.short());
         if self.device != before.device || self.dtype != before.dtype {
@@ -89,11 +89,15 @@ impl KeyInputs {
     }
 }
 
-/// `f64:0.0003` -> `0.0003`: the value as a person wrote it.
-fn strip_type(text: &str) -> &str {
+/// `f64:0.0003` -> `0.0003`, `list[int:2,int:32]` -> `[2, 32]`: the value as a person writes it.
+pub fn value_text(text: &str) -> String {
+    if let Some(items) = text.strip_prefix("list[").and_then(|rest| rest.strip_suffix(']')) {
+        let items: Vec<String> = items.split(',').filter(|item| !item.is_empty()).map(value_text).collect();
+        return format!("[{}]", items.join(", "));
+    }
     match text.split_once(':') {
-        Some((kind, rest)) if !kind.contains('[') => rest,
-        _ => text,
+        Some(("f64" | "int" | "str" | "bool", value)) => value.to_string(),
+        _ => text.to_string(),
     }
 }
 
@@ -141,6 +145,9 @@ mod tests {
         lr.knobs.insert("train.lr".into(), "f64:0.001".into());
         assert_ne!(lr.key(), base.key());
         assert_eq!(lr.explain_change(&base), vec!["knob `train.lr` 0.0003 -> 0.001"]);
+        let mut hidden = inputs();
+        hidden.knobs.insert("model.hidden".into(), "list[int:64]".into());
+        assert_eq!(hidden.explain_change(&base), vec!["knob `model.hidden` is new ([64])"]);
         let mut up = inputs();
         up.upstream.insert("data/dataset".into(), ArtifactHash::of(b"y"));
         assert_ne!(up.key(), base.key());

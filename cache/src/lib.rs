@@ -15,6 +15,7 @@
 //!   out/<stage>/<name>.<ext>  copies of the latest artifacts at a stable path
 //!   runs/<id>.json            one record per `pipe build`
 //!   stat-cache.json           (path, size, mtime, inode) -> hash of data files and objects
+//!   runs/index.jsonl          one compact line per run, for `pipe runs`
 //!   quarantine/               corrupt objects and manifests moved aside
 //!   tmp/                      temp files, renamed into place when complete
 //! ```
@@ -22,9 +23,12 @@
 mod action;
 mod digest;
 mod error;
+mod fsck;
+mod gc;
 mod key;
 mod lock;
 mod out;
+mod run_index;
 mod runs;
 mod stat;
 mod store;
@@ -32,9 +36,12 @@ mod store;
 pub use action::{ActionCache, ArtifactRef, Manifest, Metrics};
 pub use digest::{ArtifactHash, StageKey};
 pub use error::CacheError;
-pub use key::{KeyInputs, KnobValueText};
+pub use fsck::{fsck, FsckReport, Problem};
+pub use gc::{gc, FreedAction, FreedObject, GcOptions, GcReport};
+pub use key::{value_text, KeyInputs, KnobValueText};
 pub use lock::CacheLock;
 pub use out::OutDir;
+pub use run_index::{changed_knobs, RunSummary};
 pub use runs::{RunRecord, RunStage, Runs};
 pub use stat::{hash_file, StatCache};
 pub use store::Store;

@@ -1,6 +1,6 @@
 //! Run records: one JSON file per `pipe build`, numbered in order, holding the
 //! resolved config and what happened to each stage. `pipe diff` and `pipe runs`
-//! read them.
+//! read them; `pipe runs` reads the compact index beside them (`run_index.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,19 @@ impl Runs {
         Runs { dir: root.join("runs"), tmp: root.join("tmp") }
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The file of run `id`.
+    pub fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:06}.json"))
+    }
+
     /// Ids of recorded runs, oldest first.
     pub fn ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = std::fs::read_dir(&self.dir)
@@ -61,13 +74,15 @@ impl Runs {
     }
 
     pub fn record(&self, run: &RunRecord) -> Result<(), CacheError> {
-        let path = self.dir.join(format!("{:06}.json", run.id));
+        let path = self.path(run.id);
         let bytes = serde_json::to_vec_pretty(run).map_err(|source| CacheError::Json { path: path.clone(), source })?;
-        write_atomic(&self.tmp, &path, &bytes)
+        write_atomic(&self.tmp, &path, &bytes)?;
+        let previous = self.ids().into_iter().rfind(|id| *id < run.id).and_then(|id| self.load(id).ok());
+        self.append_index(&crate::RunSummary::new(run, previous.as_ref()))
     }
 
     pub fn load(&self, id: u64) -> Result<RunRecord, CacheError> {
-        let path = self.dir.join(format!("{id:06}.json"));
+        let path = self.path(id);
         let bytes = std::fs::read(&path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
         serde_json::from_slice(&bytes).map_err(|source| CacheError::Json { path, source })
     }

@@ -4,11 +4,13 @@
 //! passed explicitly; stage outputs are deterministic bytes (no timestamps, no
 //! absolute paths, sorted tensor names).
 
+pub mod compare;
 pub mod data;
 pub mod grad_deps;
 pub mod inspect;
 pub mod knobs;
 pub mod model;
+pub mod plot;
 pub mod render;
 pub mod rng;
 pub mod sources;

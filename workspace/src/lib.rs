@@ -9,6 +9,8 @@ pub mod config;
 pub mod db;
 pub mod knob;
 pub mod recipe;
+pub mod snapshot;
+pub mod verify;
 
 pub use build::{build, resolve_targets, status, BuildOptions, StageReport, StaleReason, StatusReport};
 pub use config::{Config, ConfigError};
@@ -18,6 +20,8 @@ pub use recipe::{
     ExecContext, ExecError, ExecOutput, Executor, NoProgress, Progress, Recipe, StageFailure, StageOutput, StageSpec,
     Target, Verdict, VerdictStatus,
 };
+pub use snapshot::{snapshot, StageSnapshot};
+pub use verify::{verify_stage, ArtifactCheck, StageCheck};
 
 #[cfg(test)]
 mod tests;

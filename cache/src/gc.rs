@@ -1,0 +1,268 @@
+//! `pipe gc`: removes what no kept run references.
+//!
+//! Roots are the run records that are kept (the newest `keep_runs`, or all). A kept
+//! run keeps the action entry of every stage key it recorded and every object those
+//! entries or the run itself name, so rebuilding a kept run's config runs nothing.
+//! Everything else in `actions/` and `objects/` goes, as do run records that are not
+//! kept, `quarantine/`, stale temp files and `last/` entries naming removed keys. It
+//! runs with the cache lock held, so a build can never lose an object between writing
+//! it and recording its manifest.
+//! Removal order is runs, then action entries, then objects, so a crash part-way
+//! never leaves a manifest naming a missing object.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::fsck::{action_key, object_hash, shard_files};
+use crate::{ArtifactHash, Cache, CacheError, CacheLock, Manifest, StageKey};
+
+/// Temp files younger than this may belong to a process that does not take the lock
+/// (`pipe diff` writing its plot), so gc leaves them.
+const TMP_GRACE: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Keep the newest N runs (all when `None`).
+    pub keep_runs: Option<usize>,
+    /// Report what would be freed, remove nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreedAction {
+    pub key: StageKey,
+    /// `None` when the entry is unreadable.
+    pub stage: Option<String>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreedObject {
+    pub hash: ArtifactHash,
+    pub bytes: u64,
+    /// `stage/name` of the artifact, as the freed action entries name it.
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub kept_runs: Vec<u64>,
+    pub removed_runs: Vec<(u64, u64)>,
+    pub actions: Vec<FreedAction>,
+    pub objects: Vec<FreedObject>,
+    pub kept_objects: usize,
+    pub kept_actions: usize,
+    /// Bytes of quarantined files and stale temp files.
+    pub scratch_bytes: u64,
+}
+
+impl GcReport {
+    pub fn freed_bytes(&self) -> u64 {
+        self.removed_runs.iter().map(|(_, bytes)| bytes).sum::<u64>()
+            + self.actions.iter().map(|a| a.bytes).sum::<u64>()
+            + self.objects.iter().map(|o| o.bytes).sum::<u64>()
+            + self.scratch_bytes
+    }
+}
+
+/// Collects garbage; call with the cache lock held (the lock is the proof).
+pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcReport, CacheError> {
+    let root = cache.root();
+    let runs = cache.runs();
+    let ids = runs.ids();
+    let keep = options.keep_runs.unwrap_or(ids.len()).min(ids.len());
+    let (removed, kept) = ids.split_at(ids.len() - keep);
+    let mut report = GcReport { dry_run: options.dry_run, kept_runs: kept.to_vec(), ..GcReport::default() };
+
+    // Roots. A kept run that cannot be read might reference anything: stop.
+    let mut keys: BTreeSet<StageKey> = BTreeSet::new();
+    let mut objects: BTreeSet<ArtifactHash> = BTreeSet::new();
+    let mut records = Vec::new();
+    for &id in kept {
+        let run = runs.load(id).map_err(|err| CacheError::BadRun { id, reason: err.to_string() })?;
+        for stage in &run.stages {
+            keys.extend(stage.key);
+            objects.extend(stage.artifacts.values().map(|artifact| artifact.hash));
+        }
+        records.push(run);
+    }
+    for key in &keys {
+        if let Some(manifest) = cache.actions().peek(key) {
+            objects.extend(manifest.artifacts.values().map(|artifact| artifact.hash));
+        }
+    }
+
+    for &id in removed {
+        let path = runs.path(id);
+        report.removed_runs.push((id, file_len(&path)));
+        remove(&path, options.dry_run)?;
+    }
+    if !options.dry_run {
+        runs.rewrite_index(&records)?;
+    }
+
+    let mut names: BTreeMap<ArtifactHash, Vec<String>> = BTreeMap::new();
+    for path in shard_files(&root.join("actions"))? {
+        // Files not named like an entry are fsck's business.
+        let Some(key) = action_key(&path) else { continue };
+        if keys.contains(&key) {
+            report.kept_actions += 1;
+            continue;
+        }
+        let manifest: Option<Manifest> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(manifest) = &manifest {
+            for (name, artifact) in &manifest.artifacts {
+                names.entry(artifact.hash).or_default().push(format!("{}/{name}", manifest.stage));
+            }
+        }
+        report.actions.push(FreedAction { key, stage: manifest.map(|m| m.stage), bytes: file_len(&path) });
+        remove(&path, options.dry_run)?;
+    }
+    // `last/<stage>.json` naming a removed entry would make `pipe status` call the
+    // stage damaged; without it the stage reads as never built, which it now is.
+    let removed_keys: BTreeSet<StageKey> = report.actions.iter().map(|action| action.key).collect();
+    for entry in std::fs::read_dir(root.join("last")).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let last: Option<crate::KeyInputs> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if last.is_some_and(|inputs| removed_keys.contains(&inputs.key())) {
+            remove(&path, options.dry_run)?;
+        }
+    }
+
+    for path in shard_files(&root.join("objects"))? {
+        let Some(hash) = object_hash(&path) else { continue };
+        if objects.contains(&hash) {
+            report.kept_objects += 1;
+            continue;
+        }
+        let names = names.remove(&hash).unwrap_or_default();
+        report.objects.push(FreedObject { hash, bytes: file_len(&path), names });
+        remove(&path, options.dry_run)?;
+    }
+
+    let now = SystemTime::now();
+    for (dir, grace) in [("quarantine", Duration::ZERO), ("tmp", TMP_GRACE)] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta.modified().ok().and_then(|modified| now.duration_since(modified).ok());
+            if age.is_none_or(|age| age < grace) {
+                continue;
+            }
+            report.scratch_bytes += if meta.is_dir() { dir_len(&entry.path()) } else { meta.len() };
+            if !options.dry_run {
+                let path = entry.path();
+                let result = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                result.map_err(|source| CacheError::Io { path, source })?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |meta| meta.len())
+}
+
+fn dir_len(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_len(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn remove(path: &Path, dry_run: bool) -> Result<(), CacheError> {
+    if dry_run {
+        return Ok(());
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CacheError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsck::tests::manifest;
+    use crate::{RunRecord, RunStage};
+
+    fn record(cache: &Cache, id: u64, manifests: &[&Manifest]) {
+        let stages = manifests
+            .iter()
+            .map(|m| RunStage {
+                stage: m.stage.clone(),
+                key: Some(m.key),
+                status: "ran".into(),
+                artifacts: m.artifacts.clone(),
+                metrics: m.metrics.clone(),
+                verdicts: serde_json::Value::Null,
+            })
+            .collect();
+        let run = RunRecord {
+            id,
+            started_unix_secs: id,
+            targets: vec!["all".into()],
+            config: BTreeMap::new(),
+            device: "cpu".into(),
+            stages,
+        };
+        cache.runs().record(&run).unwrap();
+    }
+
+    #[test]
+    fn frees_what_no_kept_run_references() {
+        let dir = crate::store::tests::test_dir("gc");
+        let cache = Cache::open(&dir).unwrap();
+        let shared = manifest(&cache, "data", b"dataset");
+        let old = manifest(&cache, "train", b"old weights");
+        let new = manifest(&cache, "train", b"new weights");
+        let orphan = cache.store().put(b"written by a build that crashed").unwrap();
+        record(&cache, 1, &[&shared, &old]);
+        record(&cache, 2, &[&shared, &new]);
+        let lock = cache.lock().unwrap();
+
+        // Keeping every run frees only the orphan.
+        let all = gc(&cache, &lock, &GcOptions { keep_runs: None, dry_run: true }).unwrap();
+        assert_eq!(all.objects.iter().map(|o| o.hash).collect::<Vec<_>>(), [orphan]);
+        assert!(all.actions.is_empty() && all.removed_runs.is_empty());
+        assert!(cache.store().path(&orphan).exists(), "a dry run removes nothing");
+
+        let report = gc(&cache, &lock, &GcOptions { keep_runs: Some(1), dry_run: false }).unwrap();
+        assert_eq!(report.kept_runs, [2]);
+        assert_eq!(report.removed_runs.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1]);
+        assert_eq!(report.actions.iter().map(|a| a.key).collect::<Vec<_>>(), [old.key]);
+        let mut freed: Vec<_> = report.objects.iter().map(|o| o.hash).collect();
+        freed.sort();
+        let mut expected = vec![orphan, old.artifacts["out.txt"].hash];
+        expected.sort();
+        assert_eq!(freed, expected);
+        let named = report.objects.iter().find(|o| o.hash == old.artifacts["out.txt"].hash).unwrap();
+        assert_eq!(named.names, ["train/out.txt"]);
+        assert_eq!((report.kept_objects, report.kept_actions), (2, 2));
+        assert!(report.freed_bytes() > 0);
+
+        assert_eq!(cache.actions().get(&shared.key), Some(shared));
+        assert_eq!(cache.actions().get(&new.key), Some(new.clone()));
+        assert!(cache.actions().peek(&old.key).is_none());
+        assert_eq!(cache.actions().last("train"), Some(new.inputs.clone()), "the latest build stays");
+        assert!(!cache.store().path(&orphan).exists());
+        assert_eq!(cache.runs().summaries().iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
+
+        // With no run kept, everything goes, and `last/` no longer names removed entries.
+        gc(&cache, &lock, &GcOptions { keep_runs: Some(0), dry_run: false }).unwrap();
+        assert_eq!(cache.actions().last("train"), None);
+        assert!(crate::fsck::shard_files(&dir.join("objects")).unwrap().is_empty());
+        drop(lock);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
