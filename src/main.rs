@@ -4,6 +4,7 @@
 
 mod output;
 mod progress;
+mod scorecard;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -189,6 +190,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let reports = workspace::build(&session.db, &stages, &BuildOptions { keep_going: *keep_going }, |report| {
                 printer.stage(report)
             });
+            if !*json {
+                // Stage lines carry the verdicts in --json; the scorecard is for people.
+                scorecard::print(&reports);
+            }
             printer.done(&reports, started.elapsed().as_secs_f64());
             output::record_run(&session.cache, &targets, &session.config, &session.device, &reports);
             session.cache.save_stats().map_err(failed)?;
@@ -236,6 +241,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let reports = workspace::build(&session.db, &stages, &BuildOptions { keep_going: true }, |_| {});
             let report = reports.iter().find(|r| r.stage == stage.as_str()).expect("stage was built");
             output::print_show(report, &session.cache.out(), *json);
+            if !*json {
+                // Every check of the stage and of the upstream stages it was built from.
+                scorecard::print(&reports);
+            }
             session.cache.save_stats().map_err(failed)?;
             Ok(if report.failed() { 1 } else { 0 })
         }
