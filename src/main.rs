@@ -6,8 +6,11 @@ mod diff;
 mod history;
 mod output;
 mod progress;
+mod report;
+mod scorecard;
 mod verify;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -122,6 +125,12 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Write an HTML page over built targets (default: overfit): config, scorecard,
+    /// metrics, plots and links to every artifact. Builds nothing: run `pipe build` first.
+    Report {
+        /// Targets (skeleton, overfit, all) or stage ids; every stage must be built.
+        targets: Vec<String>,
     },
 }
 
@@ -250,6 +259,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let reports = workspace::build(&session.db, &stages, &BuildOptions { keep_going: *keep_going }, |report| {
                 printer.stage(report)
             });
+            if !*json {
+                // Stage lines carry the verdicts in --json; the scorecard is for people.
+                scorecard::print(&reports);
+            }
             printer.done(&reports, started.elapsed().as_secs_f64());
             output::record_run(&session.cache, &targets, &session.config, &session.device, &reports);
             session.cache.save_stats().map_err(failed)?;
@@ -297,6 +310,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let reports = workspace::build(&session.db, &stages, &BuildOptions { keep_going: true }, |_| {});
             let report = reports.iter().find(|r| r.stage == stage.as_str()).expect("stage was built");
             output::print_show(report, &session.cache.out(), *json);
+            if !*json {
+                // Every check of the stage and of the upstream stages it was built from.
+                scorecard::print(&reports);
+            }
             session.cache.save_stats().map_err(failed)?;
             Ok(if report.failed() { 1 } else { 0 })
         }
@@ -305,5 +322,66 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Verify { targets, json } => verify::verify(&cli, targets, *json),
         Command::Fsck { json } => history::fsck(&cli, *json),
         Command::Gc { keep_runs, dry_run, json } => history::gc(&cli, *keep_runs, *dry_run, *json),
+        Command::Report { targets } => {
+            let session = open(&cli)?;
+            let targets = if targets.is_empty() { vec!["overfit".to_string()] } else { targets.clone() };
+            let stages = workspace::resolve_targets(&session.db, &targets).map_err(|e| usage(anyhow::anyhow!(e)))?;
+            // Under the lock, so no other build changes the cache between the check and the read.
+            let _lock = session.cache.lock().map_err(failed)?;
+            if let Some(stale) = workspace::status(&session.db, &stages).iter().find(|s| s.stale.is_some()) {
+                let reason = stale.stale.as_ref().map(ToString::to_string).unwrap_or_default();
+                let sets: String = cli.set.iter().map(|set| format!(" --set {set}")).collect();
+                return Err(failed(anyhow::anyhow!(
+                    "stage `{}` is not built for this config ({reason}); run `pipe build {}{sets}` first \
+                     (`pipe report` builds nothing)",
+                    stale.stage,
+                    targets.join(" ")
+                )));
+            }
+            // Every stage is cached: this answers from the action cache and executes nothing.
+            let reports = workspace::build(&session.db, &stages, &BuildOptions { keep_going: true }, |_| {});
+            let recipe = &session.db.engine().recipe;
+            let pipeline = session
+                .config
+                .file
+                .as_ref()
+                .and_then(|file| file.file_name())
+                .map_or_else(|| "pipe.toml".to_string(), |name| name.to_string_lossy().into_owned());
+            let page = report::Page {
+                targets: &targets,
+                device: &session.device,
+                pipeline: &pipeline,
+                schema: &recipe.schema,
+                config: &session.config,
+                stage_docs: recipe.stages.iter().map(|spec| (spec.id, spec.doc)).collect(),
+                reports: &reports,
+            };
+            let store = session.cache.store();
+            let html = report::render(&page, &|hash| Ok(store.get(hash)?)).map_err(failed)?;
+            let path = report::write(session.cache.root(), &html).map_err(failed)?;
+            // stdout is the page's path alone (`xdg-open "$(pipe report)"`); a closed stdout is fine.
+            let _ = writeln!(std::io::stdout(), "{}", path.display());
+            session.cache.save_stats().map_err(failed)?;
+            // Like `pipe show`: the page is written either way, and a failed check exits 1.
+            if !reports.iter().any(|report| report.failed()) {
+                return Ok(0);
+            }
+            let failed_checks: Vec<String> = reports
+                .iter()
+                .flat_map(|report| {
+                    report
+                        .verdicts
+                        .iter()
+                        .filter(|verdict| verdict.status == workspace::VerdictStatus::Fail)
+                        .map(move |verdict| format!("{} ({})", verdict.check, report.stage))
+                })
+                .collect();
+            eprintln!(
+                "pipe: error: {} check(s) failed: {}; the report's scorecard says what to try",
+                failed_checks.len(),
+                failed_checks.join(", ")
+            );
+            Ok(1)
+        }
     }
 }

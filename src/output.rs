@@ -24,7 +24,7 @@ fn status_word(report: &StageReport) -> &'static str {
     report.status.map_or("skipped", StageStatus::as_str)
 }
 
-fn verdict_word(status: VerdictStatus) -> &'static str {
+pub(crate) fn verdict_word(status: VerdictStatus) -> &'static str {
     match status {
         VerdictStatus::Pass => "pass",
         VerdictStatus::Warn => "warn",
@@ -71,7 +71,8 @@ fn print_failure(stage: &str, verdict: &Verdict) {
     }
 }
 
-fn short(value: f64) -> String {
+/// A number for people: four decimals, or scientific notation when tiny or huge.
+pub(crate) fn short(value: f64) -> String {
     if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
         format!("{value:.3e}")
     } else {

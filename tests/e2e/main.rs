@@ -3,6 +3,7 @@
 
 mod data;
 mod history;
+mod report;
 mod skeleton;
 mod support;
 

@@ -1,0 +1,198 @@
+//! The scorecard: every recipe check (verdict) of the built stages, one line each,
+//! with what to try for the ones that warn or fail. Printed after the stage lines of
+//! `pipe build` and after `pipe show`, and rendered as a table by `pipe report`.
+//! Generic over stages: it lists whatever verdicts the reports carry.
+
+use workspace::{StageReport, StageStatus, Verdict, VerdictStatus};
+
+use crate::output::{short, verdict_word};
+
+/// A measured or expected value for people: whole numbers (counts) without decimals.
+pub fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e9 {
+        format!("{value:.0}")
+    } else {
+        short(value)
+    }
+}
+
+/// One judged check of one stage.
+pub struct Check<'a> {
+    pub stage: &'static str,
+    pub verdict: &'a Verdict,
+}
+
+/// The verdicts of a set of stage reports, in build order, plus the stages that
+/// could not be judged.
+pub struct Scorecard<'a> {
+    pub checks: Vec<Check<'a>>,
+    /// Stages that errored (no artifacts, so no verdicts), with their error.
+    pub errored: Vec<(&'static str, &'a str)>,
+    /// Stages skipped because an earlier stage failed.
+    pub skipped: Vec<&'static str>,
+}
+
+impl<'a> Scorecard<'a> {
+    pub fn of(reports: &'a [StageReport]) -> Scorecard<'a> {
+        let checks = reports
+            .iter()
+            .flat_map(|report| report.verdicts.iter().map(|verdict| Check { stage: report.stage, verdict }))
+            .collect();
+        let errored = reports
+            .iter()
+            .filter(|report| report.status == Some(StageStatus::Failed))
+            .map(|report| (report.stage, report.error.as_deref().unwrap_or("the stage failed")))
+            .collect();
+        let skipped = reports.iter().filter(|report| report.status.is_none()).map(|report| report.stage).collect();
+        Scorecard { checks, errored, skipped }
+    }
+
+    pub fn count(&self, status: VerdictStatus) -> usize {
+        self.checks.iter().filter(|check| check.verdict.status == status).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty() && self.errored.is_empty() && self.skipped.is_empty()
+    }
+
+    /// `18 checks: 16 pass, 1 warn, 1 fail; 1 stage errored, 2 skipped`.
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "{} check{}: {} pass, {} warn, {} fail",
+            self.checks.len(),
+            if self.checks.len() == 1 { "" } else { "s" },
+            self.count(VerdictStatus::Pass),
+            self.count(VerdictStatus::Warn),
+            self.count(VerdictStatus::Fail),
+        );
+        let mut unjudged = Vec::new();
+        if !self.errored.is_empty() {
+            unjudged.push(format!(
+                "{} stage{} errored",
+                self.errored.len(),
+                if self.errored.len() == 1 { "" } else { "s" }
+            ));
+        }
+        if !self.skipped.is_empty() {
+            unjudged.push(format!(
+                "{} stage{} skipped",
+                self.skipped.len(),
+                if self.skipped.len() == 1 { "" } else { "s" }
+            ));
+        }
+        if !unjudged.is_empty() {
+            text.push_str("; ");
+            text.push_str(&unjudged.join(", "));
+        }
+        text
+    }
+
+    /// The block printed to a terminal: a header, one line per check (a `try:` line
+    /// under each warning and failure), one line per errored stage.
+    pub fn lines(&self) -> Vec<String> {
+        let stage_width = self
+            .checks
+            .iter()
+            .map(|check| check.stage.len())
+            .chain(self.errored.iter().map(|(stage, _)| stage.len()))
+            .max()
+            .unwrap_or(0);
+        let check_width = self.checks.iter().map(|check| check.verdict.check.len()).max().unwrap_or(0);
+        let mut lines = vec![format!("scorecard: {}", self.summary())];
+        for Check { stage, verdict } in &self.checks {
+            lines.push(format!(
+                "  {:<5} {stage:<stage_width$}  {:<check_width$}  measured {}, expected {}",
+                verdict_word(verdict.status),
+                verdict.check,
+                number(verdict.value),
+                number(verdict.expected),
+            ));
+            if verdict.status != VerdictStatus::Pass {
+                // A check without a hint still says what it measured.
+                lines.push(format!("        try: {}", verdict.hint.as_deref().unwrap_or(&verdict.message)));
+            }
+        }
+        for (stage, error) in &self.errored {
+            lines.push(format!("  {:<5} {stage:<stage_width$}  {error}", "ERROR"));
+        }
+        lines
+    }
+}
+
+/// Prints the scorecard of `reports` to stdout (nothing when there is nothing to judge).
+pub fn print(reports: &[StageReport]) {
+    let scorecard = Scorecard::of(reports);
+    if scorecard.is_empty() {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in scorecard.lines() {
+        // A closed stdout (`pipe build | head`) is not an error.
+        let _ = std::io::Write::write_all(&mut stdout, format!("{line}\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(check: &str, status: VerdictStatus, hint: Option<&str>) -> Verdict {
+        Verdict {
+            check: check.into(),
+            status,
+            value: 2.5,
+            expected: 1.0,
+            message: format!("{check} measured"),
+            hint: hint.map(String::from),
+        }
+    }
+
+    fn report(stage: &'static str, status: Option<StageStatus>, verdicts: Vec<Verdict>) -> StageReport {
+        StageReport {
+            stage,
+            key: None,
+            status,
+            secs: 0.0,
+            output: None,
+            verdicts,
+            error: (status == Some(StageStatus::Failed)).then(|| "loss is NaN at step 3".into()),
+            bad_input: false,
+        }
+    }
+
+    #[test]
+    fn lists_every_check_with_what_to_try_for_the_bad_ones() {
+        let reports = vec![
+            report(
+                "inspect",
+                Some(StageStatus::Cached),
+                vec![
+                    verdict("class_balance", VerdictStatus::Pass, None),
+                    verdict("duplicates", VerdictStatus::Warn, Some("deduplicate")),
+                ],
+            ),
+            report("loss_at_init", Some(StageStatus::Ran), vec![verdict("loss_at_init", VerdictStatus::Fail, None)]),
+            report("overfit", Some(StageStatus::Failed), vec![]),
+            report("later", None, vec![]),
+        ];
+        let lines = Scorecard::of(&reports).lines();
+        assert_eq!(
+            lines,
+            [
+                "scorecard: 3 checks: 1 pass, 1 warn, 1 fail; 1 stage errored, 1 stage skipped",
+                "  pass  inspect       class_balance  measured 2.5000, expected 1",
+                "  warn  inspect       duplicates     measured 2.5000, expected 1",
+                "        try: deduplicate",
+                "  FAIL  loss_at_init  loss_at_init   measured 2.5000, expected 1",
+                "        try: loss_at_init measured",
+                "  ERROR overfit       loss is NaN at step 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_to_judge_is_empty() {
+        let reports = vec![report("data", Some(StageStatus::Ran), vec![])];
+        assert!(Scorecard::of(&reports).is_empty());
+    }
+}
