@@ -156,16 +156,24 @@ impl InplaceOp2 for AdamUpdate<'_> {
             *v = vec![0.0; p1 - p0];
         }
         // One pass over the gradient first: its norm for the charts, and a guard so a
-        // NaN/Inf gradient never reaches the weights.
-        let mut sum_sq = 0f64;
-        for &g in &grads[g0..g1] {
-            if !g.is_finite() {
-                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = (sum_sq, Some(g));
-                return Ok(());
+        // NaN/Inf gradient never reaches the weights. Eight independent lanes let the
+        // compiler vectorise it; a NaN or Inf anywhere makes the sum non-finite.
+        let grad = &grads[g0..g1];
+        let mut lanes = [0f32; 8];
+        let chunks = grad.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|g| g * g).sum();
+        for chunk in chunks {
+            for (lane, g) in lanes.iter_mut().zip(chunk) {
+                *lane += g * g;
             }
-            sum_sq += (g as f64) * (g as f64);
         }
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = (sum_sq, None);
+        let sum_sq = lanes.iter().sum::<f32>() + tail;
+        if !sum_sq.is_finite() {
+            let bad = grad.iter().copied().find(|g| !g.is_finite()).unwrap_or(sum_sq);
+            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = (f64::from(sum_sq), Some(bad));
+            return Ok(());
+        }
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = (f64::from(sum_sq), None);
         // The formula and operation order of candle-nn's AdamW, in f32.
         for (((p, &g), m), v) in params[p0..p1].iter_mut().zip(&grads[g0..g1]).zip(m.iter_mut()).zip(v.iter_mut()) {
             *m = *m * self.beta1 + g * (1.0 - self.beta1);

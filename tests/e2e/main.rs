@@ -269,6 +269,11 @@ fn example_lists_every_knob_at_its_default() {
     let config = workspace::Config::parse(&schema, &text, "examples/digits/pipe.toml").unwrap();
     assert_eq!(config.values, workspace::Config::defaults(&schema).values);
     assert_eq!(config.origins.len(), schema.len(), "every knob is written out in the example");
+    // The Fashion-MNIST example is valid too (its data comes from a Debian package).
+    let fashion = std::fs::read_to_string(support::repo().join("examples/fashion-mnist/pipe.toml")).unwrap();
+    let fashion = workspace::Config::parse(&schema, &fashion, "examples/fashion-mnist/pipe.toml").unwrap();
+    pipelines::validate(&fashion).unwrap();
+    assert_eq!(fashion.get("data.source").and_then(|v| v.as_str()), Some("idx:/usr/share/datasets/fashion-mnist"));
     let readme = std::fs::read_to_string(support::repo().join("README.md")).unwrap();
     for spec in &schema {
         assert!(readme.contains(&format!("`{}`", spec.name)), "README documents {}", spec.name);
