@@ -208,7 +208,7 @@ pub const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#94
 fn chart_panel(svg: &mut String, title: &str, series: &[Series], log_y: bool, at: (f64, f64), size: (f64, f64)) {
     let (x0, y0) = at;
     let (width, height) = size;
-    let margin = 44.0;
+    let margin = 58.0;
     let transform = |v: f64| {
         if log_y {
             if v > 0.0 {

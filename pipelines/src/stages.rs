@@ -132,7 +132,7 @@ pub fn specs() -> Vec<StageSpec> {
         },
         StageSpec {
             id: "overfit_batch",
-            version: 1,
+            version: 2,
             doc: "overfit fixed tiny batches to near-zero loss",
             knobs: knobs(&[
                 &MODEL_KNOBS,
@@ -146,7 +146,7 @@ pub fn specs() -> Vec<StageSpec> {
         },
         StageSpec {
             id: "overfit",
-            version: 2,
+            version: 3,
             doc: "train the configured model; full-split evaluations; checkpoint",
             knobs: knobs(&[
                 &MODEL_KNOBS,
