@@ -274,7 +274,7 @@ fn idx_keeps_the_declared_test_split_and_flags_a_leaked_image() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let verdicts = run.stage("inspect")["verdicts"].clone();
     let alarms: Vec<&Value> = verdicts.as_array().unwrap().iter().filter(|v| v["status"] != "pass").collect();
-    assert!(alarms.iter().all(|v| v["check"] == "constant_features"), "{alarms:?}");
+    assert!(alarms.is_empty(), "{alarms:?}");
 }
 
 #[test]
