@@ -80,7 +80,7 @@ impl KeyInputs {
             ));
         }
         diff_maps(&before.knobs, &self.knobs, "knob", &mut reasons, |v| value_text(v));
-        diff_maps(&before.upstream, &self.upstream, "upstream", &mut reasons, |h| h.short());
+        reasons.extend(upstream_changes(&before.upstream, &self.upstream));
         diff_maps(&before.fingerprints, &self.fingerprints, "input", &mut reasons, |h| h.short());
         if self.device != before.device || self.dtype != before.dtype {
             reasons.push(format!("device {}/{} -> {}/{}", before.device, before.dtype, self.device, self.dtype));
@@ -99,6 +99,29 @@ pub fn value_text(text: &str) -> String {
         Some(("f64" | "int" | "str" | "bool", value)) => value.to_string(),
         _ => text.to_string(),
     }
+}
+
+/// Upstream artifact changes, one line per upstream stage: a stage that rewrote many
+/// artifacts is one reason, not one per file.
+fn upstream_changes(before: &BTreeMap<String, ArtifactHash>, after: &BTreeMap<String, ArtifactHash>) -> Vec<String> {
+    let mut lines = Vec::new();
+    diff_maps(before, after, "upstream", &mut lines, |h| h.short());
+    let stage_of = |line: &str| line.split('`').nth(1).and_then(|name| name.split('/').next()).map(str::to_string);
+    let mut grouped: Vec<(Option<String>, Vec<String>)> = Vec::new();
+    for line in lines {
+        let stage = stage_of(&line);
+        match grouped.last_mut() {
+            Some((last, group)) if *last == stage => group.push(line),
+            _ => grouped.push((stage, vec![line])),
+        }
+    }
+    grouped
+        .into_iter()
+        .flat_map(|(stage, group)| match (stage, group.len()) {
+            (Some(stage), n) if n > 2 => vec![format!("upstream `{stage}` rewrote {n} artifacts")],
+            _ => group,
+        })
+        .collect()
 }
 
 fn diff_maps<V: PartialEq>(
@@ -152,6 +175,18 @@ mod tests {
         up.upstream.insert("data/dataset".into(), ArtifactHash::of(b"y"));
         assert_ne!(up.key(), base.key());
         assert!(up.explain_change(&base)[0].starts_with("upstream `data/dataset`"));
+        let mut many = inputs();
+        for name in ["overfit/a.json", "overfit/b.svg", "overfit/c.png"] {
+            many.upstream.insert(name.into(), ArtifactHash::of(name.as_bytes()));
+        }
+        let mut rewritten = many.clone();
+        for hash in rewritten.upstream.values_mut() {
+            *hash = ArtifactHash::of(b"new");
+        }
+        let reasons = rewritten.explain_change(&many);
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].starts_with("upstream `data/dataset` "), "{reasons:?}");
+        assert_eq!(reasons[1], "upstream `overfit` rewrote 3 artifacts");
         let mut dev = inputs();
         dev.device = "cuda".into();
         assert_ne!(dev.key(), base.key());
