@@ -272,7 +272,12 @@ fn upstream_outputs(db: &dyn Db, spec: &StageSpec) -> Result<BTreeMap<&'static s
     Ok(outputs)
 }
 
-fn device_name(db: &dyn Db) -> String {
+/// The values of the knobs `spec` reads, as an execution sees them.
+pub(crate) fn stage_knobs(db: &dyn Db, spec: &StageSpec) -> BTreeMap<&'static str, KnobValue> {
+    spec.knobs.iter().map(|name| (*name, db.inputs().knob(name).value(db).clone())).collect()
+}
+
+pub(crate) fn device_name(db: &dyn Db) -> String {
     db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string()
 }
 
@@ -313,8 +318,7 @@ pub fn stage_output(db: &dyn Db, stage: Stage) -> Result<StageOutput, StageFailu
     tracing::info!(key = %key.short(), "executing");
     let started = Instant::now();
     let upstream = upstream_outputs(db, spec)?;
-    let knobs: BTreeMap<&'static str, KnobValue> =
-        spec.knobs.iter().map(|name| (*name, db.inputs().knob(name).value(db).clone())).collect();
+    let knobs = stage_knobs(db, spec);
     let device = device_name(db);
     let ctx = ExecContext {
         spec,

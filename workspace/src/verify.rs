@@ -13,7 +13,6 @@ use std::time::Instant;
 use cache::{ArtifactHash, StageKey};
 
 use crate::db::{Database, Db};
-use crate::knob::KnobValue;
 use crate::recipe::{ExecContext, StageOutput};
 use crate::snapshot::StageSnapshot;
 
@@ -101,9 +100,8 @@ pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], stage: &'static 
             }
         }
     }
-    let knobs: BTreeMap<&'static str, KnobValue> =
-        spec.knobs.iter().map(|name| (*name, db.inputs().knob(name).value(db).clone())).collect();
-    let device = db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string();
+    let knobs = crate::db::stage_knobs(db, spec);
+    let device = crate::db::device_name(db);
     let ctx = ExecContext {
         spec,
         knobs: &knobs,
