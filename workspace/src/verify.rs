@@ -12,8 +12,10 @@ use std::time::Instant;
 
 use cache::{ArtifactHash, StageKey};
 
-use crate::db::{Database, Db};
-use crate::recipe::{ExecContext, StageOutput};
+use crate::action::{run_action, Action};
+use crate::db::{resolved_knobs, Database, Db};
+use crate::instance::{InstanceName, InstanceSpec};
+use crate::recipe::Cancel;
 use crate::snapshot::StageSnapshot;
 
 /// One artifact: the cached object against the re-executed bytes.
@@ -50,10 +52,10 @@ impl ArtifactCheck {
     }
 }
 
-/// The outcome of re-executing one stage.
+/// The outcome of re-executing one instance.
 #[derive(Debug, Clone)]
 pub struct StageCheck {
-    pub stage: &'static str,
+    pub name: InstanceName,
     pub key: Option<StageKey>,
     pub secs: f64,
     pub artifacts: Vec<ArtifactCheck>,
@@ -69,49 +71,52 @@ impl StageCheck {
     }
 }
 
-/// Re-executes `stage` of `snapshots` (which must hold its upstream stages) against
-/// the cached upstream artifacts and compares what it writes with its cached entry.
-pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], stage: &'static str) -> StageCheck {
+/// Re-executes instance `target` of `snapshots` (which must hold its upstream
+/// instances) against the cached upstream artifacts and compares what it writes with
+/// its cached entry.
+pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], target: &InstanceSpec) -> StageCheck {
     let engine = db.engine();
-    let spec = engine.spec(stage);
-    let _span = tracing::info_span!("verify", id = spec.id).entered();
-    let find = |id: &str| snapshots.iter().find(|snapshot| snapshot.stage == id);
+    let name = target.name();
+    let _span = tracing::info_span!("verify", id = %name).entered();
+    let find = |instance: &InstanceSpec| snapshots.iter().find(|snapshot| snapshot.instance == *instance);
     let mut check = StageCheck {
-        stage,
-        key: find(stage).and_then(StageSnapshot::key),
+        name: name.clone(),
+        key: find(target).and_then(StageSnapshot::key),
         secs: 0.0,
         artifacts: Vec::new(),
         metrics: Vec::new(),
         error: None,
     };
-    let Some(cached) = find(stage).and_then(|snapshot| snapshot.manifest.clone()) else {
-        check.error = Some(format!("`{stage}` is not built for this config; run `pipe build {stage}` first"));
+    let (Some(cached), Some(inputs)) =
+        (find(target).and_then(|s| s.manifest.clone()), find(target).and_then(|s| s.inputs.clone()))
+    else {
+        check.error = Some(format!("`{name}` is not built for this config; run `pipe build {name}` first"));
         return check;
     };
-    let mut upstream: BTreeMap<&'static str, StageOutput> = BTreeMap::new();
-    for up in &spec.upstream {
-        match find(up).and_then(StageSnapshot::output) {
+    let stage = engine.stage(target.stage.0).spec();
+    let mut upstream = BTreeMap::new();
+    for up in &stage.upstream {
+        let up_instance = target.upstream(&engine.recipe, *up);
+        match find(&up_instance).and_then(StageSnapshot::output) {
             Some(output) => {
-                upstream.insert(*up, output);
+                upstream.insert(up.0.to_string(), output);
             }
             None => {
-                check.error = Some(format!("upstream `{up}` is not built"));
+                check.error = Some(format!("upstream `{}` is not built", up_instance.name()));
                 return check;
             }
         }
     }
-    let knobs = crate::db::stage_knobs(db, spec);
-    let device = crate::db::device_name(db);
-    let ctx = ExecContext {
-        spec,
-        knobs: &knobs,
-        upstream: &upstream,
-        store: engine.cache.store(),
-        device: &device,
-        progress: engine.progress.as_ref(),
+    let action = Action {
+        name: name.0.clone(),
+        inputs,
+        knobs: resolved_knobs(db, target, &stage.knobs).into_iter().map(|(id, v)| (id.0.to_string(), v)).collect(),
+        upstream,
+        base_dir: engine.base_dir.clone(),
     };
+    let progress = engine.progress.action(&name.0);
     let started = Instant::now();
-    let result = engine.recipe.executor.execute(&ctx);
+    let result = run_action(&engine.recipe, engine.cache.store(), &action, progress.as_ref(), &Cancel::default());
     check.secs = started.elapsed().as_secs_f64();
     let output = match result {
         Ok(output) => output,
