@@ -150,6 +150,7 @@ pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], target: &Instanc
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     use cache::Cache;
 
@@ -159,43 +160,51 @@ mod tests {
 
     /// `a` is deterministic; `b` appends a counter, as an unseeded shuffle would.
     struct Flaky {
-        calls: AtomicU64,
+        spec: StageSpec,
+        calls: Arc<AtomicU64>,
     }
 
-    impl Executor for Flaky {
+    impl Stage for Flaky {
+        fn spec(&self) -> &StageSpec {
+            &self.spec
+        }
+
         fn execute(&self, ctx: &ExecContext<'_>) -> Result<ExecOutput, ExecError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            let bytes = match ctx.spec.id {
-                "a" => format!("a={}", ctx.knob("a.x")?).into_bytes(),
-                _ => [ctx.artifact("a", "a.txt")?, format!(" b#{n}").into_bytes()].concat(),
+            let bytes = match self.spec.id.0 {
+                "a" => format!("a={}", ctx.knob(KnobId("a.x"))?).into_bytes(),
+                _ => [ctx.artifact(StageId("a"), "a.txt")?, format!(" b#{n}").into_bytes()].concat(),
             };
             Ok(ExecOutput {
-                artifacts: vec![(format!("{}.txt", ctx.spec.id), bytes)],
+                artifacts: vec![(format!("{}.txt", self.spec.id), bytes)],
                 metrics: BTreeMap::from([("len".to_string(), 1.0)]),
             })
         }
 
-        fn verdicts(&self, _: &str, _: &StageOutput, _: &BTreeMap<&'static str, KnobValue>) -> Vec<Verdict> {
-            Vec::new()
+        fn verdicts(&self, _: &StageOutput, _: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
+            Ok(Vec::new())
         }
     }
 
     fn database(dir: &std::path::Path) -> Database {
-        let spec = |id, knobs: Vec<&'static str>, upstream: Vec<&'static str>| StageSpec {
-            id,
-            version: 1,
-            doc: "fake",
-            knobs,
-            checks: vec![],
-            upstream,
-            fingerprints: vec![],
-            device_dependent: false,
+        let calls = Arc::new(AtomicU64::new(0));
+        let stage = |id, knobs: Vec<KnobId>, upstream: Vec<StageId>| {
+            let spec = StageSpec {
+                id: StageId(id),
+                version: 1,
+                doc: "fake",
+                knobs,
+                checks: vec![],
+                upstream,
+                fingerprints: vec![],
+                device_dependent: false,
+            };
+            Arc::new(Flaky { spec, calls: calls.clone() }) as Arc<dyn Stage>
         };
         let schema = vec![KnobSpec::new("a.x", KnobKind::Int { min: 0, max: 9 }, KnobValue::Int(1), "x")];
         let recipe = Recipe {
-            stages: vec![spec("a", vec!["a.x"], vec![]), spec("b", vec![], vec!["a"])],
+            stages: vec![stage("a", vec![KnobId("a.x")], vec![]), stage("b", vec![], vec![StageId("a")])],
             targets: vec![],
-            executor: Box::new(Flaky { calls: AtomicU64::new(0) }),
             schema,
         };
         let config = Config::defaults(&recipe.schema);
@@ -206,26 +215,28 @@ mod tests {
     fn verify_finds_the_nondeterministic_stage_and_changes_nothing() {
         let dir = std::env::temp_dir().join(format!("pipe-workspace-test-verify-{}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
-        let db = database(&dir);
-        let stages = ["a", "b"];
-        let before = snapshot(&db, &stages);
+        let mut db = database(&dir);
+        let stages = resolve_targets(&db, &["b".to_string()]).unwrap();
+        let (a, b) = (&stages[0], &stages[1]);
+        let before = snapshot(&mut db, &stages);
         assert!(before.iter().all(|s| s.manifest.is_none()) && before[1].inputs.is_none(), "nothing built yet");
-        let not_built = verify_stage(&db, &before, "a");
+        let not_built = verify_stage(&db, &before, a);
         assert!(not_built.error.unwrap().contains("run `pipe build a` first"));
 
-        build(&db, &stages, &BuildOptions::default(), |_| {});
-        let built = snapshot(&db, &stages);
-        let a = verify_stage(&db, &built, "a");
-        assert!(a.reproducible(), "{a:?}");
-        let b = verify_stage(&db, &built, "b");
-        assert!(!b.reproducible());
-        assert_eq!(b.artifacts.len(), 1);
-        assert_eq!(b.artifacts[0].cached_bytes.as_deref(), Some(&b"a=1 b#1"[..]));
-        assert_eq!(b.artifacts[0].rerun_bytes.as_deref(), Some(&b"a=1 b#3"[..]));
-        assert!(!b.artifacts[0].cached_corrupt());
+        let runner = Arc::new(db.local_runner());
+        build(&mut db, &stages, &BuildOptions::default(), runner, |_| {});
+        let built = snapshot(&mut db, &stages);
+        let check_a = verify_stage(&db, &built, a);
+        assert!(check_a.reproducible(), "{check_a:?}");
+        let check_b = verify_stage(&db, &built, b);
+        assert!(!check_b.reproducible());
+        assert_eq!(check_b.artifacts.len(), 1);
+        assert_eq!(check_b.artifacts[0].cached_bytes.as_deref(), Some(&b"a=1 b#1"[..]));
+        assert_eq!(check_b.artifacts[0].rerun_bytes.as_deref(), Some(&b"a=1 b#3"[..]));
+        assert!(!check_b.artifacts[0].cached_corrupt());
 
         // Nothing was replaced: the same entries, the same objects, under the same keys.
-        let after = snapshot(&db, &stages);
+        let after = snapshot(&mut db, &stages);
         for (x, y) in built.iter().zip(&after) {
             assert_eq!(x.manifest, y.manifest);
         }
@@ -239,10 +250,11 @@ mod tests {
         permissions.set_readonly(false);
         std::fs::set_permissions(&a_object, permissions).unwrap();
         std::fs::write(&a_object, b"a=7").unwrap();
-        let a = verify_stage(&db, &snapshot(&db, &stages), "a");
-        assert!(!a.reproducible());
-        assert!(a.artifacts[0].cached_corrupt());
-        assert_eq!(a.artifacts[0].rerun_hash(), a.artifacts[0].cached, "the re-execution matches the manifest");
+        let snapshots = snapshot(&mut db, &stages);
+        let check_a = verify_stage(&db, &snapshots, a);
+        assert!(!check_a.reproducible());
+        assert!(check_a.artifacts[0].cached_corrupt());
+        assert_eq!(check_a.artifacts[0].rerun_hash(), check_a.artifacts[0].cached, "the re-execution matches the manifest");
         assert_eq!(std::fs::read(&a_object).unwrap(), b"a=7", "verify does not repair the cache");
         std::fs::remove_dir_all(&dir).ok();
     }
