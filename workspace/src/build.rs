@@ -287,7 +287,11 @@ pub fn build(
         while !running.is_empty() && std::time::Instant::now() < deadline {
             if let Ok(outcome) = receiver.recv_timeout(Duration::from_millis(50)) {
                 running.remove(&outcome.key);
+                db.engine().cache.queue().remove(&outcome.key);
             }
+        }
+        for key in running.keys() {
+            db.engine().cache.queue().remove(key);
         }
     }
     let reports = (0..handles.len())
