@@ -7,6 +7,7 @@
 pub mod compare;
 pub mod data;
 pub mod grad_deps;
+pub mod ids;
 pub mod inspect;
 pub mod knobs;
 pub mod model;
@@ -24,20 +25,15 @@ use std::path::Path;
 use cache::{ArtifactHash, StatCache};
 use workspace::{Config, ConfigError, Recipe};
 
-/// The recipe: knob schema, stages, targets and the candle executor. Relative data
+/// The recipe: knob schema, stages (in recipe order) and targets. Relative data
 /// paths are resolved against `base_dir`, the directory of `pipe.toml`.
 pub fn recipe(base_dir: &Path) -> Recipe {
-    Recipe {
-        schema: knobs::schema(),
-        stages: stages::specs(),
-        targets: stages::targets(),
-        executor: Box::new(stages::Stages { base_dir: base_dir.to_path_buf() }),
-    }
+    Recipe { schema: knobs::schema(), stages: stages::stages(base_dir), targets: stages::targets() }
 }
 
 /// The dataset source named by `config`.
 pub fn source(config: &Config, base_dir: &Path) -> Result<sources::Source, sources::SourceError> {
-    let text = config.get("data.source").and_then(|v| v.as_str()).unwrap_or("builtin:digits");
+    let text = config.get(ids::knob::DATA_SOURCE.as_str()).and_then(|v| v.as_str()).unwrap_or("builtin:digits");
     sources::Source::parse(text, base_dir)
 }
 
