@@ -40,11 +40,11 @@ pub fn source(config: &Config, base_dir: &Path) -> Result<sources::Source, sourc
 /// Checks across knobs that the schema's per-knob types cannot express.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let at = |key: &str| config.origins.get(key).cloned().unwrap_or_else(|| "default".into());
-    if let Some(split) = config.get("data.split").and_then(|v| v.as_float_list()) {
+    if let Some(split) = config.get(ids::knob::DATA_SPLIT.as_str()).and_then(|v| v.as_float_list()) {
         if split.len() != 3 || (split.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
             return Err(ConfigError {
-                location: at("data.split"),
-                key: Some("data.split".into()),
+                location: at(ids::knob::DATA_SPLIT.as_str()),
+                key: Some(ids::knob::DATA_SPLIT.to_string()),
                 message: format!("data.split must be 3 fractions (train, val, test) summing to 1, got {split:?}"),
                 help: Some("for example data.split = [0.6, 0.2, 0.2]".into()),
             });
@@ -52,8 +52,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if let Err(error) = source(config, Path::new(".")) {
         return Err(ConfigError {
-            location: at("data.source"),
-            key: Some("data.source".into()),
+            location: at(ids::knob::DATA_SOURCE.as_str()),
+            key: Some(ids::knob::DATA_SOURCE.to_string()),
             message: error.to_string(),
             help: None,
         });

@@ -247,6 +247,64 @@ mod tests {
         }
     }
 
+    /// Runs `stage` with the schema defaults (small budgets) for its declared knobs,
+    /// less `leave_out`, on `upstream`.
+    fn execute(
+        stage: &dyn Stage,
+        store: &cache::Store,
+        upstream: &BTreeMap<workspace::StageId, StageOutput>,
+        leave_out: Option<KnobId>,
+    ) -> Result<workspace::ExecOutput, ExecError> {
+        let mut config = workspace::Config::defaults(&crate::knobs::schema());
+        for small in ["train.steps=5", "checks.zero_input_baseline.steps=5", "checks.dumb_baselines.steps=5"] {
+            config.set(&crate::knobs::schema(), small).unwrap();
+        }
+        let spec = stage.spec();
+        let knobs: BTreeMap<KnobId, KnobValue> = spec
+            .knobs
+            .iter()
+            .filter(|id| Some(**id) != leave_out)
+            .map(|id| (*id, config.get(id.as_str()).unwrap().clone()))
+            .collect();
+        let upstream = spec.upstream.iter().filter_map(|id| Some((*id, upstream.get(id)?.clone()))).collect();
+        let cancel = workspace::Cancel::default();
+        let ctx = ExecContext {
+            spec,
+            knobs: &knobs,
+            upstream: &upstream,
+            store,
+            device: "cpu",
+            progress: &workspace::NoProgress,
+            cancel: &cancel,
+        };
+        stage.execute(&ctx)
+    }
+
+    #[test]
+    fn execute_reads_every_declared_knob() {
+        let root = std::env::temp_dir().join(format!("pipe-stages-test-{}", std::process::id()));
+        let cache = cache::Cache::open(&root).unwrap();
+        let stages = stages(Path::new("."));
+        let data = execute(stages[0].as_ref(), cache.store(), &BTreeMap::new(), None).unwrap();
+        let artifacts = data
+            .artifacts
+            .iter()
+            .map(|(name, bytes)| {
+                let hash = cache.store().put(bytes).unwrap();
+                (name.clone(), cache::ArtifactRef { hash, bytes: bytes.len() as u64 })
+            })
+            .collect();
+        let upstream = BTreeMap::from([(stage::DATA, StageOutput { artifacts, metrics: data.metrics })]);
+        for stage in &stages {
+            for &knob in &stage.spec().knobs {
+                let result = execute(stage.as_ref(), cache.store(), &upstream, Some(knob));
+                let read = matches!(&result, Err(ExecError::Failed(message)) if message.contains(knob.as_str()));
+                assert!(read, "stage `{}` never reads its knob `{knob}`", stage.spec().id);
+            }
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn a_missing_metric_is_a_verdict_error() {
         for entry in registry(Path::new(".")) {
