@@ -91,91 +91,7 @@ impl RecipeStage for Inspect {
     }
 
     fn judge(&self, m: &Metrics, checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
-        use VerdictStatus::{Fail, Warn};
-        // (check, measured, threshold knob, fail or warn, message, hint)
-        let rules: [(&str, f64, KnobId, VerdictStatus, String, &str); 10] = [
-            (
-                "class_balance",
-                m.imbalance_ratio,
-                knob::INSPECT_MAX_IMBALANCE,
-                Warn,
-                format!("largest/smallest training class count is {:.2}", m.imbalance_ratio),
-                "re-weight the loss or resample, and judge the model by per-class metrics",
-            ),
-            (
-                "leakage",
-                m.n_leaked,
-                knob::INSPECT_MAX_LEAKED,
-                Fail,
-                format!("{} val/test examples are exact copies of examples in another split", m.n_leaked),
-                "deduplicate before splitting; report.json lists the copies under duplicates.cross_split",
-            ),
-            (
-                "duplicates",
-                m.n_duplicates_within,
-                knob::INSPECT_MAX_DUPLICATES,
-                Warn,
-                format!("{} exact duplicates within splits", m.n_duplicates_within),
-                "duplicates over-weight some examples; report.json lists them under duplicates.within_split",
-            ),
-            (
-                "conflicting_labels",
-                m.n_conflicting,
-                knob::INSPECT_MAX_CONFLICTING,
-                Fail,
-                format!("{} examples have an identical twin with a different label", m.n_conflicting),
-                "fix the labels of duplicates.conflicting_labels in report.json",
-            ),
-            (
-                "near_duplicates",
-                m.near_duplicate_share,
-                knob::INSPECT_MAX_NEAR_DUPLICATE_SHARE,
-                Warn,
-                format!("{} val/test examples nearly duplicate a training example", m.n_near_duplicates),
-                "near copies inflate validation scores: look at near_duplicates in report.json",
-            ),
-            (
-                "corrupt_values",
-                m.n_non_finite,
-                knob::INSPECT_MAX_CORRUPT,
-                Fail,
-                format!("{} examples hold NaN or Inf", m.n_non_finite),
-                "fix or drop the examples listed under non_finite in report.json",
-            ),
-            (
-                "value_range",
-                m.n_out_of_range,
-                knob::INSPECT_MAX_CORRUPT,
-                Fail,
-                format!("{} examples hold values outside the format's range", m.n_out_of_range),
-                "check the decoding of the examples listed under out_of_range",
-            ),
-            (
-                "constant_features",
-                m.constant_feature_share,
-                knob::INSPECT_MAX_CONSTANT_SHARE,
-                Warn,
-                format!("{} features are constant on the training split", m.n_constant_features),
-                "constant features carry no signal; check the loader, or drop them",
-            ),
-            (
-                "all_zero",
-                m.n_all_zero,
-                knob::INSPECT_MAX_ALL_ZERO,
-                Warn,
-                format!("{} examples are all zeros", m.n_all_zero),
-                "all-zero inputs are often failed reads: look at all_zero in report.json",
-            ),
-            (
-                "outliers",
-                m.outlier_share,
-                knob::INSPECT_MAX_OUTLIER_SHARE,
-                Warn,
-                format!("{} examples have a robust z-score above the outlier threshold", m.n_outliers),
-                "look at outliers.png and the outliers in report.json",
-            ),
-        ];
-        let mut verdicts = rules
+        let mut verdicts = rules(m)
             .into_iter()
             .map(|(name, value, threshold, severity, message, hint)| {
                 let expected = checks.f64(threshold)?;
@@ -205,4 +121,94 @@ impl RecipeStage for Inspect {
         });
         Ok(verdicts)
     }
+}
+
+/// One threshold rule: (check, measured, threshold knob, fail or warn, message, hint).
+type Rule = (&'static str, f64, KnobId, VerdictStatus, String, &'static str);
+
+/// The count and share rules, each `measured <= threshold`.
+fn rules(m: &Metrics) -> [Rule; 10] {
+    use VerdictStatus::{Fail, Warn};
+    [
+        (
+            "class_balance",
+            m.imbalance_ratio,
+            knob::INSPECT_MAX_IMBALANCE,
+            Warn,
+            format!("largest/smallest training class count is {:.2}", m.imbalance_ratio),
+            "re-weight the loss or resample, and judge the model by per-class metrics",
+        ),
+        (
+            "leakage",
+            m.n_leaked,
+            knob::INSPECT_MAX_LEAKED,
+            Fail,
+            format!("{} val/test examples are exact copies of examples in another split", m.n_leaked),
+            "deduplicate before splitting; report.json lists the copies under duplicates.cross_split",
+        ),
+        (
+            "duplicates",
+            m.n_duplicates_within,
+            knob::INSPECT_MAX_DUPLICATES,
+            Warn,
+            format!("{} exact duplicates within splits", m.n_duplicates_within),
+            "duplicates over-weight some examples; report.json lists them under duplicates.within_split",
+        ),
+        (
+            "conflicting_labels",
+            m.n_conflicting,
+            knob::INSPECT_MAX_CONFLICTING,
+            Fail,
+            format!("{} examples have an identical twin with a different label", m.n_conflicting),
+            "fix the labels of duplicates.conflicting_labels in report.json",
+        ),
+        (
+            "near_duplicates",
+            m.near_duplicate_share,
+            knob::INSPECT_MAX_NEAR_DUPLICATE_SHARE,
+            Warn,
+            format!("{} val/test examples nearly duplicate a training example", m.n_near_duplicates),
+            "near copies inflate validation scores: look at near_duplicates in report.json",
+        ),
+        (
+            "corrupt_values",
+            m.n_non_finite,
+            knob::INSPECT_MAX_CORRUPT,
+            Fail,
+            format!("{} examples hold NaN or Inf", m.n_non_finite),
+            "fix or drop the examples listed under non_finite in report.json",
+        ),
+        (
+            "value_range",
+            m.n_out_of_range,
+            knob::INSPECT_MAX_CORRUPT,
+            Fail,
+            format!("{} examples hold values outside the format's range", m.n_out_of_range),
+            "check the decoding of the examples listed under out_of_range",
+        ),
+        (
+            "constant_features",
+            m.constant_feature_share,
+            knob::INSPECT_MAX_CONSTANT_SHARE,
+            Warn,
+            format!("{} features are constant on the training split", m.n_constant_features),
+            "constant features carry no signal; check the loader, or drop them",
+        ),
+        (
+            "all_zero",
+            m.n_all_zero,
+            knob::INSPECT_MAX_ALL_ZERO,
+            Warn,
+            format!("{} examples are all zeros", m.n_all_zero),
+            "all-zero inputs are often failed reads: look at all_zero in report.json",
+        ),
+        (
+            "outliers",
+            m.outlier_share,
+            knob::INSPECT_MAX_OUTLIER_SHARE,
+            Warn,
+            format!("{} examples have a robust z-score above the outlier threshold", m.n_outliers),
+            "look at outliers.png and the outliers in report.json",
+        ),
+    ]
 }
