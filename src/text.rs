@@ -47,15 +47,6 @@ pub fn bytes_text(bytes: u64) -> String {
     }
 }
 
-/// A number for people: four decimals, or scientific notation when tiny or huge.
-pub(crate) fn short(value: f64) -> String {
-    if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
-        format!("{value:.3e}")
-    } else {
-        format!("{value:.4}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

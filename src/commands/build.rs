@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use workspace::{BuildOptions, Cancel, LocalRunner, ProcessRunner, Runner};
+use workspace::{BuildOptions, Cancel, ProcessRunner, Runner};
 
 use crate::cli::RunnerKind;
 use crate::output::{self, Printer};

@@ -71,13 +71,13 @@ pub fn run(project: &Project, a: Option<&str>, b: Option<&str>, json: bool) -> R
         for name in names {
             let (x, y) = (sa.metrics.get(name).copied(), sb.metrics.get(name).copied());
             let delta = x.zip(y).map(|(x, y)| y - x);
-            metrics.push(json!({ "stage": spec.id, "metric": name, "a": x, "b": y, "delta": delta }));
+            metrics.push(json!({ "stage": spec.id.0, "metric": name, "a": x, "b": y, "delta": delta }));
         }
         let checks: BTreeSet<&String> = sa.verdicts.keys().chain(sb.verdicts.keys()).collect();
         for check in checks {
             let (x, y) = (sa.verdicts.get(check), sb.verdicts.get(check));
             if x != y {
-                verdicts.push(json!({ "stage": spec.id, "check": check, "a": x, "b": y }));
+                verdicts.push(json!({ "stage": spec.id.0, "check": check, "a": x, "b": y }));
             }
         }
         checkpoints.extend(checkpoint_diffs(&cache, spec.id.0, sa, sb));
@@ -312,7 +312,7 @@ fn stage_row(
     let build_a = (!sa.built).then(|| commands.command(a, spec.id.0));
     let build_b = (!sb.built).then(|| commands.command(b, spec.id.0));
     json!({
-        "stage": spec.id,
+        "stage": spec.id.0,
         "status": status,
         "key_a": sa.key.map(|k| k.to_hex()),
         "key_b": sb.key.map(|k| k.to_hex()),

@@ -4,6 +4,8 @@
 
 use std::io::Write as _;
 
+use workspace::Db as _;
+
 use crate::html;
 use crate::project::{failed, targets_or, Failure, Project};
 

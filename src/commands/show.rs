@@ -1,6 +1,8 @@
 //! `pipe show STAGE`: a built stage instance's artifacts, metrics and verdicts, and the
 //! scorecard of the stages it was built from. Builds nothing.
 
+use workspace::Db as _;
+
 use crate::output;
 use crate::project::{failed, usage, Failure, Project};
 use crate::scorecard;

@@ -26,6 +26,8 @@ pub struct Action {
     pub upstream: BTreeMap<String, StageOutput>,
     /// The directory of `pipe.toml`, where relative data paths start (not in the key).
     pub base_dir: PathBuf,
+    /// The device to run on (`cpu`, `cuda`); in the key only for device-dependent stages.
+    pub device: String,
 }
 
 impl Action {
@@ -87,7 +89,7 @@ pub fn run_action(
         knobs: &knobs,
         upstream: &upstream,
         store,
-        device: &action.inputs.device,
+        device: &action.device,
         progress,
         cancel,
     };

@@ -143,6 +143,7 @@ pub fn action_for(db: &Database, instance: Instance, inputs: &KeyInputs) -> Acti
         knobs: resolved_knobs(db, spec, &stage.knobs).into_iter().map(|(id, value)| (id.0.to_string(), value)).collect(),
         upstream,
         base_dir: engine.base_dir.clone(),
+        device: crate::db::device_name(db),
     }
 }
 

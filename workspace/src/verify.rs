@@ -113,6 +113,7 @@ pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], target: &Instanc
         knobs: resolved_knobs(db, target, &stage.knobs).into_iter().map(|(id, v)| (id.0.to_string(), v)).collect(),
         upstream,
         base_dir: engine.base_dir.clone(),
+        device: crate::db::device_name(db),
     };
     let progress = engine.progress.action(&name.0);
     let started = Instant::now();
