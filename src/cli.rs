@@ -54,15 +54,11 @@ pub enum Command {
         runner: RunnerKind,
     },
     /// Say which stages are cached or stale, and why.
-    Status {
-        targets: Vec<String>,
-    },
+    Status { targets: Vec<String> },
     /// Print every knob with its default and documentation, as a commented pipe.toml.
     Knobs,
     /// Show a built stage: artifacts, metrics, verdicts.
-    Show {
-        stage: String,
-    },
+    Show { stage: String },
     /// List recorded builds: id, start time, targets, and the knobs changed since the run before.
     Runs,
     /// Compare two sides: knobs, stage keys and why they differ, metrics, verdicts, curves, checkpoints.
@@ -110,7 +106,6 @@ pub enum Command {
         targets: Vec<String>,
     },
 }
-
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunnerKind {

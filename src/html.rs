@@ -204,7 +204,8 @@ pub fn render(page: &Page<'_>, load: &dyn Fn(&ArtifactHash) -> anyhow::Result<Ve
     );
     html.push_str("<nav><a href=\"#scorecard\">scorecard</a><a href=\"#config\">config</a>");
     for report in page.reports {
-        let _ = write!(html, "<a href=\"#{}\">{}</a>", stage_anchor(report.name.as_str()), escape(report.name.as_str()));
+        let _ =
+            write!(html, "<a href=\"#{}\">{}</a>", stage_anchor(report.name.as_str()), escape(report.name.as_str()));
     }
     html.push_str("</nav>\n");
     scorecard_section(&mut html, page);

@@ -194,7 +194,12 @@ pub fn print_status(reports: &[StatusReport], json: bool) {
         } else {
             match &report.stale {
                 None => {
-                    say!("{:>8} {:<22} {}", "cached", report.name.as_str(), report.key.map(|k| k.short()).unwrap_or_default())
+                    say!(
+                        "{:>8} {:<22} {}",
+                        "cached",
+                        report.name.as_str(),
+                        report.key.map(|k| k.short()).unwrap_or_default()
+                    )
                 }
                 Some(reason) => say!("{:>8} {:<22} {reason}", "stale", report.name.as_str()),
             }

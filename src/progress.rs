@@ -46,11 +46,9 @@ struct Bar {
 impl Progress for Bar {
     fn begin(&self, stage: &str, total: u64) {
         let bar = self.multi.add(ProgressBar::new(total));
-        let style = ProgressStyle::with_template(
-            "{prefix:>24} [{bar:28}] {pos}/{len} steps {per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style = ProgressStyle::with_template("{prefix:>24} [{bar:28}] {pos}/{len} steps {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(stage.to_string());
         if let Some(old) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).replace(bar) {

@@ -189,7 +189,6 @@ pub fn is_run_reference(text: &str) -> bool {
     text.starts_with('@') || (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,8 @@ impl<'a> Scorecard<'a> {
             .filter(|report| report.status == Some(StageStatus::Failed))
             .map(|report| (report.name.as_str(), report.error.as_deref().unwrap_or("the stage failed")))
             .collect();
-        let skipped = reports.iter().filter(|report| report.status.is_none()).map(|report| report.name.as_str()).collect();
+        let skipped =
+            reports.iter().filter(|report| report.status.is_none()).map(|report| report.name.as_str()).collect();
         Scorecard { checks, errored, skipped }
     }
 

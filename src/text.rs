@@ -59,5 +59,5 @@ mod tests {
         assert_eq!(knob_text("list[]"), "[]");
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(1_709_210_096), "2024-02-29 12:34:56");
-            }
+    }
 }

@@ -15,7 +15,11 @@ pub fn run(project: &Project, key: &str) -> Result<u8, Failure> {
     let bytes = cache.queue().get(&key).map_err(failed)?;
     let action = Action::from_json(&bytes).map_err(|e| failed(anyhow::anyhow!(e)))?;
     if action.key() != key {
-        return Err(failed(anyhow::anyhow!("the queued action under {} has key {}", key.short(), action.key().short())));
+        return Err(failed(anyhow::anyhow!(
+            "the queued action under {} has key {}",
+            key.short(),
+            action.key().short()
+        )));
     }
     let recipe = pipelines::recipe(&action.base_dir);
     let outcome: ActionOutcome = execute_and_store(&recipe, &cache, &action, &NoProgress, &Cancel::default());

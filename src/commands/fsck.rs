@@ -63,4 +63,3 @@ fn problem_json(problem: &Problem) -> serde_json::Value {
     value["message"] = json!(problem.to_string());
     value
 }
-

@@ -63,4 +63,3 @@ pub fn run(project: &Project, keep_runs: Option<usize>, dry_run: bool, json: boo
     );
     Ok(0)
 }
-

@@ -76,4 +76,3 @@ pub fn run(project: &Project, json: bool) -> Result<u8, Failure> {
     }
     Ok(0)
 }
-

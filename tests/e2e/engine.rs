@@ -8,20 +8,16 @@ use crate::{digits, OVERFIT_STAGES};
 
 #[test]
 fn jobs_and_runners_give_bitwise_identical_artifacts() {
-    let builds: Vec<_> = [
-        vec!["--jobs", "1"],
-        vec!["--jobs", "2"],
-        vec!["--jobs", "2", "--runner", "process"],
-    ]
-    .into_iter()
-    .map(|args| {
-        let dir = digits();
-        let run = dir.build(&args);
-        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
-        assert_eq!(run.done()["ran"], OVERFIT_STAGES, "{args:?}");
-        run.hashes()
-    })
-    .collect();
+    let builds: Vec<_> = [vec!["--jobs", "1"], vec!["--jobs", "2"], vec!["--jobs", "2", "--runner", "process"]]
+        .into_iter()
+        .map(|args| {
+            let dir = digits();
+            let run = dir.build(&args);
+            assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+            assert_eq!(run.done()["ran"], OVERFIT_STAGES, "{args:?}");
+            run.hashes()
+        })
+        .collect();
     assert_eq!(builds[0], builds[1], "--jobs 1 vs --jobs 2");
     assert_eq!(builds[0], builds[2], "local vs process runner");
 }

@@ -42,7 +42,8 @@ fn database(dir: &std::path::Path) -> Database {
         fingerprints: vec![],
         device_dependent: false,
     };
-    let schema = vec![KnobSpec::new("train.lr", KnobKind::Float { min: 0.0, max: 1.0 }, KnobValue::Float(Float(0.5)), "")];
+    let schema =
+        vec![KnobSpec::new("train.lr", KnobKind::Float { min: 0.0, max: 1.0 }, KnobValue::Float(Float(0.5)), "")];
     let recipe = Recipe {
         stages: vec![
             Arc::new(Fake(spec("data", vec![], vec![]))) as Arc<dyn Stage>,
@@ -61,7 +62,8 @@ fn main() {
     std::fs::remove_dir_all(&dir).ok();
     let n = 1000;
     let mut db = database(&dir);
-    let names: Vec<String> = (0..n).map(|i| format!("train[train.lr={}]", (i as f64 + 1.0) / (n as f64 + 2.0))).collect();
+    let names: Vec<String> =
+        (0..n).map(|i| format!("train[train.lr={}]", (i as f64 + 1.0) / (n as f64 + 2.0))).collect();
     let instances = resolve_targets(&db, &names).expect("instances");
     let started = Instant::now();
     let runner = Arc::new(db.local_runner());

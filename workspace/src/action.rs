@@ -84,15 +84,7 @@ pub fn run_action(
             .ok_or_else(|| StageFailure::Error(format!("the action of `{}` lacks upstream `{id}`", action.name)))?;
         upstream.insert(*id, output.clone());
     }
-    let ctx = ExecContext {
-        spec,
-        knobs: &knobs,
-        upstream: &upstream,
-        store,
-        device: &action.device,
-        progress,
-        cancel,
-    };
+    let ctx = ExecContext { spec, knobs: &knobs, upstream: &upstream, store, device: &action.device, progress, cancel };
     let _span = tracing::info_span!("stage", id = %action.name).entered();
     tracing::info!(key = %action.key().short(), "executing");
     let output = stage.execute(&ctx)?;

@@ -17,8 +17,7 @@ use cache::{KeyInputs, Manifest, StageKey};
 
 use crate::action::{Action, ActionOutcome};
 use crate::db::{
-    instance_key_inputs, instance_output, instance_verdicts, resolved_knobs, Database, Db, Done, Instance,
-    StageStatus,
+    instance_key_inputs, instance_output, instance_verdicts, resolved_knobs, Database, Db, Done, Instance, StageStatus,
 };
 use crate::instance::{parse_instance, InstanceName, InstanceSpec};
 use crate::knob::suggest;
@@ -140,7 +139,10 @@ pub fn action_for(db: &Database, instance: Instance, inputs: &KeyInputs) -> Acti
     Action {
         name: spec.name().0,
         inputs: inputs.clone(),
-        knobs: resolved_knobs(db, spec, &stage.knobs).into_iter().map(|(id, value)| (id.0.to_string(), value)).collect(),
+        knobs: resolved_knobs(db, spec, &stage.knobs)
+            .into_iter()
+            .map(|(id, value)| (id.0.to_string(), value))
+            .collect(),
         upstream,
         base_dir: engine.base_dir.clone(),
         device: crate::db::device_name(db),
@@ -316,13 +318,7 @@ pub fn build(
     BuildResult { reports, interrupted }
 }
 
-fn dispatch(
-    db: &Database,
-    action: Action,
-    runner: Arc<dyn Runner>,
-    stop: Cancel,
-    sender: mpsc::Sender<ActionOutcome>,
-) {
+fn dispatch(db: &Database, action: Action, runner: Arc<dyn Runner>, stop: Cancel, sender: mpsc::Sender<ActionOutcome>) {
     let engine = db.engine();
     if let Err(error) = engine.cache.queue().put(&action.key(), &action.to_json()) {
         tracing::warn!(%error, "could not queue the action");

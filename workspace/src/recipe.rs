@@ -210,9 +210,9 @@ pub struct ExecContext<'a> {
 
 impl ExecContext<'_> {
     pub fn knob(&self, id: KnobId) -> Result<&KnobValue, ExecError> {
-        self.knobs.get(&id).ok_or_else(|| {
-            ExecError::Failed(format!("stage `{}` reads knob `{id}` it did not declare", self.spec.id))
-        })
+        self.knobs
+            .get(&id)
+            .ok_or_else(|| ExecError::Failed(format!("stage `{}` reads knob `{id}` it did not declare", self.spec.id)))
     }
 
     /// The output of upstream stage `stage`.

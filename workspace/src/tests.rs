@@ -433,26 +433,23 @@ fn the_fake_recipe_is_well_formed_and_problems_are_found() {
 
 fn recipe_with_problems() -> (Recipe, Log) {
     let (mut recipe, log) = recipe();
-    let log_handle = log.log.clone();
-    let make = |id: &'static str, knobs: Vec<KnobId>, upstream: Vec<&'static str>| {
-        Arc::new(Fake {
-            spec: StageSpec {
-                id: StageId(id),
-                version: 1,
-                doc: "",
-                knobs,
-                checks: vec![],
-                upstream: upstream.into_iter().map(StageId).collect(),
-                fingerprints: vec![],
-                device_dependent: false,
-            },
-            body: body_c,
-            log: log_handle.clone(),
-            running: Arc::default(),
-            max_running: Arc::default(),
-        }) as Arc<dyn Stage>
-    };
-    recipe.stages[1] = make("b", vec![KnobId("z.z")], vec!["c"]);
+    // `b` now reads a knob the schema lacks and a stage that comes after it.
+    recipe.stages[1] = Arc::new(Fake {
+        spec: StageSpec {
+            id: StageId("b"),
+            version: 1,
+            doc: "",
+            knobs: vec![KnobId("z.z")],
+            checks: vec![],
+            upstream: vec![StageId("c")],
+            fingerprints: vec![],
+            device_dependent: false,
+        },
+        body: body_c,
+        log: log.log.clone(),
+        running: Arc::default(),
+        max_running: Arc::default(),
+    });
     (recipe, log)
 }
 

@@ -255,7 +255,11 @@ mod tests {
         let check_a = verify_stage(&db, &snapshots, a);
         assert!(!check_a.reproducible());
         assert!(check_a.artifacts[0].cached_corrupt());
-        assert_eq!(check_a.artifacts[0].rerun_hash(), check_a.artifacts[0].cached, "the re-execution matches the manifest");
+        assert_eq!(
+            check_a.artifacts[0].rerun_hash(),
+            check_a.artifacts[0].cached,
+            "the re-execution matches the manifest"
+        );
         assert_eq!(std::fs::read(&a_object).unwrap(), b"a=7", "verify does not repair the cache");
         std::fs::remove_dir_all(&dir).ok();
     }
