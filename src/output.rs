@@ -39,7 +39,7 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
         .iter()
         .flat_map(|output| &output.artifacts)
         .map(|(name, artifact)| {
-            let path = out.path(report.stage, name);
+            let path = out.path(report.name.as_str(), name);
             (
                 name,
                 json!({ "hash": artifact.hash.to_hex(), "path": path.display().to_string(), "bytes": artifact.bytes }),
@@ -49,7 +49,7 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
     let metrics = report.output.as_ref().map(|output| output.metrics.clone()).unwrap_or_default();
     let mut value = json!({
         "event": "stage",
-        "stage": report.stage,
+        "stage": report.name.as_str(),
         "key": report.key.map(|key| key.to_hex()),
         "status": status_word(report),
         "secs": report.secs,
@@ -106,15 +106,15 @@ impl Printer {
             };
             let secs =
                 if report.status == Some(StageStatus::Ran) { format!("{:.2}s", report.secs) } else { "-".into() };
-            say!("{:>8} {:<22} {:>8}  {}", status_word(report), report.stage, secs, verdicts.join(", "));
+            say!("{:>8} {:<22} {:>8}  {}", status_word(report), report.name.as_str(), secs, verdicts.join(", "));
         }
         // Failures go to stderr in both modes: stdout stays the protocol.
         for verdict in report.verdicts.iter().filter(|v| v.status == VerdictStatus::Fail) {
-            print_failure(report.stage, verdict);
+            print_failure(report.name.as_str(), verdict);
         }
         if report.status == Some(StageStatus::Failed) {
             if let Some(error) = &report.error {
-                eprintln!("error[{}]: {error}", report.stage);
+                eprintln!("error[{}]: {error}", report.name.as_str());
             }
         }
     }
@@ -164,7 +164,7 @@ pub fn record_run(
         stages: reports
             .iter()
             .map(|report| RunStage {
-                stage: report.stage.to_string(),
+                stage: report.name.0.clone(),
                 key: report.key,
                 status: status_word(report).to_string(),
                 artifacts: report.output.as_ref().map(|o| o.artifacts.clone()).unwrap_or_default(),
@@ -185,7 +185,7 @@ pub fn print_status(reports: &[StatusReport], json: bool) {
                 "{}",
                 json!({
                     "event": "status",
-                    "stage": report.stage,
+                    "stage": report.name.as_str(),
                     "key": report.key.map(|k| k.to_hex()),
                     "status": if report.stale.is_some() { "stale" } else { "cached" },
                     "reason": report.stale.as_ref().map(|r| r.to_string()),
@@ -194,9 +194,14 @@ pub fn print_status(reports: &[StatusReport], json: bool) {
         } else {
             match &report.stale {
                 None => {
-                    say!("{:>8} {:<22} {}", "cached", report.stage, report.key.map(|k| k.short()).unwrap_or_default())
+                    say!(
+                        "{:>8} {:<22} {}",
+                        "cached",
+                        report.name.as_str(),
+                        report.key.map(|k| k.short()).unwrap_or_default()
+                    )
                 }
-                Some(reason) => say!("{:>8} {:<22} {reason}", "stale", report.stage),
+                Some(reason) => say!("{:>8} {:<22} {reason}", "stale", report.name.as_str()),
             }
         }
     }
@@ -207,7 +212,7 @@ pub fn print_show(report: &StageReport, out: &OutDir, json: bool) {
         say!("{}", stage_json(report, out));
         return;
     }
-    say!("stage {}  key {}", report.stage, report.key.map(|k| k.to_hex()).unwrap_or_default());
+    say!("stage {}  key {}", report.name.as_str(), report.key.map(|k| k.to_hex()).unwrap_or_default());
     if let Some(output) = &report.output {
         say!("artifacts:");
         for (name, artifact) in &output.artifacts {
@@ -215,7 +220,7 @@ pub fn print_show(report: &StageReport, out: &OutDir, json: bool) {
                 "  {name:<26} {:>10} bytes  {}  {}",
                 artifact.bytes,
                 artifact.hash.short(),
-                out.path(report.stage, name).display()
+                out.path(report.name.as_str(), name).display()
             );
         }
         say!("metrics:");

@@ -18,7 +18,7 @@ pub fn number(value: f64) -> String {
 
 /// One judged check of one stage.
 pub struct Check<'a> {
-    pub stage: &'static str,
+    pub stage: &'a str,
     pub verdict: &'a Verdict,
 }
 
@@ -27,23 +27,24 @@ pub struct Check<'a> {
 pub struct Scorecard<'a> {
     pub checks: Vec<Check<'a>>,
     /// Stages that errored (no artifacts, so no verdicts), with their error.
-    pub errored: Vec<(&'static str, &'a str)>,
+    pub errored: Vec<(&'a str, &'a str)>,
     /// Stages skipped because an earlier stage failed.
-    pub skipped: Vec<&'static str>,
+    pub skipped: Vec<&'a str>,
 }
 
 impl<'a> Scorecard<'a> {
     pub fn of(reports: &'a [StageReport]) -> Scorecard<'a> {
         let checks = reports
             .iter()
-            .flat_map(|report| report.verdicts.iter().map(|verdict| Check { stage: report.stage, verdict }))
+            .flat_map(|report| report.verdicts.iter().map(|verdict| Check { stage: report.name.as_str(), verdict }))
             .collect();
         let errored = reports
             .iter()
             .filter(|report| report.status == Some(StageStatus::Failed))
-            .map(|report| (report.stage, report.error.as_deref().unwrap_or("the stage failed")))
+            .map(|report| (report.name.as_str(), report.error.as_deref().unwrap_or("the stage failed")))
             .collect();
-        let skipped = reports.iter().filter(|report| report.status.is_none()).map(|report| report.stage).collect();
+        let skipped =
+            reports.iter().filter(|report| report.status.is_none()).map(|report| report.name.as_str()).collect();
         Scorecard { checks, errored, skipped }
     }
 
@@ -149,7 +150,8 @@ mod tests {
 
     fn report(stage: &'static str, status: Option<StageStatus>, verdicts: Vec<Verdict>) -> StageReport {
         StageReport {
-            stage,
+            name: workspace::InstanceName(stage.into()),
+            stage: workspace::StageId(stage),
             key: None,
             status,
             secs: 0.0,

@@ -17,6 +17,7 @@
 //!   stat-cache.json           (path, size, mtime, inode) -> hash of data files and objects
 //!   runs/index.jsonl          one compact line per run, for `pipe runs`
 //!   quarantine/               corrupt objects and manifests moved aside
+//!   queue/<key>.json          an action's full description, while it waits or runs
 //!   tmp/                      temp files, renamed into place when complete
 //! ```
 
@@ -28,6 +29,7 @@ mod gc;
 mod key;
 mod lock;
 mod out;
+mod queue;
 mod run_index;
 mod runs;
 mod stat;
@@ -41,6 +43,7 @@ pub use gc::{gc, FreedAction, FreedObject, GcOptions, GcReport};
 pub use key::{value_text, KeyInputs, KnobValueText};
 pub use lock::CacheLock;
 pub use out::OutDir;
+pub use queue::ActionQueue;
 pub use run_index::{changed_knobs, RunSummary};
 pub use runs::{RunRecord, RunStage, Runs};
 pub use stat::{hash_file, StatCache};
@@ -103,6 +106,11 @@ impl Cache {
 
     pub fn runs(&self) -> Runs {
         Runs::new(&self.root)
+    }
+
+    /// Actions described for another process to execute.
+    pub fn queue(&self) -> ActionQueue {
+        ActionQueue::new(&self.root)
     }
 }
 

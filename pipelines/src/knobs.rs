@@ -4,6 +4,11 @@
 
 use workspace::{Float, KnobKind, KnobSpec, KnobValue};
 
+use crate::ids::knob;
+use crate::model::{Activation, ModelKind};
+use crate::stages::data::Normalize;
+use crate::train::OptimizerName;
+
 fn float(v: f64) -> KnobValue {
     KnobValue::Float(Float(v))
 }
@@ -35,10 +40,9 @@ pub fn schema() -> Vec<KnobSpec> {
             KnobValue::FloatList(vec![Float(0.6), Float(0.2), Float(0.2)]),
             "train/val/test fractions, summing to 1",
         ),
-        KnobSpec::new(
-            "data.normalize",
-            Choice(&["standard", "none"]),
-            text("standard"),
+        KnobSpec::choice(
+            knob::DATA_NORMALIZE,
+            Normalize::Standard,
             "standard: per-feature mean/std of the training split; none: raw values",
         ),
         KnobSpec::new("data.csv.label", Str, text("label"), "csv: the label column's header name (or its 0-based index without a header; \"last\")"),
@@ -56,15 +60,15 @@ pub fn schema() -> Vec<KnobSpec> {
             text(""),
             "CSV of split,index,label from a second annotation (empty: no human baseline)",
         ),
-        KnobSpec::new("model.kind", Choice(&["mlp", "linear"]), text("mlp"), "mlp or linear (softmax regression)"),
+        KnobSpec::choice(knob::MODEL_KIND, ModelKind::Mlp, "mlp or linear (softmax regression)"),
         KnobSpec::new(
             "model.hidden",
             IntList { min: 1, max: 65_536 },
             KnobValue::IntList(vec![128, 128]),
             "hidden layer widths of the mlp",
         ),
-        KnobSpec::new("model.activation", Choice(&["relu", "tanh", "gelu"]), text("relu"), "hidden activation"),
-        KnobSpec::new("train.optimizer", Choice(&["adam", "sgd"]), text("adam"), "adam (AdamW form) or sgd"),
+        KnobSpec::choice(knob::MODEL_ACTIVATION, Activation::Relu, "hidden activation"),
+        KnobSpec::choice(knob::TRAIN_OPTIMIZER, OptimizerName::Adam, "adam (AdamW form) or sgd"),
         KnobSpec::new("train.lr", Float { min: 0.0, max: 100.0 }, float(3e-4), "learning rate, constant"),
         KnobSpec::new("train.beta1", prob, float(0.9), "adam beta1"),
         KnobSpec::new("train.beta2", prob, float(0.999), "adam beta2"),

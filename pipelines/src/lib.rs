@@ -7,6 +7,7 @@
 pub mod compare;
 pub mod data;
 pub mod grad_deps;
+pub mod ids;
 pub mod inspect;
 pub mod knobs;
 pub mod model;
@@ -24,31 +25,26 @@ use std::path::Path;
 use cache::{ArtifactHash, StatCache};
 use workspace::{Config, ConfigError, Recipe};
 
-/// The recipe: knob schema, stages, targets and the candle executor. Relative data
+/// The recipe: knob schema, stages (in recipe order) and targets. Relative data
 /// paths are resolved against `base_dir`, the directory of `pipe.toml`.
 pub fn recipe(base_dir: &Path) -> Recipe {
-    Recipe {
-        schema: knobs::schema(),
-        stages: stages::specs(),
-        targets: stages::targets(),
-        executor: Box::new(stages::Stages { base_dir: base_dir.to_path_buf() }),
-    }
+    Recipe { schema: knobs::schema(), stages: stages::stages(base_dir), targets: stages::targets() }
 }
 
 /// The dataset source named by `config`.
 pub fn source(config: &Config, base_dir: &Path) -> Result<sources::Source, sources::SourceError> {
-    let text = config.get("data.source").and_then(|v| v.as_str()).unwrap_or("builtin:digits");
+    let text = config.get(ids::knob::DATA_SOURCE.as_str()).and_then(|v| v.as_str()).unwrap_or("builtin:digits");
     sources::Source::parse(text, base_dir)
 }
 
 /// Checks across knobs that the schema's per-knob types cannot express.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let at = |key: &str| config.origins.get(key).cloned().unwrap_or_else(|| "default".into());
-    if let Some(split) = config.get("data.split").and_then(|v| v.as_float_list()) {
+    if let Some(split) = config.get(ids::knob::DATA_SPLIT.as_str()).and_then(|v| v.as_float_list()) {
         if split.len() != 3 || (split.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
             return Err(ConfigError {
-                location: at("data.split"),
-                key: Some("data.split".into()),
+                location: at(ids::knob::DATA_SPLIT.as_str()),
+                key: Some(ids::knob::DATA_SPLIT.to_string()),
                 message: format!("data.split must be 3 fractions (train, val, test) summing to 1, got {split:?}"),
                 help: Some("for example data.split = [0.6, 0.2, 0.2]".into()),
             });
@@ -56,8 +52,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if let Err(error) = source(config, Path::new(".")) {
         return Err(ConfigError {
-            location: at("data.source"),
-            key: Some("data.source".into()),
+            location: at(ids::knob::DATA_SOURCE.as_str()),
+            key: Some(ids::knob::DATA_SOURCE.to_string()),
             message: error.to_string(),
             help: None,
         });

@@ -2,6 +2,7 @@
 //! generator; the layer names (`fc1.weight`, ...) are the checkpoint's tensor names.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use workspace::ChoiceKnob;
 
 use crate::rng::Rng;
 
@@ -36,15 +37,32 @@ pub enum Activation {
     Gelu,
 }
 
-impl Activation {
-    pub fn parse(name: &str) -> Activation {
-        match name {
-            "tanh" => Activation::Tanh,
-            "gelu" => Activation::Gelu,
-            _ => Activation::Relu,
-        }
-    }
+/// `model.activation`: an unknown name is a config error, never a silent ReLU.
+impl ChoiceKnob for Activation {
+    const OPTIONS: &'static [&'static str] = &["relu", "tanh", "gelu"];
 
+    fn from_index(index: usize) -> Activation {
+        [Activation::Relu, Activation::Tanh, Activation::Gelu][index]
+    }
+}
+
+/// `model.kind`: which model the training stages build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Mlp,
+    /// Softmax regression: an MLP without hidden layers.
+    Linear,
+}
+
+impl ChoiceKnob for ModelKind {
+    const OPTIONS: &'static [&'static str] = &["mlp", "linear"];
+
+    fn from_index(index: usize) -> ModelKind {
+        [ModelKind::Mlp, ModelKind::Linear][index]
+    }
+}
+
+impl Activation {
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Relu => x.relu(),

@@ -18,6 +18,21 @@ pub enum TrainError {
     NonFinite { step: usize, tensor: String, value: f32 },
 }
 
+/// `train.optimizer`: which optimizer the training stages use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerName {
+    Adam,
+    Sgd,
+}
+
+impl workspace::ChoiceKnob for OptimizerName {
+    const OPTIONS: &'static [&'static str] = &["adam", "sgd"];
+
+    fn from_index(index: usize) -> OptimizerName {
+        [OptimizerName::Adam, OptimizerName::Sgd][index]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum OptimizerKind {
     /// Adam with decoupled weight decay (AdamW); `weight_decay = 0` is plain Adam.

@@ -125,7 +125,8 @@ impl Run {
         self.lines().into_iter().find(|l| l["stage"] == id).unwrap_or_else(|| panic!("no stage {id}:\n{}", self.stdout))
     }
 
-    /// Artifact hashes by `stage/name`.
+    /// Artifact hashes by `stage/name`, sorted (stage lines come in the order stages
+    /// finish, which parallel runs do not fix).
     pub fn hashes(&self) -> Vec<(String, String)> {
         let mut hashes = Vec::new();
         for line in self.lines().iter().filter(|l| l["event"] == "stage") {
@@ -136,14 +137,39 @@ impl Run {
                 ));
             }
         }
+        hashes.sort();
         hashes
     }
 }
 
+/// The stages of the recipe, in recipe order.
+pub const RECIPE_ORDER: [&str; 11] = [
+    "data",
+    "inspect",
+    "batch_preview",
+    "human_baseline",
+    "dumb_baselines",
+    "grad_deps",
+    "loss_at_init",
+    "zero_input_baseline",
+    "overfit_batch",
+    "overfit",
+    "beats_baselines",
+];
+
+/// (stage, status) of every stage line, in recipe order (lines come in the order
+/// stages finish; instances sort after their stage).
 pub fn stage_statuses(run: &Run) -> Vec<(String, String)> {
-    run.lines()
+    let mut statuses: Vec<(String, String)> = run
+        .lines()
         .iter()
         .filter(|l| l["event"] == "stage")
         .map(|l| (l["stage"].as_str().unwrap().to_string(), l["status"].as_str().unwrap().to_string()))
-        .collect()
+        .collect();
+    let position = |name: &str| {
+        let stage = name.split('[').next().unwrap_or(name);
+        (RECIPE_ORDER.iter().position(|s| *s == stage).unwrap_or(usize::MAX), name.to_string())
+    };
+    statuses.sort_by_key(|(name, _)| position(name));
+    statuses
 }

@@ -1,59 +1,89 @@
-//! Building targets and reporting status: the loop the CLI drives.
+//! Plan, then run: the loop the CLI drives.
+//!
+//! Salsa answers, for every instance of the target, its key and whether the cache
+//! holds a result, without executing anything. Each instance whose upstream results
+//! are known and whose own result is missing becomes an [`Action`] handed to the
+//! runner; up to `jobs` actions run at once, dispatched in recipe order. A finished
+//! action's result is fed back into its instance's salsa slot, which unblocks its
+//! dependents. After the first failure (a stage error or a failed verdict) nothing new
+//! starts and running actions are cancelled, unless `keep_going`.
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use cache::{KeyInputs, Manifest, StageKey};
 
-use crate::db::{key_inputs, stage_key, stage_output, stage_verdicts, Database, Db, StageStatus};
+use crate::action::{Action, ActionOutcome};
+use crate::db::{
+    instance_key_inputs, instance_output, instance_verdicts, resolved_knobs, Database, Db, Done, Instance, StageStatus,
+};
+use crate::instance::{parse_instance, InstanceName, InstanceSpec};
 use crate::knob::suggest;
-use crate::recipe::{StageFailure, StageOutput, Verdict, VerdictStatus};
+use crate::recipe::{Cancel, StageFailure, StageId, StageOutput, Verdict, VerdictStatus};
+use crate::runner::Runner;
 
-/// Expands target and stage names into stage ids in dependency order, upstream
-/// stages included. An unknown name gets a suggestion.
-pub fn resolve_targets(db: &Database, names: &[String]) -> Result<Vec<&'static str>, String> {
+/// Expands target names, stage ids and instances (`overfit[train.lr=1e-3]`) into
+/// instances in recipe order, upstream instances included. An unknown name gets a
+/// suggestion.
+pub fn resolve_targets(db: &Database, names: &[String]) -> Result<Vec<InstanceSpec>, String> {
     let recipe = &db.engine().recipe;
-    let mut wanted: Vec<&'static str> = Vec::new();
+    let mut wanted: Vec<InstanceSpec> = Vec::new();
     for name in names {
         if let Some(target) = recipe.targets.iter().find(|target| target.name == name) {
-            wanted.extend(target.stages.iter().copied());
-        } else if let Some(spec) = recipe.spec(name) {
-            wanted.push(spec.id);
+            wanted.extend(target.stages.iter().map(|id| InstanceSpec::plain(*id)));
+        } else if let Some(instance) = parse_instance(recipe, name)? {
+            wanted.push(instance);
         } else {
-            let candidates = recipe.targets.iter().map(|t| t.name).chain(recipe.stages.iter().map(|s| s.id));
+            let candidates = recipe.targets.iter().map(|t| t.name).chain(recipe.stages.iter().map(|s| s.spec().id.0));
             return Err(match suggest(name, candidates) {
                 Some(close) => format!("unknown target or stage `{name}`, did you mean `{close}`?"),
                 None => format!(
                     "unknown target or stage `{name}` (targets: {}; stages: {})",
                     recipe.targets.iter().map(|t| t.name).collect::<Vec<_>>().join(", "),
-                    recipe.stages.iter().map(|s| s.id).collect::<Vec<_>>().join(", ")
+                    recipe.stages.iter().map(|s| s.spec().id.0).collect::<Vec<_>>().join(", ")
                 ),
             });
         }
     }
-    // Close over upstream stages, then keep the recipe's (topological) order.
-    let mut needed: Vec<&'static str> = Vec::new();
-    let mut stack = wanted;
-    while let Some(id) = stack.pop() {
-        if !needed.contains(&id) {
-            needed.push(id);
-            if let Some(spec) = recipe.spec(id) {
-                stack.extend(spec.upstream.iter().copied());
-            }
-        }
-    }
-    Ok(recipe.stages.iter().map(|spec| spec.id).filter(|id| needed.contains(id)).collect())
+    Ok(closure(db, wanted))
 }
 
-#[derive(Debug, Clone, Default)]
+/// `wanted` and every instance upstream of it, in recipe order (then by name).
+pub fn closure(db: &Database, wanted: Vec<InstanceSpec>) -> Vec<InstanceSpec> {
+    let recipe = &db.engine().recipe;
+    let mut needed: Vec<InstanceSpec> = Vec::new();
+    let mut seen: HashSet<InstanceSpec> = HashSet::new();
+    let mut stack = wanted;
+    while let Some(instance) = stack.pop() {
+        if seen.insert(instance.clone()) {
+            if let Some(spec) = recipe.spec(instance.stage.0) {
+                stack.extend(spec.upstream.iter().map(|up| instance.upstream(recipe, *up)));
+            }
+            needed.push(instance);
+        }
+    }
+    needed.sort_by_cached_key(|instance| (recipe.position(instance.stage), instance.name()));
+    needed
+}
+
+#[derive(Clone, Default)]
 pub struct BuildOptions {
     /// Keep building after a failed verdict or stage.
     pub keep_going: bool,
+    /// How many actions may run at once (at least 1).
+    pub jobs: usize,
+    /// Set by Ctrl-C: stop dispatching, abandon running actions, return.
+    pub interrupt: Cancel,
 }
 
-/// What happened to one stage in a build.
+/// What happened to one instance in a build.
 #[derive(Debug, Clone)]
 pub struct StageReport {
-    pub stage: &'static str,
+    /// The instance's name (the stage id when it has no overrides).
+    pub name: InstanceName,
+    pub stage: StageId,
     pub key: Option<StageKey>,
     /// `None` when the stage was skipped because an earlier one failed.
     pub status: Option<StageStatus>,
@@ -69,97 +99,268 @@ impl StageReport {
     pub fn failed(&self) -> bool {
         self.status == Some(StageStatus::Failed) || self.verdicts.iter().any(|v| v.status == VerdictStatus::Fail)
     }
+
+    fn skipped(instance: &InstanceSpec, key: Option<StageKey>, why: &str) -> StageReport {
+        StageReport {
+            name: instance.name(),
+            stage: instance.stage,
+            key,
+            status: None,
+            secs: 0.0,
+            output: None,
+            verdicts: Vec::new(),
+            error: Some(why.to_string()),
+            bad_input: false,
+        }
+    }
 }
 
-/// Builds `stages` in order, calling `on_stage` as each finishes. Stops after the
-/// first failure unless `keep_going`; later stages are reported as skipped.
-pub fn build(
-    db: &Database,
-    stages: &[&'static str],
-    options: &BuildOptions,
-    mut on_stage: impl FnMut(&StageReport),
-) -> Vec<StageReport> {
+/// The result of [`build`].
+pub struct BuildResult {
+    /// One report per instance, in recipe order.
+    pub reports: Vec<StageReport>,
+    /// Ctrl-C stopped the build.
+    pub interrupted: bool,
+}
+
+/// The action for `instance`, whose key inputs are known.
+pub fn action_for(db: &Database, instance: Instance, inputs: &KeyInputs) -> Action {
+    let spec = instance.spec(db);
     let engine = db.engine();
-    let mut reports: Vec<StageReport> = Vec::new();
+    let stage = engine.stage(spec.stage.0).spec();
+    let upstream = stage
+        .upstream
+        .iter()
+        .filter_map(|up| {
+            let output = instance_output(db, Instance::new(db, spec.upstream(&engine.recipe, *up))).as_ref()?;
+            Some((up.0.to_string(), output.clone()))
+        })
+        .collect();
+    Action {
+        name: spec.name().0,
+        inputs: inputs.clone(),
+        knobs: resolved_knobs(db, spec, &stage.knobs)
+            .into_iter()
+            .map(|(id, value)| (id.0.to_string(), value))
+            .collect(),
+        upstream,
+        base_dir: engine.base_dir.clone(),
+        device: crate::db::device_name(db),
+    }
+}
+
+/// Builds `instances` (in recipe order, as [`resolve_targets`] gives them), calling
+/// `on_stage` as each instance is settled.
+pub fn build(
+    db: &mut Database,
+    instances: &[InstanceSpec],
+    options: &BuildOptions,
+    runner: Arc<dyn Runner>,
+    mut on_stage: impl FnMut(&StageReport),
+) -> BuildResult {
+    let handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
+    let stop = Cancel::default();
+    let (sender, receiver) = mpsc::channel::<ActionOutcome>();
+    let mut reports: HashMap<usize, StageReport> = HashMap::new();
+    // key -> indices of the instances waiting for it (equal keys are one action).
+    let mut running: HashMap<StageKey, Vec<usize>> = HashMap::new();
+    let mut failed_names: HashSet<String> = HashSet::new();
     let mut stopped = false;
-    for id in stages {
-        let stage = db.inputs().stage(id);
-        if stopped {
-            let report = StageReport {
-                stage: id,
-                key: stage_key(db, stage).ok(),
-                status: None,
-                secs: 0.0,
-                output: None,
-                verdicts: Vec::new(),
-                error: Some("skipped: an earlier stage failed (use --keep-going to continue)".into()),
-                bad_input: false,
-            };
-            on_stage(&report);
-            reports.push(report);
-            continue;
+    let mut interrupted = false;
+    let jobs = options.jobs.max(1);
+    loop {
+        if options.interrupt.is_cancelled() {
+            interrupted = true;
+            stop.cancel();
+            break;
         }
-        engine.take_events();
-        let result = stage_output(db, stage).clone();
-        let events = engine.take_events();
-        let event = events.iter().rev().find(|event| event.stage == *id);
-        let (status, secs) = match (&result, event) {
-            (_, Some(event)) => (event.status, event.secs),
-            (Ok(_), None) => (StageStatus::Cached, 0.0),
-            (Err(_), None) => (StageStatus::Failed, 0.0),
-        };
-        let key = stage_key(db, stage).ok();
-        let report = match result {
-            Ok(output) => {
-                if let Some(key) = key {
-                    let manifest = Manifest {
-                        stage: id.to_string(),
-                        key,
-                        inputs: stage_key_inputs_owned(db, id),
-                        artifacts: output.artifacts.clone(),
-                        metrics: output.metrics.clone(),
-                        secs,
-                    };
-                    if let Err(err) = engine.cache.out().materialize(&manifest) {
-                        tracing::warn!(%err, stage = id, "could not refresh .pipe/out");
+        let mut ready: Vec<(usize, Action)> = Vec::new();
+        for (index, instance) in handles.iter().enumerate() {
+            if reports.contains_key(&index) {
+                continue;
+            }
+            if stopped {
+                continue;
+            }
+            let inputs = instance_key_inputs(db, *instance).clone();
+            match inputs {
+                Err(blocked) => {
+                    if failed_names.contains(&blocked.upstream.0) {
+                        let report = StageReport {
+                            status: Some(StageStatus::Failed),
+                            error: Some(StageFailure::Upstream(blocked.upstream.0.clone()).to_string()),
+                            ..StageReport::skipped(&instances[index], None, "")
+                        };
+                        failed_names.insert(report.name.0.clone());
+                        on_stage(&report);
+                        reports.insert(index, report);
                     }
-                    engine.cache.actions().set_last(&manifest).ok();
                 }
-                StageReport {
-                    stage: id,
-                    key,
-                    status: Some(status),
-                    secs,
-                    output: Some(output),
-                    verdicts: stage_verdicts(db, stage).clone(),
-                    error: None,
-                    bad_input: false,
+                Ok(inputs) => {
+                    let key = inputs.key();
+                    if let Some(waiting) = running.get_mut(&key) {
+                        if !waiting.contains(&index) {
+                            waiting.push(index);
+                        }
+                        continue;
+                    }
+                    let cached = match instance_output(db, *instance).clone() {
+                        Some(output) => Some((output, StageStatus::Cached, 0.0)),
+                        None => db.engine().cache.actions().get(&key).map(|manifest| {
+                            let output = StageOutput { artifacts: manifest.artifacts, metrics: manifest.metrics };
+                            (output, StageStatus::Cached, 0.0)
+                        }),
+                    };
+                    match cached {
+                        Some((output, status, secs)) => {
+                            db.set_result(*instance, Some(Done { key, output }));
+                            let report = settled(db, *instance, &inputs, status, secs);
+                            stopped |= report.failed() && !options.keep_going;
+                            on_stage(&report);
+                            reports.insert(index, report);
+                        }
+                        None if !ready.iter().any(|(_, action)| action.key() == key) => {
+                            ready.push((index, action_for(db, *instance, &inputs)));
+                        }
+                        None => {}
+                    }
                 }
             }
-            Err(failure) => StageReport {
-                stage: id,
-                key,
-                status: Some(StageStatus::Failed),
-                secs,
-                output: None,
-                verdicts: Vec::new(),
-                error: Some(failure.to_string()),
-                bad_input: matches!(failure, StageFailure::BadInput(_)),
-            },
-        };
-        if report.failed() && !options.keep_going {
-            stopped = true;
         }
-        on_stage(&report);
-        reports.push(report);
+        if stopped {
+            stop.cancel();
+            ready.clear();
+        }
+        for (index, action) in ready {
+            if running.len() >= jobs {
+                break;
+            }
+            let key = action.key();
+            running.insert(key, vec![index]);
+            dispatch(db, action, runner.clone(), stop.clone(), sender.clone());
+        }
+        if running.is_empty() {
+            break;
+        }
+        // Wait for one action to finish, watching for Ctrl-C.
+        let outcome = loop {
+            match receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(outcome) => break Some(outcome),
+                Err(mpsc::RecvTimeoutError::Timeout) if options.interrupt.is_cancelled() => break None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            }
+        };
+        let Some(outcome) = outcome else { continue };
+        let waiting = running.remove(&outcome.key).unwrap_or_default();
+        db.engine().cache.queue().remove(&outcome.key);
+        for index in waiting {
+            let instance = handles[index];
+            let report = match &outcome.result {
+                Ok(output) => {
+                    db.set_result(instance, Some(Done { key: outcome.key, output: output.clone() }));
+                    let inputs = instance_key_inputs(db, instance).clone();
+                    match inputs {
+                        Ok(inputs) => settled(db, instance, &inputs, StageStatus::Ran, outcome.secs),
+                        Err(_) => continue,
+                    }
+                }
+                Err(StageFailure::Cancelled) => {
+                    StageReport::skipped(&instances[index], Some(outcome.key), "cancelled: an earlier stage failed")
+                }
+                Err(failure) => {
+                    failed_names.insert(instances[index].name().0);
+                    StageReport {
+                        status: Some(StageStatus::Failed),
+                        secs: outcome.secs,
+                        error: Some(failure.to_string()),
+                        bad_input: matches!(failure, StageFailure::BadInput(_)),
+                        ..StageReport::skipped(&instances[index], Some(outcome.key), "")
+                    }
+                }
+            };
+            stopped |= report.failed() && !options.keep_going;
+            on_stage(&report);
+            reports.insert(index, report);
+        }
     }
-    reports
+    if interrupted {
+        // Give running actions a moment to notice; whatever they were doing is abandoned.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !running.is_empty() && std::time::Instant::now() < deadline {
+            if let Ok(outcome) = receiver.recv_timeout(Duration::from_millis(50)) {
+                running.remove(&outcome.key);
+                db.engine().cache.queue().remove(&outcome.key);
+            }
+        }
+        for key in running.keys() {
+            db.engine().cache.queue().remove(key);
+        }
+    }
+    let reports = (0..handles.len())
+        .map(|index| match reports.remove(&index) {
+            Some(report) => report,
+            None => {
+                let why = if interrupted {
+                    "interrupted"
+                } else {
+                    "skipped: an earlier stage failed (use --keep-going to continue)"
+                };
+                let key = instance_key_inputs(db, handles[index]).as_ref().ok().map(KeyInputs::key);
+                let report = StageReport::skipped(&instances[index], key, why);
+                if !interrupted {
+                    on_stage(&report);
+                }
+                report
+            }
+        })
+        .collect();
+    BuildResult { reports, interrupted }
 }
 
-fn stage_key_inputs_owned(db: &Database, id: &str) -> KeyInputs {
-    crate::db::stage_key_inputs(db, db.inputs().stage(id))
-        .clone()
-        .unwrap_or_else(|_| unreachable!("stage {id} has output"))
+fn dispatch(db: &Database, action: Action, runner: Arc<dyn Runner>, stop: Cancel, sender: mpsc::Sender<ActionOutcome>) {
+    let engine = db.engine();
+    if let Err(error) = engine.cache.queue().put(&action.key(), &action.to_json()) {
+        tracing::warn!(%error, "could not queue the action");
+    }
+    let progress = engine.progress.action(&action.name);
+    std::thread::spawn(move || {
+        let outcome = runner.run(&action, progress.as_ref(), &stop);
+        sender.send(outcome).ok();
+    });
+}
+
+/// The report of an instance with a result: refreshes `.pipe/out` and `last/`.
+fn settled(db: &Database, instance: Instance, inputs: &KeyInputs, status: StageStatus, secs: f64) -> StageReport {
+    let spec = instance.spec(db);
+    let output = instance_output(db, instance).clone();
+    let engine = db.engine();
+    let key = inputs.key();
+    if let Some(output) = &output {
+        let manifest = Manifest {
+            stage: spec.name().0,
+            key,
+            inputs: inputs.clone(),
+            artifacts: output.artifacts.clone(),
+            metrics: output.metrics.clone(),
+            secs,
+        };
+        if let Err(err) = engine.cache.out().materialize(&manifest) {
+            tracing::warn!(%err, stage = %manifest.stage, "could not refresh .pipe/out");
+        }
+        engine.cache.actions().set_last(&manifest).ok();
+    }
+    StageReport {
+        name: spec.name(),
+        stage: spec.stage,
+        key: Some(key),
+        status: Some(status),
+        secs,
+        output,
+        verdicts: instance_verdicts(db, instance).clone(),
+        error: None,
+        bad_input: false,
+    }
 }
 
 /// Why a stage is stale.
@@ -176,68 +377,84 @@ pub enum StaleReason {
 
 #[derive(Debug, Clone)]
 pub struct StatusReport {
-    pub stage: &'static str,
+    pub name: InstanceName,
+    pub stage: StageId,
     pub key: Option<StageKey>,
     /// `None` when cached.
     pub stale: Option<StaleReason>,
 }
 
-/// Cached-or-stale for each stage, without executing anything or loading tensors.
-pub fn status(db: &Database, stages: &[&'static str]) -> Vec<StatusReport> {
-    let engine = db.engine();
-    let mut outputs: BTreeMap<&'static str, Option<StageOutput>> = BTreeMap::new();
-    let mut reports = Vec::new();
-    let device = db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string();
-    for id in stages {
-        let spec = engine.spec(id);
-        let mut upstream = BTreeMap::new();
-        let mut stale_upstream = None;
-        for up in &spec.upstream {
-            match outputs.get(up) {
-                Some(Some(output)) => {
-                    upstream.insert(*up, output.clone());
-                }
-                _ => {
-                    stale_upstream.get_or_insert(up.to_string());
-                }
-            }
+/// How the plan reads the action cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Verify every object (moving damaged ones aside), as a build does.
+    Verified,
+    /// Read the entry as it is, changing nothing (`pipe diff`, `pipe verify`).
+    Peek,
+}
+
+/// One instance as the cache knows it, found without executing anything.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub instance: InstanceSpec,
+    /// `Err` names the upstream instance without a result.
+    pub inputs: Result<KeyInputs, InstanceName>,
+    pub manifest: Option<Manifest>,
+}
+
+/// Walks `instances` in order, filling each one's salsa slot from the action cache.
+pub fn plan(db: &mut Database, instances: &[InstanceSpec], lookup: Lookup) -> Vec<Planned> {
+    let mut planned = Vec::with_capacity(instances.len());
+    for spec in instances {
+        let instance = db.register(spec);
+        let inputs = instance_key_inputs(db, instance).clone().map_err(|blocked| blocked.upstream);
+        let mut manifest = None;
+        if let Ok(inputs) = &inputs {
+            let key = inputs.key();
+            let actions = db.engine().cache.actions();
+            manifest = match lookup {
+                Lookup::Verified => actions.get(&key),
+                Lookup::Peek => actions.peek(&key),
+            };
+            let done = manifest.as_ref().map(|manifest| Done {
+                key,
+                output: StageOutput { artifacts: manifest.artifacts.clone(), metrics: manifest.metrics.clone() },
+            });
+            db.set_result(instance, done);
         }
-        if let Some(up) = stale_upstream {
-            outputs.insert(id, None);
-            reports.push(StatusReport { stage: id, key: None, stale: Some(StaleReason::UpstreamStale(up)) });
-            continue;
-        }
-        let inputs = key_inputs(
-            spec,
-            |name| db.inputs().knob(name).value(db).canonical(),
-            &upstream,
-            |name| db.inputs().fingerprint(name).map(|input| input.hash(db)),
-            &device,
-        );
-        let key = inputs.key();
-        match engine.cache.actions().get(&key) {
-            Some(manifest) => {
-                outputs.insert(id, Some(StageOutput { artifacts: manifest.artifacts, metrics: manifest.metrics }));
-                reports.push(StatusReport { stage: id, key: Some(key), stale: None });
-            }
-            None => {
-                outputs.insert(id, None);
-                let reason = match engine.cache.actions().last(id) {
-                    None => StaleReason::NeverBuilt,
-                    Some(last) => {
-                        let reasons = inputs.explain_change(&last);
-                        if reasons.is_empty() {
-                            StaleReason::CacheDamaged
-                        } else {
-                            StaleReason::Changed(reasons)
-                        }
-                    }
-                };
-                reports.push(StatusReport { stage: id, key: Some(key), stale: Some(reason) });
-            }
-        }
+        planned.push(Planned { instance: spec.clone(), inputs, manifest });
     }
-    reports
+    planned
+}
+
+/// Cached-or-stale for each instance, without executing anything or loading tensors.
+pub fn status(db: &mut Database, instances: &[InstanceSpec]) -> Vec<StatusReport> {
+    let engine_actions = db.engine().cache.actions().clone();
+    plan(db, instances, Lookup::Verified)
+        .into_iter()
+        .map(|planned| {
+            let name = planned.instance.name();
+            let (key, stale) = match (&planned.inputs, &planned.manifest) {
+                (Err(upstream), _) => (None, Some(StaleReason::UpstreamStale(upstream.0.clone()))),
+                (Ok(inputs), Some(_)) => (Some(inputs.key()), None),
+                (Ok(inputs), None) => {
+                    let reason = match engine_actions.last(name.as_str()) {
+                        None => StaleReason::NeverBuilt,
+                        Some(last) => {
+                            let reasons = inputs.explain_change(&last);
+                            if reasons.is_empty() {
+                                StaleReason::CacheDamaged
+                            } else {
+                                StaleReason::Changed(reasons)
+                            }
+                        }
+                    };
+                    (Some(inputs.key()), Some(reason))
+                }
+            };
+            StatusReport { name, stage: planned.instance.stage, key, stale }
+        })
+        .collect()
 }
 
 impl std::fmt::Display for StaleReason {
@@ -251,8 +468,16 @@ impl std::fmt::Display for StaleReason {
     }
 }
 
-impl From<&StageFailure> for String {
-    fn from(failure: &StageFailure) -> String {
-        failure.to_string()
+/// Reports of instances that are all cached, answered from the action cache (for
+/// `pipe show` and `pipe report`); `None` when one is not.
+pub fn cached_reports(db: &mut Database, instances: &[InstanceSpec]) -> Option<Vec<StageReport>> {
+    let planned = plan(db, instances, Lookup::Verified);
+    let mut reports = Vec::new();
+    for planned in planned {
+        let inputs = planned.inputs.ok()?;
+        planned.manifest.as_ref()?;
+        let instance = db.register(&planned.instance);
+        reports.push(settled(db, instance, &inputs, StageStatus::Cached, 0.0));
     }
+    Some(reports)
 }

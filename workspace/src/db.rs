@@ -1,19 +1,21 @@
-//! The salsa database: knobs and input fingerprints are inputs (one per knob, so
-//! salsa's own edges say which stage read which knob); stages are tracked queries
-//! that compute their key, look in the action cache and execute only on a miss.
+//! The salsa database. Knobs, input fingerprints and each instance's result slot are
+//! inputs (one per knob, so salsa's own edges say which stage read which knob);
+//! instances are interned. The tracked queries are pure: they compute an instance's
+//! key inputs, whether its current key has a result, and its verdicts. Nothing here
+//! executes a stage: the plan ([`crate::plan`]) turns missing results into actions
+//! and a [`crate::runner::Runner`] executes them; finished actions are fed back into
+//! the slots, so dependents see them and an unchanged output is backdated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use cache::{ArtifactHash, ArtifactRef, Cache, KeyInputs, Manifest, StageKey};
+use cache::{ArtifactHash, Cache, KeyInputs, StageKey};
 use salsa::Setter;
 
 use crate::config::Config;
-use crate::knob::KnobValue;
-use crate::recipe::{
-    ExecContext, ExecError, NoProgress, Progress, Recipe, StageFailure, StageOutput, StageSpec, Verdict,
-};
+use crate::instance::{InstanceName, InstanceSpec};
+use crate::knob::{KnobId, KnobValue};
+use crate::recipe::{Checks, NoProgress, ProgressSink, Recipe, Stage, StageOutput, Verdict, VerdictStatus};
 
 /// One knob's value.
 #[salsa::input(debug)]
@@ -29,11 +31,32 @@ pub struct Fingerprint {
     pub hash: ArtifactHash,
 }
 
-/// A stage, by id; the argument of the stage queries.
-#[salsa::input(debug)]
-pub struct Stage {
+/// A stage under overrides, interned: equal specs are one instance.
+#[salsa::interned(unsafe(no_lifetime), revisions = usize::MAX, debug)]
+pub struct Instance {
     #[returns(ref)]
-    pub id: String,
+    pub spec: InstanceSpec,
+}
+
+/// The result known for an instance: the key it was obtained under and its output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub key: StageKey,
+    pub output: StageOutput,
+}
+
+/// Where the cache or a runner puts an instance's result.
+#[salsa::input(debug)]
+pub struct Slot {
+    #[returns(ref)]
+    pub result: Option<Done>,
+}
+
+/// Why an instance's key cannot be computed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// The upstream instance without a result.
+    pub upstream: InstanceName,
 }
 
 /// How a stage was obtained in this process.
@@ -54,47 +77,36 @@ impl StageStatus {
     }
 }
 
-/// Side record of what a stage query did (timings must stay out of query values).
-#[derive(Debug, Clone)]
-pub struct StageEvent {
-    pub stage: String,
-    pub status: StageStatus,
-    pub secs: f64,
-}
-
 /// The parts of the database that never change in a session.
 pub struct Engine {
     pub recipe: Recipe,
     pub cache: Cache,
-    pub progress: Arc<dyn Progress>,
-    events: Mutex<Vec<StageEvent>>,
-    executed: Arc<Mutex<Vec<(String, salsa::Id)>>>,
+    pub progress: Arc<dyn ProgressSink>,
+    /// The directory relative data paths start from (recorded in actions).
+    pub base_dir: std::path::PathBuf,
+    /// (query, key) of every `WillExecute` event, for tests.
+    executed: Mutex<Vec<(salsa::IngredientIndex, salsa::Id)>>,
 }
 
 impl Engine {
-    pub fn spec(&self, id: &str) -> &StageSpec {
-        self.recipe.spec(id).unwrap_or_else(|| panic!("stage `{id}` is not part of the recipe"))
-    }
-
-    fn record(&self, event: StageEvent) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
-    }
-
-    /// Drains the stage events recorded since the last call.
-    pub fn take_events(&self) -> Vec<StageEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    pub fn stage(&self, id: &str) -> &Arc<dyn Stage> {
+        self.recipe.stage(id).unwrap_or_else(|| panic!("stage `{id}` is not part of the recipe"))
     }
 }
 
-/// Handles of the salsa inputs, created once per database.
+/// The knob under which the device class is an input (not a user knob).
+const DEVICE_KNOB: KnobId = KnobId("@device");
+
+/// Handles of the salsa inputs.
 pub struct Inputs {
-    knobs: BTreeMap<&'static str, Knob>,
+    knobs: BTreeMap<KnobId, Knob>,
     fingerprints: BTreeMap<String, Fingerprint>,
-    stages: BTreeMap<&'static str, Stage>,
+    /// One slot per registered instance (created outside queries, before any query
+    /// can ask for it).
+    slots: Mutex<HashMap<InstanceSpec, Slot>>,
+    /// salsa id -> name of every registered instance, to read salsa's events.
+    names: Mutex<HashMap<salsa::Id, InstanceName>>,
 }
-
-/// The knob name under which the device class is an input (not a user knob).
-const DEVICE_KNOB: &str = "@device";
 
 #[salsa::db]
 pub trait Db: salsa::Database {
@@ -103,6 +115,7 @@ pub trait Db: salsa::Database {
 }
 
 #[salsa::db]
+#[derive(Clone)]
 pub struct Database {
     storage: salsa::Storage<Self>,
     engine: Arc<Engine>,
@@ -133,37 +146,44 @@ impl Database {
         fingerprints: BTreeMap<String, ArtifactHash>,
         device: &str,
     ) -> Database {
-        let executed: Arc<Mutex<Vec<(String, salsa::Id)>>> = Arc::default();
-        let log = executed.clone();
+        let engine = Arc::new(Engine {
+            recipe,
+            cache,
+            progress: Arc::new(NoProgress),
+            base_dir: config
+                .file
+                .as_ref()
+                .and_then(|file| file.parent())
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(|| std::path::PathBuf::from(".")),
+            executed: Mutex::default(),
+        });
+        let log = engine.clone();
         let storage = salsa::Storage::new(Some(Box::new(move |event: salsa::Event| {
             if let salsa::EventKind::WillExecute { database_key } = event.kind {
-                let text = format!("{database_key:?}");
-                let query = text.split('(').next().unwrap_or_default().to_string();
-                log.lock().unwrap_or_else(|e| e.into_inner()).push((query, database_key.key_index()));
+                let entry = (database_key.ingredient_index(), database_key.key_index());
+                log.executed.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
             }
         })));
-        let engine = Engine { recipe, cache, progress: Arc::new(NoProgress), events: Mutex::default(), executed };
-        let mut db = Database { storage, engine: Arc::new(engine), inputs: Arc::new(Inputs::empty()) };
-        let mut knobs: BTreeMap<&'static str, Knob> = db
+        let mut db = Database { storage, engine, inputs: Arc::new(Inputs::empty()) };
+        let mut knobs: BTreeMap<KnobId, Knob> = db
             .engine
             .recipe
             .schema
             .iter()
             .map(|spec| {
                 let value = config.get(spec.name).cloned().unwrap_or_else(|| spec.default.clone());
-                (spec.name, Knob::new(&db, value))
+                (spec.id(), Knob::new(&db, value))
             })
             .collect();
         let fingerprints = fingerprints.into_iter().map(|(name, hash)| (name, Fingerprint::new(&db, hash))).collect();
-        let stages =
-            db.engine.recipe.stages.iter().map(|spec| (spec.id, Stage::new(&db, spec.id.to_string()))).collect();
         knobs.insert(DEVICE_KNOB, Knob::new(&db, KnobValue::Str(device.to_string())));
-        db.inputs = Arc::new(Inputs { knobs, fingerprints, stages });
+        db.inputs = Arc::new(Inputs { knobs, fingerprints, slots: Mutex::default(), names: Mutex::default() });
         db
     }
 
-    /// Replaces the progress reporter (the CLI's progress bar).
-    pub fn set_progress(&mut self, progress: Arc<dyn Progress>) {
+    /// Replaces the progress reporter (the CLI's progress bars).
+    pub fn set_progress(&mut self, progress: Arc<dyn ProgressSink>) {
         if let Some(engine) = Arc::get_mut(&mut self.engine) {
             engine.progress = progress;
         }
@@ -173,8 +193,8 @@ impl Database {
     /// their revision, so nothing that reads them re-runs.
     pub fn apply_config(&mut self, config: &Config) {
         let inputs = self.inputs.clone();
-        for (name, knob) in &inputs.knobs {
-            if let Some(value) = config.get(name) {
+        for (id, knob) in &inputs.knobs {
+            if let Some(value) = config.get(id.0) {
                 if knob.value(self) != value {
                     knob.set_value(self).to(value.clone());
                 }
@@ -191,34 +211,60 @@ impl Database {
         }
     }
 
-    /// Names of the stages whose query `query` salsa executed since the last call
-    /// (from salsa's `WillExecute` events).
+    /// Registers `spec` and every instance upstream of it; returns its handle.
+    pub fn register(&self, spec: &InstanceSpec) -> Instance {
+        let recipe = &self.engine.recipe;
+        let mut stack = vec![spec.clone()];
+        while let Some(next) = stack.pop() {
+            let mut slots = self.inputs.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if slots.contains_key(&next) {
+                continue;
+            }
+            slots.insert(next.clone(), Slot::new(self, None));
+            drop(slots);
+            let instance = Instance::new(self, next.clone());
+            let id = salsa::plumbing::AsId::as_id(&instance);
+            self.inputs.names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, next.name());
+            if let Some(stage) = recipe.spec(next.stage.0) {
+                stack.extend(stage.upstream.iter().map(|up| next.upstream(recipe, *up)));
+            }
+        }
+        Instance::new(self, spec.clone())
+    }
+
+    /// Records `done` as the result of `instance` (a cache hit or a finished action).
+    /// Setting the same value again changes nothing, so nothing re-runs.
+    pub fn set_result(&mut self, instance: Instance, done: Option<Done>) {
+        let slot = self.inputs.slot(instance.spec(self));
+        if slot.result(self) != &done {
+            slot.set_result(self).to(done);
+        }
+    }
+
+    /// Instance names whose query `query` (e.g. `instance_key_inputs`) salsa executed
+    /// since the last call, from salsa's `WillExecute` events.
     pub fn take_executed(&self, query: &str) -> Vec<String> {
         let log = std::mem::take(&mut *self.engine.executed.lock().unwrap_or_else(|e| e.into_inner()));
+        let names = self.inputs.names.lock().unwrap_or_else(|e| e.into_inner());
         log.into_iter()
-            .filter(|(name, _)| name == query)
-            .filter_map(|(_, id)| {
-                self.inputs
-                    .stages
-                    .iter()
-                    .find(|(_, stage)| salsa::plumbing::AsId::as_id(*stage) == id)
-                    .map(|(name, _)| name.to_string())
-            })
+            .filter(|(ingredient, _)| salsa::Database::ingredient_debug_name(self, *ingredient) == query)
+            .filter_map(|(_, id)| names.get(&id).map(|name| name.0.clone()))
             .collect()
     }
 }
 
 impl Inputs {
     fn empty() -> Inputs {
-        Inputs { knobs: BTreeMap::new(), fingerprints: BTreeMap::new(), stages: BTreeMap::new() }
+        Inputs {
+            knobs: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+            slots: Mutex::default(),
+            names: Mutex::default(),
+        }
     }
 
-    pub fn stage(&self, id: &str) -> Stage {
-        *self.stages.get(id).unwrap_or_else(|| panic!("stage `{id}` is not part of the recipe"))
-    }
-
-    pub fn knob(&self, name: &str) -> Knob {
-        *self.knobs.get(name).unwrap_or_else(|| panic!("knob `{name}` is not part of the schema"))
+    pub fn knob(&self, id: KnobId) -> Knob {
+        *self.knobs.get(&id).unwrap_or_else(|| panic!("knob `{id}` is not part of the schema"))
     }
 
     pub fn fingerprint(&self, name: &str) -> Option<Fingerprint> {
@@ -228,151 +274,143 @@ impl Inputs {
     pub fn device(&self) -> Knob {
         self.knob(DEVICE_KNOB)
     }
-}
 
-/// The inputs of `stage`'s key, given how to read knobs and upstream outputs.
-pub(crate) fn key_inputs(
-    spec: &StageSpec,
-    knob: impl Fn(&str) -> String,
-    upstream: &BTreeMap<&'static str, StageOutput>,
-    fingerprint: impl Fn(&str) -> Option<ArtifactHash>,
-    device: &str,
-) -> KeyInputs {
-    KeyInputs {
-        stage: spec.id.to_string(),
-        stage_version: spec.version,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        knobs: spec.knobs.iter().map(|name| (name.to_string(), knob(name))).collect(),
-        upstream: upstream
-            .iter()
-            .flat_map(|(stage, output)| {
-                output.artifacts.iter().map(move |(name, artifact)| (format!("{stage}/{name}"), artifact.hash))
-            })
-            .collect(),
-        fingerprints: spec
-            .fingerprints
-            .iter()
-            .map(|name| (name.to_string(), fingerprint(name).unwrap_or(ArtifactHash::of(b""))))
-            .collect(),
-        device: if spec.device_dependent { device.to_string() } else { "any".to_string() },
-        dtype: "f32".to_string(),
+    fn slot(&self, spec: &InstanceSpec) -> Slot {
+        *self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(spec)
+            .unwrap_or_else(|| panic!("instance `{}` was not registered before it was queried", spec.name()))
     }
 }
 
-fn upstream_outputs(db: &dyn Db, spec: &StageSpec) -> Result<BTreeMap<&'static str, StageOutput>, StageFailure> {
-    let mut outputs = BTreeMap::new();
-    for upstream in &spec.upstream {
-        match stage_output(db, db.inputs().stage(upstream)) {
-            Ok(output) => {
-                outputs.insert(*upstream, output.clone());
-            }
-            Err(_) => return Err(StageFailure::Upstream(upstream.to_string())),
-        }
-    }
-    Ok(outputs)
-}
-
-/// The values of the knobs `spec` reads, as an execution sees them.
-pub(crate) fn stage_knobs(db: &dyn Db, spec: &StageSpec) -> BTreeMap<&'static str, KnobValue> {
-    spec.knobs.iter().map(|name| (*name, db.inputs().knob(name).value(db).clone())).collect()
+/// The values of `ids` for `spec`: its override where it has one, else the config's.
+pub(crate) fn resolved_knobs(db: &dyn Db, spec: &InstanceSpec, ids: &[KnobId]) -> BTreeMap<KnobId, KnobValue> {
+    ids.iter()
+        .map(|id| {
+            let value = match spec.override_of(*id) {
+                Some(value) => value.clone(),
+                None => db.inputs().knob(*id).value(db).clone(),
+            };
+            (*id, value)
+        })
+        .collect()
 }
 
 pub(crate) fn device_name(db: &dyn Db) -> String {
     db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string()
 }
 
-/// The inputs of a stage's key: the knobs it reads, its upstream artifact hashes,
-/// its input fingerprints and the device class.
+/// The inputs of an instance's key: the stage, the resolved values of the knobs it
+/// reads, its upstream artifact hashes, its input fingerprints and the device class.
+/// Never executes anything: an upstream instance without a result blocks the key.
 #[salsa::tracked(returns(ref))]
-pub fn stage_key_inputs(db: &dyn Db, stage: Stage) -> Result<KeyInputs, StageFailure> {
-    let spec = db.engine().spec(stage.id(db));
-    let upstream = upstream_outputs(db, spec)?;
-    let device = device_name(db);
-    Ok(key_inputs(
-        spec,
-        |name| db.inputs().knob(name).value(db).canonical(),
-        &upstream,
-        |name| db.inputs().fingerprint(name).map(|input| input.hash(db)),
-        &device,
-    ))
-}
-
-/// The key of a stage (errors when an upstream stage failed).
-pub fn stage_key(db: &dyn Db, stage: Stage) -> Result<StageKey, StageFailure> {
-    stage_key_inputs(db, stage).as_ref().map(KeyInputs::key).map_err(Clone::clone)
-}
-
-/// A stage's artifacts and metrics: from the action cache on a hit, else executed.
-#[salsa::tracked(returns(ref))]
-pub fn stage_output(db: &dyn Db, stage: Stage) -> Result<StageOutput, StageFailure> {
-    let engine = db.engine();
-    let spec = engine.spec(stage.id(db));
-    let _span = tracing::info_span!("stage", id = spec.id).entered();
-    let inputs = stage_key_inputs(db, stage).clone()?;
-    let key = inputs.key();
-    if let Some(manifest) = engine.cache.actions().get(&key) {
-        tracing::debug!(key = %key.short(), "action cache hit");
-        engine.record(StageEvent { stage: spec.id.to_string(), status: StageStatus::Cached, secs: 0.0 });
-        return Ok(StageOutput { artifacts: manifest.artifacts, metrics: manifest.metrics });
-    }
-    tracing::info!(key = %key.short(), "executing");
-    let started = Instant::now();
-    let upstream = upstream_outputs(db, spec)?;
-    let knobs = stage_knobs(db, spec);
-    let device = device_name(db);
-    let ctx = ExecContext {
-        spec,
-        knobs: &knobs,
-        upstream: &upstream,
-        store: engine.cache.store(),
-        device: &device,
-        progress: engine.progress.as_ref(),
-    };
-    let result = engine.recipe.executor.execute(&ctx).map_err(|err| match err {
-        ExecError::Failed(message) => StageFailure::Error(message),
-        ExecError::BadInput(message) => StageFailure::BadInput(message),
-    });
-    let result = result.and_then(|output| {
-        if let Some((name, value)) = output.metrics.iter().find(|(_, value)| !value.is_finite()) {
-            return Err(StageFailure::Error(format!("metric `{name}` is {value}, not a finite number")));
-        }
-        let mut artifacts = BTreeMap::new();
-        for (name, bytes) in &output.artifacts {
-            let hash = engine.cache.store().put(bytes).map_err(|err| StageFailure::Error(err.to_string()))?;
-            artifacts.insert(name.clone(), ArtifactRef { hash, bytes: bytes.len() as u64 });
-        }
-        Ok(StageOutput { artifacts, metrics: output.metrics })
-    });
-    let secs = started.elapsed().as_secs_f64();
-    match result {
-        Ok(output) => {
-            let manifest = Manifest {
-                stage: spec.id.to_string(),
-                key,
-                inputs,
-                artifacts: output.artifacts.clone(),
-                metrics: output.metrics.clone(),
-                secs,
-            };
-            if let Err(err) = engine.cache.actions().put(&manifest) {
-                tracing::warn!(%err, "could not record the action cache entry");
+pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs, Blocked> {
+    let spec = instance.spec(db);
+    let stage = db.engine().stage(spec.stage.0).spec();
+    let mut upstream = BTreeMap::new();
+    for up in &stage.upstream {
+        let up_spec = spec.upstream(&db.engine().recipe, *up);
+        match instance_output(db, Instance::new(db, up_spec.clone())) {
+            Some(output) => {
+                upstream.insert(*up, output.clone());
             }
-            engine.record(StageEvent { stage: spec.id.to_string(), status: StageStatus::Ran, secs });
-            Ok(output)
+            None => return Err(Blocked { upstream: up_spec.name() }),
         }
-        Err(failure) => {
-            engine.record(StageEvent { stage: spec.id.to_string(), status: StageStatus::Failed, secs });
-            Err(failure)
-        }
+    }
+    let knobs = resolved_knobs(db, spec, &stage.knobs);
+    let fingerprints: BTreeMap<String, ArtifactHash> = stage
+        .fingerprints
+        .iter()
+        .map(|name| {
+            let hash = db.inputs().fingerprint(name).map_or(ArtifactHash::of(b""), |input| input.hash(db));
+            (name.to_string(), hash)
+        })
+        .collect();
+    Ok(key_inputs(stage, &knobs, &upstream, fingerprints, &device_name(db)))
+}
+
+/// The inputs of a stage's key from resolved knob values and upstream outputs.
+pub(crate) fn key_inputs(
+    stage: &crate::recipe::StageSpec,
+    knobs: &BTreeMap<KnobId, KnobValue>,
+    upstream: &BTreeMap<crate::recipe::StageId, StageOutput>,
+    fingerprints: BTreeMap<String, ArtifactHash>,
+    device: &str,
+) -> KeyInputs {
+    KeyInputs {
+        stage: stage.id.0.to_string(),
+        stage_version: stage.version,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        knobs: knobs.iter().map(|(id, value)| (id.0.to_string(), value.canonical())).collect(),
+        upstream: upstream
+            .iter()
+            .flat_map(|(stage, output)| {
+                output.artifacts.iter().map(move |(name, artifact)| (format!("{stage}/{name}"), artifact.hash))
+            })
+            .collect(),
+        fingerprints,
+        device: if stage.device_dependent { device.to_string() } else { "any".to_string() },
+        dtype: "f32".to_string(),
     }
 }
 
-/// The verdicts of a stage: a cheap query over its output and its threshold knobs.
+/// The key of an instance, when its upstream instances have results.
+pub fn instance_key(db: &dyn Db, instance: Instance) -> Option<StageKey> {
+    instance_key_inputs(db, instance).as_ref().ok().map(KeyInputs::key)
+}
+
+/// An instance's output, when its slot holds a result for its current key.
 #[salsa::tracked(returns(ref))]
-pub fn stage_verdicts(db: &dyn Db, stage: Stage) -> Vec<Verdict> {
-    let spec = db.engine().spec(stage.id(db));
-    let Ok(output) = stage_output(db, stage) else { return Vec::new() };
-    let checks: BTreeMap<&'static str, KnobValue> =
-        spec.checks.iter().map(|name| (*name, db.inputs().knob(name).value(db).clone())).collect();
-    db.engine().recipe.executor.verdicts(spec.id, output, &checks)
+pub fn instance_output(db: &dyn Db, instance: Instance) -> Option<StageOutput> {
+    let key = instance_key(db, instance)?;
+    match db.inputs().slot(instance.spec(db)).result(db) {
+        Some(done) if done.key == key => Some(done.output.clone()),
+        _ => None,
+    }
+}
+
+/// The verdicts of an instance: a cheap query over its output and its threshold
+/// knobs (with its overrides). Empty while it has no output.
+#[salsa::tracked(returns(ref))]
+pub fn instance_verdicts(db: &dyn Db, instance: Instance) -> Vec<Verdict> {
+    let spec = instance.spec(db);
+    let stage = db.engine().stage(spec.stage.0);
+    let Some(output) = instance_output(db, instance) else { return Vec::new() };
+    let values = resolved_knobs(db, spec, &stage.spec().checks);
+    judge(stage.as_ref(), output, &values)
+}
+
+/// A stage's verdicts, with an undecodable output or undeclared threshold as a failed verdict.
+pub(crate) fn judge(stage: &dyn Stage, output: &StageOutput, checks: &BTreeMap<KnobId, KnobValue>) -> Vec<Verdict> {
+    let id = stage.spec().id;
+    stage.verdicts(output, &Checks::new(id, checks)).unwrap_or_else(|error| {
+        vec![Verdict {
+            check: format!("{id}_metrics"),
+            status: VerdictStatus::Fail,
+            value: f64::NAN,
+            expected: f64::NAN,
+            message: format!("the verdicts of `{id}` cannot be computed: {error}"),
+            hint: Some("this is a bug in the stage; please report it".into()),
+        }]
+    })
+}
+
+impl crate::runner::RecipeRef for Engine {
+    fn recipe(&self) -> &Recipe {
+        &self.recipe
+    }
+}
+
+impl Database {
+    /// The engine, shared with runner threads.
+    pub fn engine_arc(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
+    /// A runner that executes actions on threads of this process.
+    pub fn local_runner(&self) -> crate::runner::LocalRunner {
+        crate::runner::LocalRunner::new(self.engine.clone(), self.engine.cache.clone())
+    }
 }

@@ -3,8 +3,47 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
+/// The dotted name of a knob (`train.lr`). Recipes declare each knob once as a
+/// constant of this type, so a stage that reads a misspelt knob does not compile.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KnobId(pub &'static str);
+
+impl KnobId {
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for KnobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl fmt::Debug for KnobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`", self.0)
+    }
+}
+
+/// A `Choice` knob's values as a Rust enum: the schema lists exactly
+/// [`ChoiceKnob::OPTIONS`], config validation rejects anything else (exit 2), and
+/// [`ChoiceKnob::parse`] has no fallback arm.
+pub trait ChoiceKnob: Sized + Copy + PartialEq + 'static {
+    const OPTIONS: &'static [&'static str];
+    /// The variant at `OPTIONS[index]`.
+    fn from_index(index: usize) -> Self;
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::OPTIONS.iter().position(|option| *option == text).map(Self::from_index)
+    }
+}
+
 /// An `f64` with bitwise equality, so knob values can be salsa inputs (`Eq + Hash`).
-#[derive(Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Float(pub f64);
 
 impl Eq for Float {}
@@ -22,7 +61,8 @@ impl fmt::Debug for Float {
 }
 
 /// The value of one knob.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum KnobValue {
     Bool(bool),
     Int(i64),
@@ -199,6 +239,17 @@ pub struct KnobSpec {
 impl KnobSpec {
     pub fn new(name: &'static str, kind: KnobKind, default: KnobValue, doc: &'static str) -> KnobSpec {
         KnobSpec { name, kind, default, doc }
+    }
+
+    pub fn id(&self) -> KnobId {
+        KnobId(self.name)
+    }
+
+    /// A `Choice` knob whose options are the variants of `C`.
+    pub fn choice<C: ChoiceKnob>(id: KnobId, default: C, doc: &'static str) -> KnobSpec {
+        let index = (0..C::OPTIONS.len()).find(|&i| C::from_index(i) == default);
+        let text = index.map_or("", |i| C::OPTIONS[i]);
+        KnobSpec::new(id.0, KnobKind::Choice(C::OPTIONS), KnobValue::Str(text.to_string()), doc)
     }
 }
 

@@ -1,25 +1,36 @@
-//! `workspace`: pipe's salsa database. Knobs are inputs, stages are tracked queries
-//! that compute a key, consult the action cache and execute only on a miss.
+//! `workspace`: pipe's engine. Knobs, input fingerprints and result slots are salsa
+//! inputs; tracked queries compute each stage instance's key and cached result
+//! without executing anything; the build loop turns missing results into actions and
+//! hands them to a runner.
 //!
-//! Invariant: no candle here. What a stage does is behind [`recipe::Executor`],
-//! so the engine is tested with fake stages.
+//! Invariant: no candle here. What a stage does is behind [`recipe::Stage`], so the
+//! engine is tested with fake stages.
 
+pub mod action;
 pub mod build;
 pub mod config;
 pub mod db;
+pub mod instance;
 pub mod knob;
 pub mod recipe;
+pub mod runner;
 pub mod snapshot;
 pub mod verify;
 
-pub use build::{build, resolve_targets, status, BuildOptions, StageReport, StaleReason, StatusReport};
-pub use config::{Config, ConfigError};
-pub use db::{Database, Db, StageEvent, StageStatus};
-pub use knob::{Float, KnobKind, KnobSpec, KnobValue};
-pub use recipe::{
-    ExecContext, ExecError, ExecOutput, Executor, NoProgress, Progress, Recipe, StageFailure, StageOutput, StageSpec,
-    Target, Verdict, VerdictStatus,
+pub use action::{execute_and_store, run_action, Action, ActionOutcome};
+pub use build::{
+    build, cached_reports, closure, plan, resolve_targets, status, BuildOptions, BuildResult, Lookup, Planned,
+    StageReport, StaleReason, StatusReport,
 };
+pub use config::{Config, ConfigError};
+pub use db::{Database, Db, StageStatus};
+pub use instance::{parse_instance, InstanceName, InstanceSpec};
+pub use knob::{ChoiceKnob, Float, KnobId, KnobKind, KnobSpec, KnobValue};
+pub use recipe::{
+    Cancel, Checks, ExecContext, ExecError, ExecOutput, NoProgress, Progress, ProgressSink, Recipe, Stage,
+    StageFailure, StageId, StageOutput, StageSpec, Target, Verdict, VerdictError, VerdictStatus,
+};
+pub use runner::{LocalRunner, ProcessRunner, RecipeRef, Runner};
 pub use snapshot::{snapshot, StageSnapshot};
 pub use verify::{verify_stage, ArtifactCheck, StageCheck};
 

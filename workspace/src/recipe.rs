@@ -1,31 +1,66 @@
-//! What a recipe plugs into the engine: stage specs, targets, the executor that runs
-//! a stage, and the verdicts it judges. The engine is generic over these, so it can
-//! be tested with fake stages and no candle.
+//! What a recipe plugs into the engine: the [`Stage`] trait (spec, execute, verdicts),
+//! targets, and the context an execution sees. The engine is generic over these, so
+//! it is tested with fake stages and no candle.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use cache::{ArtifactRef, Metrics, Store};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::knob::{KnobSpec, KnobValue};
+use crate::knob::{KnobId, KnobSpec, KnobValue};
 
-/// One unit of recipe work with a stable id.
+/// A stage's stable id (`overfit`). Recipes declare each as a constant.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StageId(pub &'static str);
+
+impl StageId {
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for StageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Debug for StageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`", self.0)
+    }
+}
+
+/// What a stage reads and how it is keyed.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
-    pub id: &'static str,
+    pub id: StageId,
     /// Bumped when the stage's code changes what it writes.
     pub version: u32,
     pub doc: &'static str,
     /// Knobs the stage reads: exactly these go into its key.
-    pub knobs: Vec<&'static str>,
+    pub knobs: Vec<KnobId>,
     /// Threshold knobs its verdicts read: never in its key.
-    pub checks: Vec<&'static str>,
+    pub checks: Vec<KnobId>,
     /// Stages whose artifacts it reads.
-    pub upstream: Vec<&'static str>,
+    pub upstream: Vec<StageId>,
     /// External input fingerprints it reads (e.g. `dataset`).
     pub fingerprints: Vec<&'static str>,
     /// Whether results depend on the device class (training stages).
     pub device_dependent: bool,
+}
+
+/// One unit of recipe work: its spec, how to execute it, and its verdicts.
+pub trait Stage: Send + Sync {
+    fn spec(&self) -> &StageSpec;
+
+    /// Produces the stage's artifacts and metrics. Reads only what the spec declares.
+    fn execute(&self, ctx: &ExecContext<'_>) -> Result<ExecOutput, ExecError>;
+
+    /// Verdicts over the stage's output and its threshold knobs. Cheap: never trains.
+    fn verdicts(&self, output: &StageOutput, checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError>;
 }
 
 /// A name a user builds: a set of stages.
@@ -33,12 +68,12 @@ pub struct StageSpec {
 pub struct Target {
     pub name: &'static str,
     pub doc: &'static str,
-    pub stages: Vec<&'static str>,
+    pub stages: Vec<StageId>,
 }
 
 /// A stage's result as salsa sees it: content only (hashes, metrics), never keys or
 /// timings, so an unchanged result is backdated and dependents do not re-run.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StageOutput {
     pub artifacts: BTreeMap<String, ArtifactRef>,
     pub metrics: Metrics,
@@ -66,8 +101,40 @@ pub struct Verdict {
     pub hint: Option<String>,
 }
 
+/// Why a stage's verdicts could not be computed (its metrics do not decode, or it
+/// read a threshold it did not declare). The engine turns it into a failed verdict.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct VerdictError(pub String);
+
+/// The threshold knobs a stage's verdicts may read.
+pub struct Checks<'a> {
+    pub(crate) stage: StageId,
+    pub(crate) values: &'a BTreeMap<KnobId, KnobValue>,
+}
+
+impl<'a> Checks<'a> {
+    pub fn new(stage: StageId, values: &'a BTreeMap<KnobId, KnobValue>) -> Checks<'a> {
+        Checks { stage, values }
+    }
+
+    pub fn value(&self, id: KnobId) -> Result<&KnobValue, VerdictError> {
+        self.values
+            .get(&id)
+            .ok_or_else(|| VerdictError(format!("stage `{}` reads threshold `{id}` it did not declare", self.stage)))
+    }
+
+    pub fn f64(&self, id: KnobId) -> Result<f64, VerdictError> {
+        self.value(id)?.as_f64().ok_or_else(|| VerdictError(format!("threshold `{id}` is not a number")))
+    }
+
+    pub fn bool(&self, id: KnobId) -> Result<bool, VerdictError> {
+        self.value(id)?.as_bool().ok_or_else(|| VerdictError(format!("threshold `{id}` is not a boolean")))
+    }
+}
+
 /// A stage that could not produce its artifacts. Never cached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StageFailure {
     /// An upstream stage failed, so this one could not run.
     Upstream(String),
@@ -75,6 +142,8 @@ pub enum StageFailure {
     Error(String),
     /// The stage's input (a data file) is malformed.
     BadInput(String),
+    /// The build was interrupted or stopped while the stage ran; nothing was kept.
+    Cancelled,
 }
 
 impl std::fmt::Display for StageFailure {
@@ -82,15 +151,22 @@ impl std::fmt::Display for StageFailure {
         match self {
             StageFailure::Upstream(stage) => write!(f, "upstream stage `{stage}` failed"),
             StageFailure::Error(message) | StageFailure::BadInput(message) => f.write_str(message),
+            StageFailure::Cancelled => f.write_str("cancelled"),
         }
     }
 }
 
-/// Progress of long work (training steps); the CLI draws a bar, tests ignore it.
+/// Progress of long work (training steps) in one running action; the CLI draws it,
+/// tests ignore it. Several actions may run at once, each with its own handle.
 pub trait Progress: Send + Sync {
     fn begin(&self, _stage: &str, _total: u64) {}
     fn advance(&self, _done: u64, _message: &str) {}
     fn end(&self) {}
+}
+
+/// Hands each running action its own [`Progress`].
+pub trait ProgressSink: Send + Sync {
+    fn action(&self, name: &str) -> Box<dyn Progress>;
 }
 
 /// A [`Progress`] that shows nothing.
@@ -98,36 +174,71 @@ pub struct NoProgress;
 
 impl Progress for NoProgress {}
 
+impl ProgressSink for NoProgress {
+    fn action(&self, _name: &str) -> Box<dyn Progress> {
+        Box::new(NoProgress)
+    }
+}
+
+/// Set when the build is interrupted (Ctrl-C) or stops after a failure: running
+/// actions should return [`ExecError::Cancelled`] at their next check.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Everything a stage execution may read.
 pub struct ExecContext<'a> {
     pub spec: &'a StageSpec,
-    /// Values of exactly the knobs in `spec.knobs`.
-    pub knobs: &'a BTreeMap<&'static str, KnobValue>,
+    /// Values of exactly the knobs in `spec.knobs`, with the instance's overrides.
+    pub knobs: &'a BTreeMap<KnobId, KnobValue>,
     /// Outputs of the stages in `spec.upstream`.
-    pub upstream: &'a BTreeMap<&'static str, StageOutput>,
+    pub upstream: &'a BTreeMap<StageId, StageOutput>,
     pub store: &'a Store,
     pub device: &'a str,
     pub progress: &'a dyn Progress,
+    pub cancel: &'a Cancel,
 }
 
 impl ExecContext<'_> {
-    pub fn knob(&self, name: &str) -> Result<&KnobValue, ExecError> {
-        self.knobs.get(name).ok_or_else(|| {
-            ExecError::Failed(format!("stage `{}` reads knob `{name}` it did not declare", self.spec.id))
-        })
+    pub fn knob(&self, id: KnobId) -> Result<&KnobValue, ExecError> {
+        self.knobs
+            .get(&id)
+            .ok_or_else(|| ExecError::Failed(format!("stage `{}` reads knob `{id}` it did not declare", self.spec.id)))
+    }
+
+    /// The output of upstream stage `stage`.
+    pub fn upstream(&self, stage: StageId) -> Result<&StageOutput, ExecError> {
+        self.upstream
+            .get(&stage)
+            .ok_or_else(|| ExecError::Failed(format!("stage `{}` reads `{stage}` it did not declare", self.spec.id)))
     }
 
     /// The verified bytes of artifact `name` of upstream stage `stage`.
-    pub fn artifact(&self, stage: &str, name: &str) -> Result<Vec<u8>, ExecError> {
-        let output = self
-            .upstream
-            .get(stage)
-            .ok_or_else(|| ExecError::Failed(format!("stage `{}` reads `{stage}` it did not declare", self.spec.id)))?;
-        let artifact = output
+    pub fn artifact(&self, stage: StageId, name: &str) -> Result<Vec<u8>, ExecError> {
+        let artifact = self
+            .upstream(stage)?
             .artifacts
             .get(name)
             .ok_or_else(|| ExecError::Failed(format!("stage `{stage}` has no artifact `{name}`")))?;
         self.store.get(&artifact.hash).map_err(|err| ExecError::Failed(err.to_string()))
+    }
+
+    /// `Err(Cancelled)` once the build was interrupted; long loops call it each step.
+    pub fn check_cancelled(&self) -> Result<(), ExecError> {
+        if self.cancel.is_cancelled() {
+            Err(ExecError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -147,26 +258,98 @@ pub enum ExecError {
     /// The user's input is wrong (a malformed data file): a usage error, exit 2.
     #[error("{0}")]
     BadInput(String),
+    /// The build was cancelled while the stage ran.
+    #[error("cancelled")]
+    Cancelled,
 }
 
-/// Runs stages and judges their results. Implemented by `pipelines` (and by fakes in tests).
-pub trait Executor: Send + Sync {
-    fn execute(&self, ctx: &ExecContext<'_>) -> Result<ExecOutput, ExecError>;
-
-    /// Verdicts of `stage` over its output and threshold knobs. Must be cheap: no training.
-    fn verdicts(&self, stage: &str, output: &StageOutput, checks: &BTreeMap<&'static str, KnobValue>) -> Vec<Verdict>;
+impl From<ExecError> for StageFailure {
+    fn from(error: ExecError) -> StageFailure {
+        match error {
+            ExecError::Failed(message) => StageFailure::Error(message),
+            ExecError::BadInput(message) => StageFailure::BadInput(message),
+            ExecError::Cancelled => StageFailure::Cancelled,
+        }
+    }
 }
 
-/// A complete recipe: knob schema, stages in dependency order, targets, executor.
+/// A complete recipe: knob schema, stages in recipe (dependency) order, targets.
 pub struct Recipe {
     pub schema: Vec<KnobSpec>,
-    pub stages: Vec<StageSpec>,
+    pub stages: Vec<Arc<dyn Stage>>,
     pub targets: Vec<Target>,
-    pub executor: Box<dyn Executor>,
 }
 
 impl Recipe {
+    pub fn stage(&self, id: &str) -> Option<&Arc<dyn Stage>> {
+        self.stages.iter().find(|stage| stage.spec().id.0 == id)
+    }
+
     pub fn spec(&self, id: &str) -> Option<&StageSpec> {
-        self.stages.iter().find(|spec| spec.id == id)
+        self.stage(id).map(|stage| stage.spec())
+    }
+
+    /// Position of a stage in recipe order.
+    pub fn position(&self, id: StageId) -> usize {
+        self.stages.iter().position(|stage| stage.spec().id == id).unwrap_or(usize::MAX)
+    }
+
+    /// Knobs read by `id` or by any stage upstream of it: the only overrides that can
+    /// change its key.
+    pub fn transitive_knobs(&self, id: StageId) -> std::collections::BTreeSet<KnobId> {
+        let mut knobs = std::collections::BTreeSet::new();
+        let mut stack = vec![id];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(spec) = self.spec(id.0) {
+                knobs.extend(spec.knobs.iter().copied());
+                stack.extend(spec.upstream.iter().copied());
+            }
+        }
+        knobs
+    }
+
+    /// Problems that make the recipe ill-formed: duplicate ids, knobs or thresholds
+    /// missing from the schema, upstream stages that do not exist or come later,
+    /// targets naming unknown stages. Empty for a well-formed recipe.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let in_schema = |id: &KnobId| self.schema.iter().any(|spec| spec.name == id.0);
+        for (index, stage) in self.stages.iter().enumerate() {
+            let spec = stage.spec();
+            if self.stages[..index].iter().any(|earlier| earlier.spec().id == spec.id) {
+                problems.push(format!("stage `{}` is declared twice", spec.id));
+            }
+            for knob in spec.knobs.iter().chain(&spec.checks) {
+                if !in_schema(knob) {
+                    problems.push(format!("stage `{}` declares knob `{knob}`, which is not in the schema", spec.id));
+                }
+            }
+            for knob in &spec.checks {
+                if spec.knobs.contains(knob) {
+                    problems.push(format!("stage `{}` declares `{knob}` both as a knob and a threshold", spec.id));
+                }
+            }
+            for up in &spec.upstream {
+                match self.stages.iter().position(|s| s.spec().id == *up) {
+                    None => problems.push(format!("stage `{}` reads unknown stage `{up}`", spec.id)),
+                    Some(at) if at >= index => {
+                        problems.push(format!("stage `{}` reads `{up}`, which comes later in the recipe", spec.id))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for target in &self.targets {
+            for stage in &target.stages {
+                if self.spec(stage.0).is_none() {
+                    problems.push(format!("target `{}` names unknown stage `{stage}`", target.name));
+                }
+            }
+        }
+        problems
     }
 }

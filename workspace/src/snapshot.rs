@@ -1,27 +1,29 @@
 //! What the cache holds for one config, found without executing anything and without
-//! changing the cache: each stage's key inputs (when its upstream stages are built),
-//! its action entry (when built) and its verdicts under this config's thresholds.
-//! `pipe diff` reads a config side this way; `pipe verify` finds what to re-execute.
+//! changing the cache: each instance's key inputs (when its upstream instances are
+//! built), its action entry (when built) and its verdicts under this config's
+//! thresholds. `pipe diff` reads a config side this way; `pipe verify` finds what to
+//! re-execute.
 //!
 //! Unlike [`crate::status`], which asks the action cache as a build would (re-hashing
 //! objects and moving corrupt ones aside), this only reads entries (`ActionCache::peek`):
 //! a diff or a verify must not repair or hide what it is looking at.
 
-use std::collections::BTreeMap;
-
 use cache::{KeyInputs, Manifest, StageKey};
 
-use crate::db::{key_inputs, Database, Db};
-use crate::knob::KnobValue;
-use crate::recipe::{StageOutput, Verdict};
+use crate::build::{plan, Lookup};
+use crate::db::{instance_verdicts, Database};
+use crate::instance::{InstanceName, InstanceSpec};
+use crate::recipe::{StageId, StageOutput, Verdict};
 
-/// One stage of a config as the cache knows it.
+/// One instance of a config as the cache knows it.
 #[derive(Debug, Clone)]
 pub struct StageSnapshot {
-    pub stage: &'static str,
-    /// `None` when an upstream stage is not built, so this stage's key is not known yet.
+    pub instance: InstanceSpec,
+    pub name: InstanceName,
+    pub stage: StageId,
+    /// `None` when an upstream instance is not built, so this key is not known yet.
     pub inputs: Option<KeyInputs>,
-    /// The action cache entry under this stage's key, when built.
+    /// The action cache entry under this instance's key, when built.
     pub manifest: Option<Manifest>,
     /// Verdicts over the cached output with this config's thresholds (empty when not built).
     pub verdicts: Vec<Verdict>,
@@ -39,35 +41,23 @@ impl StageSnapshot {
     }
 }
 
-/// Snapshots `stages` (in dependency order, upstream stages included, as
+/// Snapshots `instances` (in recipe order, upstream included, as
 /// [`crate::resolve_targets`] gives them).
-pub fn snapshot(db: &Database, stages: &[&'static str]) -> Vec<StageSnapshot> {
-    let engine = db.engine();
-    let device = db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string();
-    let mut outputs: BTreeMap<&'static str, StageOutput> = BTreeMap::new();
-    let mut snapshots = Vec::new();
-    for id in stages {
-        let spec = engine.spec(id);
-        let upstream: Option<BTreeMap<&'static str, StageOutput>> =
-            spec.upstream.iter().map(|up| outputs.get(up).map(|output| (*up, output.clone()))).collect();
-        let inputs = upstream.map(|upstream| {
-            key_inputs(
-                spec,
-                |name| db.inputs().knob(name).value(db).canonical(),
-                &upstream,
-                |name| db.inputs().fingerprint(name).map(|input| input.hash(db)),
-                &device,
-            )
-        });
-        let manifest = inputs.as_ref().and_then(|inputs| engine.cache.actions().peek(&inputs.key()));
-        let mut snapshot = StageSnapshot { stage: id, inputs, manifest, verdicts: Vec::new() };
-        if let Some(output) = snapshot.output() {
-            let checks: BTreeMap<&'static str, KnobValue> =
-                spec.checks.iter().map(|name| (*name, db.inputs().knob(name).value(db).clone())).collect();
-            snapshot.verdicts = engine.recipe.executor.verdicts(id, &output, &checks);
-            outputs.insert(id, output);
-        }
-        snapshots.push(snapshot);
-    }
-    snapshots
+pub fn snapshot(db: &mut Database, instances: &[InstanceSpec]) -> Vec<StageSnapshot> {
+    plan(db, instances, Lookup::Peek)
+        .into_iter()
+        .map(|planned| {
+            let instance = db.register(&planned.instance);
+            let verdicts =
+                if planned.manifest.is_some() { instance_verdicts(db, instance).clone() } else { Vec::new() };
+            StageSnapshot {
+                name: planned.instance.name(),
+                stage: planned.instance.stage,
+                instance: planned.instance,
+                inputs: planned.inputs.ok(),
+                manifest: planned.manifest,
+                verdicts,
+            }
+        })
+        .collect()
 }

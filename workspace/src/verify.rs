@@ -12,8 +12,10 @@ use std::time::Instant;
 
 use cache::{ArtifactHash, StageKey};
 
-use crate::db::{Database, Db};
-use crate::recipe::{ExecContext, StageOutput};
+use crate::action::{run_action, Action};
+use crate::db::{resolved_knobs, Database, Db};
+use crate::instance::{InstanceName, InstanceSpec};
+use crate::recipe::Cancel;
 use crate::snapshot::StageSnapshot;
 
 /// One artifact: the cached object against the re-executed bytes.
@@ -50,10 +52,10 @@ impl ArtifactCheck {
     }
 }
 
-/// The outcome of re-executing one stage.
+/// The outcome of re-executing one instance.
 #[derive(Debug, Clone)]
 pub struct StageCheck {
-    pub stage: &'static str,
+    pub name: InstanceName,
     pub key: Option<StageKey>,
     pub secs: f64,
     pub artifacts: Vec<ArtifactCheck>,
@@ -69,49 +71,53 @@ impl StageCheck {
     }
 }
 
-/// Re-executes `stage` of `snapshots` (which must hold its upstream stages) against
-/// the cached upstream artifacts and compares what it writes with its cached entry.
-pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], stage: &'static str) -> StageCheck {
+/// Re-executes instance `target` of `snapshots` (which must hold its upstream
+/// instances) against the cached upstream artifacts and compares what it writes with
+/// its cached entry.
+pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], target: &InstanceSpec) -> StageCheck {
     let engine = db.engine();
-    let spec = engine.spec(stage);
-    let _span = tracing::info_span!("verify", id = spec.id).entered();
-    let find = |id: &str| snapshots.iter().find(|snapshot| snapshot.stage == id);
+    let name = target.name();
+    let _span = tracing::info_span!("verify", id = %name).entered();
+    let find = |instance: &InstanceSpec| snapshots.iter().find(|snapshot| snapshot.instance == *instance);
     let mut check = StageCheck {
-        stage,
-        key: find(stage).and_then(StageSnapshot::key),
+        name: name.clone(),
+        key: find(target).and_then(StageSnapshot::key),
         secs: 0.0,
         artifacts: Vec::new(),
         metrics: Vec::new(),
         error: None,
     };
-    let Some(cached) = find(stage).and_then(|snapshot| snapshot.manifest.clone()) else {
-        check.error = Some(format!("`{stage}` is not built for this config; run `pipe build {stage}` first"));
+    let (Some(cached), Some(inputs)) =
+        (find(target).and_then(|s| s.manifest.clone()), find(target).and_then(|s| s.inputs.clone()))
+    else {
+        check.error = Some(format!("`{name}` is not built for this config; run `pipe build {name}` first"));
         return check;
     };
-    let mut upstream: BTreeMap<&'static str, StageOutput> = BTreeMap::new();
-    for up in &spec.upstream {
-        match find(up).and_then(StageSnapshot::output) {
+    let stage = engine.stage(target.stage.0).spec();
+    let mut upstream = BTreeMap::new();
+    for up in &stage.upstream {
+        let up_instance = target.upstream(&engine.recipe, *up);
+        match find(&up_instance).and_then(StageSnapshot::output) {
             Some(output) => {
-                upstream.insert(*up, output);
+                upstream.insert(up.0.to_string(), output);
             }
             None => {
-                check.error = Some(format!("upstream `{up}` is not built"));
+                check.error = Some(format!("upstream `{}` is not built", up_instance.name()));
                 return check;
             }
         }
     }
-    let knobs = crate::db::stage_knobs(db, spec);
-    let device = crate::db::device_name(db);
-    let ctx = ExecContext {
-        spec,
-        knobs: &knobs,
-        upstream: &upstream,
-        store: engine.cache.store(),
-        device: &device,
-        progress: engine.progress.as_ref(),
+    let action = Action {
+        name: name.0.clone(),
+        inputs,
+        knobs: resolved_knobs(db, target, &stage.knobs).into_iter().map(|(id, v)| (id.0.to_string(), v)).collect(),
+        upstream,
+        base_dir: engine.base_dir.clone(),
+        device: crate::db::device_name(db),
     };
+    let progress = engine.progress.action(&name.0);
     let started = Instant::now();
-    let result = engine.recipe.executor.execute(&ctx);
+    let result = run_action(&engine.recipe, engine.cache.store(), &action, progress.as_ref(), &Cancel::default());
     check.secs = started.elapsed().as_secs_f64();
     let output = match result {
         Ok(output) => output,
@@ -145,6 +151,7 @@ pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], stage: &'static 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     use cache::Cache;
 
@@ -154,43 +161,51 @@ mod tests {
 
     /// `a` is deterministic; `b` appends a counter, as an unseeded shuffle would.
     struct Flaky {
-        calls: AtomicU64,
+        spec: StageSpec,
+        calls: Arc<AtomicU64>,
     }
 
-    impl Executor for Flaky {
+    impl Stage for Flaky {
+        fn spec(&self) -> &StageSpec {
+            &self.spec
+        }
+
         fn execute(&self, ctx: &ExecContext<'_>) -> Result<ExecOutput, ExecError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            let bytes = match ctx.spec.id {
-                "a" => format!("a={}", ctx.knob("a.x")?).into_bytes(),
-                _ => [ctx.artifact("a", "a.txt")?, format!(" b#{n}").into_bytes()].concat(),
+            let bytes = match self.spec.id.0 {
+                "a" => format!("a={}", ctx.knob(KnobId("a.x"))?).into_bytes(),
+                _ => [ctx.artifact(StageId("a"), "a.txt")?, format!(" b#{n}").into_bytes()].concat(),
             };
             Ok(ExecOutput {
-                artifacts: vec![(format!("{}.txt", ctx.spec.id), bytes)],
+                artifacts: vec![(format!("{}.txt", self.spec.id), bytes)],
                 metrics: BTreeMap::from([("len".to_string(), 1.0)]),
             })
         }
 
-        fn verdicts(&self, _: &str, _: &StageOutput, _: &BTreeMap<&'static str, KnobValue>) -> Vec<Verdict> {
-            Vec::new()
+        fn verdicts(&self, _: &StageOutput, _: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
+            Ok(Vec::new())
         }
     }
 
     fn database(dir: &std::path::Path) -> Database {
-        let spec = |id, knobs: Vec<&'static str>, upstream: Vec<&'static str>| StageSpec {
-            id,
-            version: 1,
-            doc: "fake",
-            knobs,
-            checks: vec![],
-            upstream,
-            fingerprints: vec![],
-            device_dependent: false,
+        let calls = Arc::new(AtomicU64::new(0));
+        let stage = |id, knobs: Vec<KnobId>, upstream: Vec<StageId>| {
+            let spec = StageSpec {
+                id: StageId(id),
+                version: 1,
+                doc: "fake",
+                knobs,
+                checks: vec![],
+                upstream,
+                fingerprints: vec![],
+                device_dependent: false,
+            };
+            Arc::new(Flaky { spec, calls: calls.clone() }) as Arc<dyn Stage>
         };
         let schema = vec![KnobSpec::new("a.x", KnobKind::Int { min: 0, max: 9 }, KnobValue::Int(1), "x")];
         let recipe = Recipe {
-            stages: vec![spec("a", vec!["a.x"], vec![]), spec("b", vec![], vec!["a"])],
+            stages: vec![stage("a", vec![KnobId("a.x")], vec![]), stage("b", vec![], vec![StageId("a")])],
             targets: vec![],
-            executor: Box::new(Flaky { calls: AtomicU64::new(0) }),
             schema,
         };
         let config = Config::defaults(&recipe.schema);
@@ -201,26 +216,28 @@ mod tests {
     fn verify_finds_the_nondeterministic_stage_and_changes_nothing() {
         let dir = std::env::temp_dir().join(format!("pipe-workspace-test-verify-{}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
-        let db = database(&dir);
-        let stages = ["a", "b"];
-        let before = snapshot(&db, &stages);
+        let mut db = database(&dir);
+        let stages = resolve_targets(&db, &["b".to_string()]).unwrap();
+        let (a, b) = (&stages[0], &stages[1]);
+        let before = snapshot(&mut db, &stages);
         assert!(before.iter().all(|s| s.manifest.is_none()) && before[1].inputs.is_none(), "nothing built yet");
-        let not_built = verify_stage(&db, &before, "a");
+        let not_built = verify_stage(&db, &before, a);
         assert!(not_built.error.unwrap().contains("run `pipe build a` first"));
 
-        build(&db, &stages, &BuildOptions::default(), |_| {});
-        let built = snapshot(&db, &stages);
-        let a = verify_stage(&db, &built, "a");
-        assert!(a.reproducible(), "{a:?}");
-        let b = verify_stage(&db, &built, "b");
-        assert!(!b.reproducible());
-        assert_eq!(b.artifacts.len(), 1);
-        assert_eq!(b.artifacts[0].cached_bytes.as_deref(), Some(&b"a=1 b#1"[..]));
-        assert_eq!(b.artifacts[0].rerun_bytes.as_deref(), Some(&b"a=1 b#3"[..]));
-        assert!(!b.artifacts[0].cached_corrupt());
+        let runner = Arc::new(db.local_runner());
+        build(&mut db, &stages, &BuildOptions::default(), runner, |_| {});
+        let built = snapshot(&mut db, &stages);
+        let check_a = verify_stage(&db, &built, a);
+        assert!(check_a.reproducible(), "{check_a:?}");
+        let check_b = verify_stage(&db, &built, b);
+        assert!(!check_b.reproducible());
+        assert_eq!(check_b.artifacts.len(), 1);
+        assert_eq!(check_b.artifacts[0].cached_bytes.as_deref(), Some(&b"a=1 b#1"[..]));
+        assert_eq!(check_b.artifacts[0].rerun_bytes.as_deref(), Some(&b"a=1 b#3"[..]));
+        assert!(!check_b.artifacts[0].cached_corrupt());
 
         // Nothing was replaced: the same entries, the same objects, under the same keys.
-        let after = snapshot(&db, &stages);
+        let after = snapshot(&mut db, &stages);
         for (x, y) in built.iter().zip(&after) {
             assert_eq!(x.manifest, y.manifest);
         }
@@ -234,10 +251,15 @@ mod tests {
         permissions.set_readonly(false);
         std::fs::set_permissions(&a_object, permissions).unwrap();
         std::fs::write(&a_object, b"a=7").unwrap();
-        let a = verify_stage(&db, &snapshot(&db, &stages), "a");
-        assert!(!a.reproducible());
-        assert!(a.artifacts[0].cached_corrupt());
-        assert_eq!(a.artifacts[0].rerun_hash(), a.artifacts[0].cached, "the re-execution matches the manifest");
+        let snapshots = snapshot(&mut db, &stages);
+        let check_a = verify_stage(&db, &snapshots, a);
+        assert!(!check_a.reproducible());
+        assert!(check_a.artifacts[0].cached_corrupt());
+        assert_eq!(
+            check_a.artifacts[0].rerun_hash(),
+            check_a.artifacts[0].cached,
+            "the re-execution matches the manifest"
+        );
         assert_eq!(std::fs::read(&a_object).unwrap(), b"a=7", "verify does not repair the cache");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -10,18 +10,19 @@ use pipelines::compare::first_difference;
 use serde_json::{json, Value};
 use workspace::ArtifactCheck;
 
-use crate::history::say;
-use crate::{failed, open, progress, usage, Cli, Failure};
+use crate::progress::Bars;
+use crate::project::{failed, targets_or, Failure, Project};
+use crate::text::say;
 
-pub fn verify(cli: &Cli, targets: &[String], json: bool) -> Result<u8, Failure> {
+pub fn run(project: &Project, targets: &[String], json: bool) -> Result<u8, Failure> {
     let started = Instant::now();
-    let mut session = open(cli)?;
-    let targets = if targets.is_empty() { vec!["overfit".to_string()] } else { targets.to_vec() };
-    let stages = workspace::resolve_targets(&session.db, &targets).map_err(|e| usage(anyhow::anyhow!(e)))?;
+    let mut session = project.open()?;
+    let targets = targets_or(targets, "overfit");
+    let stages = session.instances(&targets, "overfit")?;
     // The lock keeps `pipe gc` from removing what is being compared.
     let _lock = session.cache.lock().map_err(failed)?;
-    let snapshots = workspace::snapshot(&session.db, &stages);
-    let unbuilt: Vec<&str> = snapshots.iter().filter(|s| s.manifest.is_none()).map(|s| s.stage).collect();
+    let snapshots = workspace::snapshot(&mut session.db, &stages);
+    let unbuilt: Vec<&str> = snapshots.iter().filter(|s| s.manifest.is_none()).map(|s| s.name.as_str()).collect();
     if !unbuilt.is_empty() {
         return Err(failed(anyhow::anyhow!(
             "not built for this config: {}; nothing was verified (run `pipe build {}` first)",
@@ -29,11 +30,12 @@ pub fn verify(cli: &Cli, targets: &[String], json: bool) -> Result<u8, Failure> 
             targets.join(" ")
         )));
     }
-    session.db.set_progress(Arc::new(progress::Bar::new(!json)));
+    session.db.set_progress(Arc::new(Bars::new(!json)));
     let scratch = session.cache.root().join("tmp").join(format!("verify-{}", std::process::id()));
     let (mut artifacts, mut mismatched, mut errors) = (0, 0, 0);
-    for id in &stages {
-        let check = workspace::verify_stage(&session.db, &snapshots, id);
+    for instance in &stages {
+        let check = workspace::verify_stage(&session.db, &snapshots, instance);
+        let id = check.name.as_str();
         let mut files = serde_json::Map::new();
         for artifact in &check.artifacts {
             artifacts += 1;

@@ -204,7 +204,8 @@ pub fn render(page: &Page<'_>, load: &dyn Fn(&ArtifactHash) -> anyhow::Result<Ve
     );
     html.push_str("<nav><a href=\"#scorecard\">scorecard</a><a href=\"#config\">config</a>");
     for report in page.reports {
-        let _ = write!(html, "<a href=\"#{}\">{}</a>", stage_anchor(report.stage), escape(report.stage));
+        let _ =
+            write!(html, "<a href=\"#{}\">{}</a>", stage_anchor(report.name.as_str()), escape(report.name.as_str()));
     }
     html.push_str("</nav>\n");
     scorecard_section(&mut html, page);
@@ -313,7 +314,7 @@ fn stage_section(
     report: &StageReport,
     load: &dyn Fn(&ArtifactHash) -> anyhow::Result<Vec<u8>>,
 ) -> anyhow::Result<()> {
-    let stage = report.stage;
+    let stage = report.name.as_str();
     let _ = writeln!(
         html,
         "<section class=\"stage\" id=\"{}\" data-stage=\"{}\">\n<h3>{}</h3>",
@@ -321,7 +322,7 @@ fn stage_section(
         escape(stage),
         escape(stage)
     );
-    if let Some(doc) = page.stage_docs.get(stage) {
+    if let Some(doc) = page.stage_docs.get(report.stage.0) {
         let _ = writeln!(html, "<p>{}</p>", escape(doc));
     }
     let key = report.key.map(|key| key.to_hex()).unwrap_or_default();
@@ -452,7 +453,8 @@ mod tests {
             .insert("plot <1>.png".into(), ArtifactRef { hash: ArtifactHash::of(png), bytes: png.len() as u64 });
         output.artifacts.insert("weights.safetensors".into(), ArtifactRef { hash: ArtifactHash::of(b"w"), bytes: 1 });
         vec![StageReport {
-            stage: "fake",
+            name: workspace::InstanceName("fake".into()),
+            stage: workspace::StageId("fake"),
             key: None,
             status: Some(StageStatus::Cached),
             secs: 0.0,

@@ -5,16 +5,16 @@
 //! changed verdicts, a curve overlay (SVG artifact) and per-tensor checkpoint distances.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cache::{ArtifactRef, Cache, KeyInputs, Metrics, StageKey};
 use pipelines::compare::{diff_tensors, TensorDiff};
 use pipelines::plot::{overlay_svg, Curves};
 use serde_json::{json, Value};
-use workspace::{Config, Database, StageSpec};
+use workspace::StageSpec;
 
-use crate::history::{change_text, changed_knobs, is_run_reference, knob_text, resolve_run, say, utc};
-use crate::{failed, load_config, locate, usage, Cli, Failure};
+use crate::project::{failed, is_run_reference, load_config, resolve_run, usage, Failure, Project};
+use crate::text::{change_text, changed_knobs, knob_text, say, utc};
 
 /// One side of a diff.
 struct Side {
@@ -45,13 +45,12 @@ struct SideStage {
     verdicts: BTreeMap<String, String>,
 }
 
-pub fn diff(cli: &Cli, a: Option<&str>, b: Option<&str>, json: bool) -> Result<u8, Failure> {
-    let (_, cache_dir) = locate(cli);
-    let cache = Cache::open(&cache_dir)
-        .map_err(|err| failed(anyhow::anyhow!("opening cache {}: {err}", cache_dir.display())))?;
-    let specs = pipelines::stages::specs();
-    let a = side(cli, &cache, &specs, a.unwrap_or("@latest"), &[])?;
-    let b = side(cli, &cache, &specs, b.unwrap_or("."), &cli.set)?;
+pub fn run(project: &Project, a: Option<&str>, b: Option<&str>, json: bool) -> Result<u8, Failure> {
+    let cache = project.open_cache()?;
+    let specs: Vec<StageSpec> =
+        pipelines::recipe(&project.directory).stages.iter().map(|stage| stage.spec().clone()).collect();
+    let a = side(project, &cache, a.unwrap_or("@latest"), &[])?;
+    let b = side(project, &cache, b.unwrap_or("."), &project.sets)?;
 
     let knobs = changed_knobs(&a.config, &b.config);
     let mut stages = Vec::new();
@@ -59,11 +58,11 @@ pub fn diff(cli: &Cli, a: Option<&str>, b: Option<&str>, json: bool) -> Result<u
     let mut verdicts = Vec::new();
     let mut checkpoints = Vec::new();
     let mut curves = Vec::new();
-    let mut build_commands = BuildCommands::new(cli);
+    let mut build_commands = BuildCommands::new(project);
     for spec in &specs {
         let empty = SideStage::default();
-        let sa = a.stages.get(spec.id).unwrap_or(&empty);
-        let sb = b.stages.get(spec.id).unwrap_or(&empty);
+        let sa = a.stages.get(spec.id.0).unwrap_or(&empty);
+        let sb = b.stages.get(spec.id.0).unwrap_or(&empty);
         stages.push(stage_row(spec, &a, &b, sa, sb, &mut build_commands));
         if !(sa.built && sb.built) {
             continue;
@@ -72,19 +71,19 @@ pub fn diff(cli: &Cli, a: Option<&str>, b: Option<&str>, json: bool) -> Result<u
         for name in names {
             let (x, y) = (sa.metrics.get(name).copied(), sb.metrics.get(name).copied());
             let delta = x.zip(y).map(|(x, y)| y - x);
-            metrics.push(json!({ "stage": spec.id, "metric": name, "a": x, "b": y, "delta": delta }));
+            metrics.push(json!({ "stage": spec.id.0, "metric": name, "a": x, "b": y, "delta": delta }));
         }
         let checks: BTreeSet<&String> = sa.verdicts.keys().chain(sb.verdicts.keys()).collect();
         for check in checks {
             let (x, y) = (sa.verdicts.get(check), sb.verdicts.get(check));
             if x != y {
-                verdicts.push(json!({ "stage": spec.id, "check": check, "a": x, "b": y }));
+                verdicts.push(json!({ "stage": spec.id.0, "check": check, "a": x, "b": y }));
             }
         }
-        checkpoints.extend(checkpoint_diffs(&cache, spec.id, sa, sb));
+        checkpoints.extend(checkpoint_diffs(&cache, spec.id.0, sa, sb));
     }
     for spec in &specs {
-        if let Some(plot) = curve_plot(&cache, spec.id, &a, &b)? {
+        if let Some(plot) = curve_plot(&cache, spec.id.0, &a, &b)? {
             curves.push(plot);
         }
     }
@@ -111,7 +110,7 @@ pub fn diff(cli: &Cli, a: Option<&str>, b: Option<&str>, json: bool) -> Result<u
     Ok(0)
 }
 
-fn side(cli: &Cli, cache: &Cache, specs: &[StageSpec], name: &str, sets: &[String]) -> Result<Side, Failure> {
+fn side(project: &Project, cache: &Cache, name: &str, sets: &[String]) -> Result<Side, Failure> {
     if is_run_reference(name) {
         if !sets.is_empty() {
             return Err(usage(anyhow::anyhow!(
@@ -121,9 +120,9 @@ fn side(cli: &Cli, cache: &Cache, specs: &[StageSpec], name: &str, sets: &[Strin
         return run_side(cache, name);
     }
     let file = if name == "." {
-        locate(cli).0
+        project.file.clone()
     } else {
-        let path = cli.directory.clone().unwrap_or_else(|| PathBuf::from(".")).join(name);
+        let path = project.directory.join(name);
         if path.is_dir() {
             path.join("pipe.toml")
         } else {
@@ -136,14 +135,10 @@ fn side(cli: &Cli, cache: &Cache, specs: &[StageSpec], name: &str, sets: &[Strin
             file.display()
         )));
     }
-    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let recipe = pipelines::recipe(&base_dir);
-    let config: Config = load_config(&recipe.schema, &file, sets)?;
-    let fingerprints = pipelines::fingerprints(&config, &base_dir, cache.stats()).map_err(usage)?;
-    let db = Database::new(recipe, cache.clone(), &config, fingerprints, &cli.device);
-    let ids: Vec<&'static str> = specs.iter().map(|spec| spec.id).collect();
+    let mut session = project.open_file(&file, sets)?;
+    let instances = session.instances(&[], "all")?;
     let mut stages = BTreeMap::new();
-    for snapshot in workspace::snapshot(&db, &ids) {
+    for snapshot in workspace::snapshot(&mut session.db, &instances) {
         let verdicts = snapshot
             .verdicts
             .iter()
@@ -153,7 +148,7 @@ fn side(cli: &Cli, cache: &Cache, specs: &[StageSpec], name: &str, sets: &[Strin
         let (artifacts, metrics) =
             snapshot.manifest.as_ref().map(|m| (m.artifacts.clone(), m.metrics.clone())).unwrap_or_default();
         stages.insert(
-            snapshot.stage.to_string(),
+            snapshot.name.0.clone(),
             SideStage {
                 key: snapshot.key(),
                 built: snapshot.manifest.is_some(),
@@ -172,8 +167,8 @@ fn side(cli: &Cli, cache: &Cache, specs: &[StageSpec], name: &str, sets: &[Strin
         label,
         name: name.to_string(),
         source: Source::Config { file, sets: sets.to_vec() },
-        config: config.canonical(),
-        device: cli.device.clone(),
+        config: session.config.canonical(),
+        device: project.device.clone(),
         stages,
     })
 }
@@ -228,26 +223,26 @@ fn side_json(side: &Side) -> Value {
 
 /// The `pipe build` command that would build a stage of a side.
 struct BuildCommands<'a> {
-    cli: &'a Cli,
+    project: &'a Project,
     /// The current pipeline's knobs (loaded on first use), for a run side's `--set`s.
     current: Option<Option<BTreeMap<String, String>>>,
 }
 
 impl<'a> BuildCommands<'a> {
-    fn new(cli: &'a Cli) -> BuildCommands<'a> {
-        BuildCommands { cli, current: None }
+    fn new(project: &'a Project) -> BuildCommands<'a> {
+        BuildCommands { project, current: None }
     }
 
     fn command(&mut self, side: &Side, stage: &str) -> String {
         let mut args = vec!["pipe".to_string()];
-        if let Some(dir) = &self.cli.directory {
+        if let Some(dir) = &self.project.directory_arg {
             args.extend(["-C".into(), dir.display().to_string()]);
         }
-        if let Some(dir) = &self.cli.cache_dir {
+        if let Some(dir) = &self.project.cache_dir_arg {
             args.extend(["--cache-dir".into(), dir.display().to_string()]);
         }
         args.extend(["build".into(), stage.to_string()]);
-        let default_file = locate(self.cli).0;
+        let default_file = self.project.file.clone();
         match &side.source {
             Source::Config { file, sets } => {
                 if *file != default_file {
@@ -258,7 +253,7 @@ impl<'a> BuildCommands<'a> {
                 }
             }
             Source::Run(_) => {
-                let cli = self.cli;
+                let project = self.project;
                 let current = self.current.get_or_insert_with(|| {
                     let schema = pipelines::knobs::schema();
                     load_config(&schema, &default_file, &[]).ok().map(|config| config.canonical())
@@ -273,7 +268,7 @@ impl<'a> BuildCommands<'a> {
                     }
                     None => args.push("# with the run's config".into()),
                 }
-                if side.device != cli.device {
+                if side.device != project.device {
                     args.extend(["--device".into(), side.device.clone()]);
                 }
             }
@@ -314,10 +309,10 @@ fn stage_row(
         "not_built" => [unknown("A", a, sa), unknown("B", b, sb)].into_iter().flatten().collect(),
         _ => Vec::new(),
     };
-    let build_a = (!sa.built).then(|| commands.command(a, spec.id));
-    let build_b = (!sb.built).then(|| commands.command(b, spec.id));
+    let build_a = (!sa.built).then(|| commands.command(a, spec.id.0));
+    let build_b = (!sb.built).then(|| commands.command(b, spec.id.0));
     json!({
-        "stage": spec.id,
+        "stage": spec.id.0,
         "status": status,
         "key_a": sa.key.map(|k| k.to_hex()),
         "key_b": sb.key.map(|k| k.to_hex()),
@@ -337,15 +332,15 @@ fn why_different(spec: &StageSpec, a: &Side, b: &Side, sa: &SideStage, sb: &Side
     }
     let mut reasons = Vec::new();
     for knob in &spec.knobs {
-        let (x, y) = (a.config.get(*knob), b.config.get(*knob));
+        let (x, y) = (a.config.get(knob.0), b.config.get(knob.0));
         if x != y {
-            reasons.push(format!("knob `{}`", change_text(knob, &x.cloned(), &y.cloned())));
+            reasons.push(format!("knob `{}`", change_text(knob.0, &x.cloned(), &y.cloned())));
         }
     }
     for up in &spec.upstream {
         let empty = BTreeMap::new();
-        let xs = a.stages.get(*up).map_or(&empty, |s| &s.artifacts);
-        let ys = b.stages.get(*up).map_or(&empty, |s| &s.artifacts);
+        let xs = a.stages.get(up.0).map_or(&empty, |s| &s.artifacts);
+        let ys = b.stages.get(up.0).map_or(&empty, |s| &s.artifacts);
         for name in xs.keys().chain(ys.keys()).collect::<BTreeSet<_>>() {
             let (x, y) = (xs.get(name).map(|r| r.hash.short()), ys.get(name).map(|r| r.hash.short()));
             if x != y {

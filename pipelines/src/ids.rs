@@ -1,0 +1,90 @@
+//! Every knob and stage id of the recipe as a typed constant: stage code names knobs
+//! and stages only through these, so a misspelt name does not compile.
+
+use workspace::{KnobId, StageId};
+
+/// Declares each constant once and lists them all in `ALL` (for the schema test).
+macro_rules! ids {
+    ($type:ident { $($name:ident = $text:literal,)* }) => {
+        $(pub const $name: $type = $type($text);)*
+        /// Every constant of this module, in declaration order.
+        pub const ALL: &[$type] = &[$($name),*];
+    };
+}
+
+/// Knob ids (`train.lr`): the schema in `knobs.rs` declares exactly these.
+pub mod knob {
+    use super::KnobId;
+
+    ids!(KnobId {
+        DATA_SOURCE = "data.source",
+        DATA_SEED = "data.seed",
+        DATA_SPLIT = "data.split",
+        DATA_NORMALIZE = "data.normalize",
+        DATA_CSV_LABEL = "data.csv.label",
+        DATA_CSV_HEADER = "data.csv.header",
+        DATA_IMAGES_SIZE = "data.images.size",
+        DATA_IMAGES_CHANNELS = "data.images.channels",
+        DATA_HUMAN_LABELS = "data.human_labels",
+        MODEL_KIND = "model.kind",
+        MODEL_HIDDEN = "model.hidden",
+        MODEL_ACTIVATION = "model.activation",
+        TRAIN_OPTIMIZER = "train.optimizer",
+        TRAIN_LR = "train.lr",
+        TRAIN_BETA1 = "train.beta1",
+        TRAIN_BETA2 = "train.beta2",
+        TRAIN_EPS = "train.eps",
+        TRAIN_MOMENTUM = "train.momentum",
+        TRAIN_WEIGHT_DECAY = "train.weight_decay",
+        TRAIN_BATCH_SIZE = "train.batch_size",
+        TRAIN_STEPS = "train.steps",
+        TRAIN_SEED = "train.seed",
+        TRAIN_EVAL_EVERY = "train.eval_every",
+        INSPECT_TOP_K = "checks.inspect.top_k",
+        INSPECT_KNN_K = "checks.inspect.knn_k",
+        INSPECT_KNN_QUERIES = "checks.inspect.knn_queries",
+        INSPECT_OUTLIER_Z = "checks.inspect.outlier_z",
+        INSPECT_MAX_IMBALANCE = "checks.inspect.max_imbalance",
+        INSPECT_MAX_LEAKED = "checks.inspect.max_leaked",
+        INSPECT_MAX_DUPLICATES = "checks.inspect.max_duplicates",
+        INSPECT_MAX_CONFLICTING = "checks.inspect.max_conflicting",
+        INSPECT_MAX_NEAR_DUPLICATE_SHARE = "checks.inspect.max_near_duplicate_share",
+        INSPECT_MAX_CORRUPT = "checks.inspect.max_corrupt",
+        INSPECT_MAX_CONSTANT_SHARE = "checks.inspect.max_constant_share",
+        INSPECT_MAX_ALL_ZERO = "checks.inspect.max_all_zero",
+        INSPECT_MAX_OUTLIER_SHARE = "checks.inspect.max_outlier_share",
+        INSPECT_MAX_SUSPECT_SHARE = "checks.inspect.max_suspect_share",
+        LOSS_AT_INIT_TOLERANCE = "checks.loss_at_init.tolerance",
+        ZERO_INPUT_STEPS = "checks.zero_input_baseline.steps",
+        ZERO_INPUT_MARGIN = "checks.zero_input_baseline.margin",
+        OVERFIT_BATCH_SIZE = "checks.overfit_batch.size",
+        OVERFIT_BATCH_TARGET_LOSS = "checks.overfit_batch.target_loss",
+        OVERFIT_BATCH_MAX_STEPS = "checks.overfit_batch.max_steps",
+        OVERFIT_MIN_DROP = "checks.overfit.min_drop",
+        OVERFIT_MIN_TRAIN_ACC = "checks.overfit.min_train_acc",
+        DUMB_BASELINES_STEPS = "checks.dumb_baselines.steps",
+        DUMB_BASELINES_LR = "checks.dumb_baselines.lr",
+        DUMB_BASELINES_FAIL = "checks.dumb_baselines.fail",
+        GRAD_DEPS_SAMPLES = "checks.grad_deps.samples",
+        DYNAMICS_SIZE = "checks.dynamics.size",
+    });
+}
+
+/// Stage ids, in recipe order.
+pub mod stage {
+    use super::StageId;
+
+    ids!(StageId {
+        DATA = "data",
+        INSPECT = "inspect",
+        BATCH_PREVIEW = "batch_preview",
+        HUMAN_BASELINE = "human_baseline",
+        DUMB_BASELINES = "dumb_baselines",
+        GRAD_DEPS = "grad_deps",
+        LOSS_AT_INIT = "loss_at_init",
+        ZERO_INPUT_BASELINE = "zero_input_baseline",
+        OVERFIT_BATCH = "overfit_batch",
+        OVERFIT = "overfit",
+        BEATS_BASELINES = "beats_baselines",
+    });
+}

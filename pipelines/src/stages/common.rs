@@ -1,0 +1,183 @@
+//! Helpers several stages share: typed knob readers, the device, the recipe's model
+//! and optimizer from their knobs, errors, JSON bytes and verdict construction.
+
+use candle_core::Device;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use workspace::{ChoiceKnob, ExecContext, ExecError, KnobId, StageId, Verdict, VerdictStatus};
+
+use crate::data::{self, Prepared};
+use crate::ids::{knob, stage};
+use crate::model::{Activation, Init, Mlp, MlpSpec, ModelKind};
+use crate::train::{OptimSpec, OptimizerKind, OptimizerName, SplitTensors, TrainError};
+
+/// What a stage's `run` sees: the engine's context and the device to train on.
+pub struct Cx<'a, 'b> {
+    pub exec: &'a ExecContext<'b>,
+    pub device: Device,
+}
+
+/// Maps a candle error to a failure with `context`.
+pub fn err(context: &str) -> impl Fn(candle_core::Error) -> ExecError + '_ {
+    move |error| ExecError::Failed(format!("{context}: {error}"))
+}
+
+pub fn train_err(error: TrainError) -> ExecError {
+    ExecError::Failed(error.to_string())
+}
+
+/// The candle device named by the build (`cpu`, and `cuda`/`metal` with their features).
+pub fn device(name: &str) -> Result<Device, ExecError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::new_cuda(0).map_err(err("cuda device")),
+        #[cfg(feature = "metal")]
+        "metal" => Device::new_metal(0).map_err(err("metal device")),
+        other => Err(ExecError::Failed(format!("device `{other}` is not available in this build"))),
+    }
+}
+
+/// Pretty JSON, the format of every JSON artifact.
+pub fn json_bytes(value: &impl Serialize) -> Result<Vec<u8>, ExecError> {
+    serde_json::to_vec_pretty(value).map_err(|error| ExecError::Failed(format!("json: {error}")))
+}
+
+/// The option text of a `Choice` value (`"relu"`), as artifacts record it.
+pub fn choice_name<C: ChoiceKnob>(value: C) -> &'static str {
+    (0..C::OPTIONS.len()).find(|&i| C::from_index(i) == value).map_or("", |i| C::OPTIONS[i])
+}
+
+/// A pass/fail verdict with a hint shown only when it does not pass.
+pub fn verdict(check: &str, pass: bool, value: f64, expected: f64, message: String, hint: &str) -> Verdict {
+    Verdict {
+        check: check.to_string(),
+        status: if pass { VerdictStatus::Pass } else { VerdictStatus::Fail },
+        value,
+        expected,
+        message,
+        hint: (!pass).then(|| hint.to_string()),
+    }
+}
+
+pub fn argmax(row: &[f32]) -> u32 {
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32
+}
+
+impl Cx<'_, '_> {
+    pub fn f64(&self, id: KnobId) -> Result<f64, ExecError> {
+        self.exec.knob(id)?.as_f64().ok_or_else(|| ExecError::Failed(format!("knob `{id}` is not a number")))
+    }
+
+    pub fn int(&self, id: KnobId) -> Result<i64, ExecError> {
+        self.exec.knob(id)?.as_i64().ok_or_else(|| ExecError::Failed(format!("knob `{id}` is not an integer")))
+    }
+
+    /// A non-negative integer knob as a count (the schema's minimum is at least 0).
+    pub fn count(&self, id: KnobId) -> Result<usize, ExecError> {
+        Ok(self.int(id)? as usize)
+    }
+
+    pub fn bool(&self, id: KnobId) -> Result<bool, ExecError> {
+        self.exec.knob(id)?.as_bool().ok_or_else(|| ExecError::Failed(format!("knob `{id}` is not a boolean")))
+    }
+
+    pub fn text(&self, id: KnobId) -> Result<&str, ExecError> {
+        self.exec.knob(id)?.as_str().ok_or_else(|| ExecError::Failed(format!("knob `{id}` is not a string")))
+    }
+
+    pub fn int_list(&self, id: KnobId) -> Result<&[i64], ExecError> {
+        self.exec
+            .knob(id)?
+            .as_int_list()
+            .ok_or_else(|| ExecError::Failed(format!("knob `{id}` is not a list of integers")))
+    }
+
+    pub fn float_list(&self, id: KnobId) -> Result<Vec<f64>, ExecError> {
+        self.exec
+            .knob(id)?
+            .as_float_list()
+            .ok_or_else(|| ExecError::Failed(format!("knob `{id}` is not a list of numbers")))
+    }
+
+    /// A `Choice` knob as its enum. Config validation already rejected other values.
+    pub fn choice<C: ChoiceKnob>(&self, id: KnobId) -> Result<C, ExecError> {
+        let text = self.text(id)?;
+        C::parse(text)
+            .ok_or_else(|| ExecError::Failed(format!("knob `{id}` is `{text}`, not one of {}", C::OPTIONS.join(", "))))
+    }
+
+    /// `train.seed`.
+    pub fn seed(&self) -> Result<u64, ExecError> {
+        Ok(self.int(knob::TRAIN_SEED)? as u64)
+    }
+
+    /// The typed metrics of upstream stage `id` (`M` is that stage's `Metrics`).
+    pub fn upstream_metrics<M: DeserializeOwned>(&self, id: StageId) -> Result<M, ExecError> {
+        super::flat::from_map(&self.exec.upstream(id)?.metrics)
+            .map_err(|error| ExecError::Failed(format!("metrics of `{id}`: {error}")))
+    }
+
+    /// The prepared dataset written by the `data` stage.
+    pub fn data(&self) -> Result<Prepared, ExecError> {
+        let bytes = self.exec.artifact(stage::DATA, "dataset.safetensors")?;
+        Prepared::decode(&bytes).map_err(|error| ExecError::Failed(error.to_string()))
+    }
+
+    pub fn tensors(&self, data: &Prepared, split: &data::Split) -> Result<SplitTensors, ExecError> {
+        SplitTensors::new(split, data.n_features(), &self.device).map_err(err("tensors"))
+    }
+
+    /// The model knobs (`model.kind`, `model.hidden`, `model.activation`), all read
+    /// whatever the kind, as the shape of the model for `data`.
+    pub fn mlp_spec(&self, data: &Prepared) -> Result<MlpSpec, ExecError> {
+        let kind: ModelKind = self.choice(knob::MODEL_KIND)?;
+        let hidden: Vec<usize> = self.int_list(knob::MODEL_HIDDEN)?.iter().map(|&w| w as usize).collect();
+        let activation: Activation = self.choice(knob::MODEL_ACTIVATION)?;
+        let hidden = match kind {
+            ModelKind::Mlp => hidden,
+            ModelKind::Linear => Vec::new(),
+        };
+        Ok(MlpSpec { n_in: data.n_features(), hidden, n_out: data.n_classes(), activation })
+    }
+
+    /// The configured model with the recipe's init (last-layer bias = log priors).
+    pub fn recipe_model(&self, data: &Prepared) -> Result<Mlp, ExecError> {
+        let log_priors = data.train_priors().iter().map(|p| p.max(1e-12).ln() as f32).collect();
+        Mlp::new(&self.mlp_spec(data)?, &Init::Recipe { log_priors }, self.seed()?, &self.device).map_err(err("init"))
+    }
+
+    /// The optimizer knobs, all read whatever `train.optimizer` is.
+    pub fn optim(&self) -> Result<OptimSpec, ExecError> {
+        let name: OptimizerName = self.choice(knob::TRAIN_OPTIMIZER)?;
+        let (lr, weight_decay) = (self.f64(knob::TRAIN_LR)?, self.f64(knob::TRAIN_WEIGHT_DECAY)?);
+        let (beta1, beta2, eps) =
+            (self.f64(knob::TRAIN_BETA1)?, self.f64(knob::TRAIN_BETA2)?, self.f64(knob::TRAIN_EPS)?);
+        let momentum = self.f64(knob::TRAIN_MOMENTUM)?;
+        let kind = match name {
+            OptimizerName::Adam => OptimizerKind::Adam { beta1, beta2, eps },
+            OptimizerName::Sgd => OptimizerKind::Sgd { momentum },
+        };
+        Ok(OptimSpec { kind, lr, weight_decay })
+    }
+}
+
+/// The knobs [`Cx::mlp_spec`] reads.
+pub const MODEL_KNOBS: [KnobId; 3] = [knob::MODEL_KIND, knob::MODEL_HIDDEN, knob::MODEL_ACTIVATION];
+
+/// The knobs [`Cx::optim`] and [`Cx::seed`] read.
+pub const OPTIM_KNOBS: [KnobId; 8] = [
+    knob::TRAIN_OPTIMIZER,
+    knob::TRAIN_LR,
+    knob::TRAIN_BETA1,
+    knob::TRAIN_BETA2,
+    knob::TRAIN_EPS,
+    knob::TRAIN_MOMENTUM,
+    knob::TRAIN_WEIGHT_DECAY,
+    knob::TRAIN_SEED,
+];
+
+/// Concatenated knob groups for a spec.
+pub fn knobs(groups: &[&[KnobId]]) -> Vec<KnobId> {
+    groups.iter().flat_map(|group| group.iter().copied()).collect()
+}

@@ -1,0 +1,108 @@
+//! Stage instances: a stage under knob overrides (a tuning trial, a regularization
+//! rung, an ensemble member). An instance's name is its stage id, followed by its
+//! overrides in brackets when it has any: `overfit[train.lr=0.001,train.seed=2]`.
+
+use std::fmt;
+
+use crate::config::Config;
+use crate::knob::{KnobId, KnobSpec, KnobValue};
+use crate::recipe::{Recipe, StageId};
+
+/// A stage and the knob values that override the config for it, sorted by knob.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct InstanceSpec {
+    pub stage: StageId,
+    pub overrides: Vec<(KnobId, KnobValue)>,
+}
+
+/// The readable, stable name of an instance, used in output and under `.pipe/out`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct InstanceName(pub String);
+
+impl fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl InstanceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl InstanceSpec {
+    /// The plain stage, as the config says.
+    pub fn plain(stage: StageId) -> InstanceSpec {
+        InstanceSpec { stage, overrides: Vec::new() }
+    }
+
+    /// `stage` under `overrides` (later entries win; kept sorted by knob).
+    pub fn new(stage: StageId, overrides: impl IntoIterator<Item = (KnobId, KnobValue)>) -> InstanceSpec {
+        let mut sorted: Vec<(KnobId, KnobValue)> = Vec::new();
+        for (knob, value) in overrides {
+            sorted.retain(|(k, _)| *k != knob);
+            sorted.push((knob, value));
+        }
+        sorted.sort_by_key(|(knob, _)| *knob);
+        InstanceSpec { stage, overrides: sorted }
+    }
+
+    pub fn name(&self) -> InstanceName {
+        if self.overrides.is_empty() {
+            return InstanceName(self.stage.0.to_string());
+        }
+        let overrides: Vec<String> =
+            self.overrides.iter().map(|(knob, value)| format!("{knob}={}", value.to_toml())).collect();
+        InstanceName(format!("{}[{}]", self.stage, overrides.join(",")))
+    }
+
+    pub fn override_of(&self, knob: KnobId) -> Option<&KnobValue> {
+        self.overrides.iter().find(|(k, _)| *k == knob).map(|(_, value)| value)
+    }
+
+    /// The instance of `upstream` this instance reads: the same overrides, less those
+    /// that cannot change `upstream`'s key, so a trial that only changes `train.lr`
+    /// shares the plain `data` stage.
+    pub fn upstream(&self, recipe: &Recipe, upstream: StageId) -> InstanceSpec {
+        let relevant = recipe.transitive_knobs(upstream);
+        InstanceSpec {
+            stage: upstream,
+            overrides: self.overrides.iter().filter(|(knob, _)| relevant.contains(knob)).cloned().collect(),
+        }
+    }
+
+    /// Drops overrides no stage upstream of (or at) this one reads.
+    pub fn normalized(&self, recipe: &Recipe) -> InstanceSpec {
+        self.upstream(recipe, self.stage)
+    }
+}
+
+/// Parses `stage` or `stage[knob=value,knob=value]` against the recipe and schema.
+pub fn parse_instance(recipe: &Recipe, text: &str) -> Result<Option<InstanceSpec>, String> {
+    let (stage, overrides) = match text.split_once('[') {
+        None => (text, None),
+        Some((stage, rest)) => {
+            let inner = rest
+                .strip_suffix(']')
+                .ok_or_else(|| format!("`{text}`: an instance is written stage[knob=value,...] with a closing `]`"))?;
+            (stage, Some(inner))
+        }
+    };
+    let Some(spec) = recipe.spec(stage) else { return Ok(None) };
+    let Some(inner) = overrides else { return Ok(Some(InstanceSpec::plain(spec.id))) };
+    let mut config = Config::defaults(&recipe.schema);
+    let mut values = Vec::new();
+    for assignment in inner.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        config.set(&recipe.schema, assignment).map_err(|error| format!("`{text}`: {error}"))?;
+        let name = assignment.split_once('=').map_or(assignment, |(name, _)| name.trim());
+        let knob: &KnobSpec = recipe
+            .schema
+            .iter()
+            .find(|knob| knob.name == name)
+            .ok_or_else(|| format!("`{text}`: unknown knob `{name}`"))?;
+        let value = config.get(knob.name).cloned().ok_or_else(|| format!("`{text}`: no value for `{name}`"))?;
+        values.push((knob.id(), value));
+    }
+    Ok(Some(InstanceSpec::new(spec.id, values).normalized(recipe)))
+}
