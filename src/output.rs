@@ -73,7 +73,10 @@ fn print_failure(stage: &str, verdict: &Verdict) {
 
 /// A number for people: four decimals, or scientific notation when tiny or huge.
 pub(crate) fn short(value: f64) -> String {
-    if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
+    if value.fract() == 0.0 && value.abs() < 1e9 {
+        // Counts (steps, examples) read as integers: `3000`, not `3000.0000`.
+        format!("{value:.0}")
+    } else if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
         format!("{value:.3e}")
     } else {
         format!("{value:.4}")
