@@ -8,6 +8,7 @@ pub mod compare;
 pub mod data;
 pub mod grad_deps;
 pub mod inspect;
+pub mod kernels;
 pub mod knobs;
 pub mod model;
 pub mod plot;

@@ -1,0 +1,443 @@
+//! 2-d convolution (NCHW, f32, square stride and padding, no dilation or groups) as
+//! a candle custom op: im2col + [`gemm_acc`] forward, and its backward to the input
+//! (GEMM + col2im), the weight and the bias (one GEMM against im2col plus a row of
+//! ones).
+
+use std::ops::Range;
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{gemm_acc, MatRef, Scratch};
+
+/// Stride and zero padding, the same on both spatial axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub padding: usize,
+    pub stride: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Conv2dParams {
+        Conv2dParams { padding: 0, stride: 1 }
+    }
+}
+
+/// `x [batch, c_in, h, w]` convolved with `weight [c_out, c_in, kh, kw]`, plus
+/// `bias [c_out]`: `[batch, c_out, h_out, w_out]`, differentiable in all three.
+/// f32 on the CPU runs our deterministic kernels; anything else falls back to
+/// candle's `conv2d` and a broadcast add.
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+    let ours = x.device().is_cpu() && [x.dtype(), weight.dtype()].iter().all(|&d| d == DType::F32);
+    if !ours || bias.is_some_and(|b| b.dtype() != DType::F32) {
+        let y = x.conv2d(weight, params.padding, params.stride, 1, 1)?;
+        return match bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?),
+            None => Ok(y),
+        };
+    }
+    let geometry = Geometry::new(x.dims(), weight.dims(), params)?;
+    let op = Conv2d { params };
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(bias) => {
+            if bias.dims() != [geometry.c_out] {
+                bail!("conv2d: bias shape {:?}, expected [{}]", bias.dims(), geometry.c_out)
+            }
+            x.apply_op3(&weight, &bias.contiguous()?, op)
+        }
+        None => x.apply_op2(&weight, op),
+    }
+}
+
+/// Every size of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub padding: usize,
+    pub stride: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+}
+
+impl Geometry {
+    pub fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Geometry> {
+        let (&[batch, c_in, h, w], &[c_out, c_in_w, kh, kw]) = (x, weight) else {
+            bail!("conv2d: input {x:?} and weight {weight:?} must both be 4-d (NCHW, OIHW)")
+        };
+        if c_in != c_in_w {
+            bail!("conv2d: input has {c_in} channels, weight expects {c_in_w}")
+        }
+        if params.stride == 0 || kh == 0 || kw == 0 {
+            bail!("conv2d: stride and kernel size must be positive")
+        }
+        let (h_pad, w_pad) = (h + 2 * params.padding, w + 2 * params.padding);
+        if h_pad < kh || w_pad < kw {
+            bail!("conv2d: kernel {kh}x{kw} larger than the padded input {h_pad}x{w_pad}")
+        }
+        Ok(Geometry {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            padding: params.padding,
+            stride: params.stride,
+            h_out: (h_pad - kh) / params.stride + 1,
+            w_out: (w_pad - kw) / params.stride + 1,
+        })
+    }
+
+    /// Output pixels per channel.
+    fn pixels(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    /// Rows of the im2col matrix: `c_in * kh * kw`.
+    fn taps(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// Floats of one input sample.
+    fn image(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// A 1x1, stride-1, unpadded convolution is a plain matrix product: no im2col.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// The output columns `ow` whose tap `kx` reads inside the row, as a range, and
+    /// the first input column it reads.
+    fn valid_columns(&self, kx: usize) -> (Range<usize>, usize) {
+        // ix = ow * stride + kx - padding must lie in 0..w.
+        let first = (self.padding.saturating_sub(kx)).div_ceil(self.stride);
+        let end = if self.w + self.padding > kx {
+            ((self.w + self.padding - kx - 1) / self.stride + 1).min(self.w_out)
+        } else {
+            0
+        };
+        let first = first.min(end);
+        (first..end, first * self.stride + kx - self.padding.min(first * self.stride + kx))
+    }
+
+    /// The input row read by output row `oh` through tap `ky`, if inside the image.
+    fn input_row(&self, oh: usize, ky: usize) -> Option<usize> {
+        (oh * self.stride + ky).checked_sub(self.padding).filter(|&iy| iy < self.h)
+    }
+}
+
+/// Writes rows `rows` of sample `image`'s im2col matrix (`taps x pixels`, row
+/// `(ci, ky, kx)`, zero where the tap reads padding) into `out`, `pixels` floats per
+/// row. Row `taps()` is all ones (the bias column of the weight gradient).
+fn im2col(g: &Geometry, image: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    let pixels = g.pixels();
+    for (slot, row) in rows.enumerate() {
+        let dst = &mut out[slot * pixels..(slot + 1) * pixels];
+        if row == g.taps() {
+            dst.fill(1.0);
+            continue;
+        }
+        let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
+        let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        let (columns, first_ix) = g.valid_columns(kx);
+        for (oh, out_row) in dst.chunks_exact_mut(g.w_out).enumerate() {
+            let Some(iy) = g.input_row(oh, ky) else {
+                out_row.fill(0.0);
+                continue;
+            };
+            let src = &plane[iy * g.w..(iy + 1) * g.w];
+            out_row[..columns.start].fill(0.0);
+            out_row[columns.end..].fill(0.0);
+            let inside = &mut out_row[columns.clone()];
+            if g.stride == 1 {
+                inside.copy_from_slice(&src[first_ix..first_ix + inside.len()]);
+            } else {
+                for (i, value) in inside.iter_mut().enumerate() {
+                    *value = src[first_ix + i * g.stride];
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `image = sum over taps` of `columns` (`taps x pixels`)
+/// scattered back to the pixels they were read from, each input pixel's taps added
+/// in tap order. Overwrites `image`.
+fn col2im(g: &Geometry, columns: &[f32], image: &mut [f32]) {
+    image.fill(0.0);
+    let pixels = g.pixels();
+    for row in 0..g.taps() {
+        let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
+        let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        let (valid, first_ix) = g.valid_columns(kx);
+        let src = &columns[row * pixels..(row + 1) * pixels];
+        for (oh, src_row) in src.chunks_exact(g.w_out).enumerate() {
+            let Some(iy) = g.input_row(oh, ky) else { continue };
+            let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+            for (i, &value) in src_row[valid.clone()].iter().enumerate() {
+                dst[first_ix + i * g.stride] += value;
+            }
+        }
+    }
+}
+
+/// A contiguous f32 view of a custom op's operand.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { bail!("{what}: f32 tensors only") };
+    let Some((start, end)) = layout.contiguous_offsets() else { bail!("{what}: contiguous tensors only") };
+    Ok(&data[start..end])
+}
+
+/// Forward: `y[n] = bias + weight · im2col(x[n])`, parallel over samples.
+fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (pixels, taps) = (g.pixels(), g.taps());
+    let mut y = vec![0f32; g.batch * g.c_out * pixels];
+    if pixels == 0 {
+        return y;
+    }
+    y.par_chunks_mut(g.c_out * pixels).enumerate().for_each_init(
+        || (Scratch::default(), Vec::new()),
+        |(scratch, columns), (n, y_n)| {
+            if let Some(bias) = bias {
+                for (row, &b) in y_n.chunks_exact_mut(pixels).zip(bias) {
+                    row.fill(b);
+                }
+            }
+            let image = &x[n * g.image()..(n + 1) * g.image()];
+            let b = if g.is_pointwise() {
+                image
+            } else {
+                columns.resize(taps * pixels, 0.0);
+                im2col(g, image, 0..taps, columns);
+                columns
+            };
+            let (a, b) = (MatRef::row_major(weight, taps), MatRef::row_major(b, pixels));
+            gemm_acc(g.c_out, pixels, taps, a, b, y_n, pixels, scratch);
+        },
+    );
+    y
+}
+
+/// Input gradient: `dx[n] = col2im(weightᵀ · dy[n])`, parallel over samples.
+fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+    let (pixels, taps) = (g.pixels(), g.taps());
+    let mut dx = vec![0f32; g.batch * g.image()];
+    if pixels == 0 || g.image() == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(g.image()).enumerate().for_each_init(
+        || (Scratch::default(), Vec::new()),
+        |(scratch, columns), (n, dx_n)| {
+            let dy_n = MatRef::row_major(&dy[n * g.c_out * pixels..(n + 1) * g.c_out * pixels], pixels);
+            if g.is_pointwise() {
+                gemm_acc(taps, pixels, g.c_out, MatRef::transposed(weight, taps), dy_n, dx_n, pixels, scratch);
+            } else {
+                columns.clear();
+                columns.resize(taps * pixels, 0.0);
+                gemm_acc(taps, pixels, g.c_out, MatRef::transposed(weight, taps), dy_n, columns, pixels, scratch);
+                col2im(g, columns, dx_n);
+            }
+        },
+    );
+    dx
+}
+
+/// Splits `0..len` into `parts` ranges whose inner bounds are multiples of `align`.
+fn split(len: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
+    let mut bounds: Vec<usize> = (0..=parts).map(|i| (len * i / parts).div_ceil(align) * align).collect();
+    bounds[parts] = len;
+    bounds.iter_mut().for_each(|b| *b = (*b).min(len));
+    bounds.dedup();
+    bounds.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+/// Weight (and bias) gradient, flat: `dweight [c_out, taps]` then `dbias [c_out]`.
+/// `dW_aug = sum over n of dy[n] · [im2col(x[n]); ones]ᵀ`: one chain over `(n, p)` per
+/// element. Parallel over blocks of output elements, never over the reduction.
+fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) -> Vec<f32> {
+    let (pixels, taps) = (g.pixels(), g.taps());
+    let columns_total = taps + usize::from(with_bias);
+    let mut out = vec![0f32; g.c_out * columns_total];
+    if pixels == 0 || g.c_out == 0 {
+        return out;
+    }
+    // Narrow layers (few taps) split the output channels instead of the taps.
+    let threads = rayon::current_num_threads().max(1);
+    let column_parts = (columns_total / 32).clamp(1, threads);
+    let row_parts = (threads / column_parts).clamp(1, g.c_out.div_ceil(8));
+    let tasks: Vec<(Range<usize>, Range<usize>)> = split(g.c_out, row_parts, 8)
+        .into_iter()
+        .flat_map(|rows| split(columns_total, column_parts, 16).into_iter().map(move |cols| (rows.clone(), cols)))
+        .collect();
+    let blocks: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|(rows, cols)| {
+            let mut scratch = Scratch::default();
+            let mut columns = vec![0f32; cols.len() * pixels];
+            let mut block = vec![0f32; rows.len() * cols.len()];
+            for n in 0..g.batch {
+                let image = &x[n * g.image()..(n + 1) * g.image()];
+                im2col(g, image, cols.clone(), &mut columns);
+                let dy_n = &dy[(n * g.c_out + rows.start) * pixels..(n * g.c_out + rows.end) * pixels];
+                let (a, b) = (MatRef::row_major(dy_n, pixels), MatRef::transposed(&columns, pixels));
+                gemm_acc(rows.len(), cols.len(), pixels, a, b, &mut block, cols.len(), &mut scratch);
+            }
+            block
+        })
+        .collect();
+    for ((rows, cols), block) in tasks.iter().zip(&blocks) {
+        for (i, co) in rows.clone().enumerate() {
+            for (j, column) in cols.clone().enumerate() {
+                let value = block[i * cols.len() + j];
+                if column == taps {
+                    out[g.c_out * taps + co] = value;
+                } else {
+                    out[co * taps + column] = value;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The differentiable op: `(x, weight)` or `(x, weight, bias)`.
+struct Conv2d {
+    params: Conv2dParams,
+}
+
+impl Conv2d {
+    fn fwd(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(x.1.dims(), w.1.dims(), self.params)?;
+        let (x, w) = (f32_slice(x.0, x.1, "conv2d")?, f32_slice(w.0, w.1, "conv2d")?);
+        let y = forward(&g, x, w, bias);
+        Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
+    }
+
+    /// Gradients of `x` (if tracked) and of the weight and bias (if either is).
+    fn grads(&self, x: &Tensor, w: &Tensor, with_bias: bool, wants_weight: bool, dy: &Tensor) -> Result<Grads> {
+        let g = Geometry::new(x.dims(), w.dims(), self.params)?;
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGrad { geometry: g })?) } else { None };
+        if !wants_weight {
+            return Ok(Grads { dx, dw: None, db: None });
+        }
+        let flat = dy.apply_op2_no_bwd(x, &WeightGrad { geometry: g, with_bias })?;
+        let dw = flat.narrow(0, 0, g.c_out * g.taps())?.reshape(w.shape())?;
+        let db = if with_bias { Some(flat.narrow(0, g.c_out * g.taps(), g.c_out)?) } else { None };
+        Ok(Grads { dx, dw: Some(dw), db })
+    }
+}
+
+struct Grads {
+    dx: Option<Tensor>,
+    dw: Option<Tensor>,
+    db: Option<Tensor>,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grads = self.grads(x, w, false, w.track_op(), dy)?;
+        Ok((grads.dx, grads.dw))
+    }
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(s3, l3, "conv2d bias")?;
+        if l2.dims().first() != Some(&bias.len()) {
+            bail!("conv2d: bias has {} elements for weight {:?}", bias.len(), l2.dims())
+        }
+        self.fwd((s1, l1), (s2, l2), Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = self.grads(x, w, true, w.track_op() || b.track_op(), dy)?;
+        Ok((grads.dx, grads.dw, grads.db))
+    }
+}
+
+/// `(dy, weight) -> dx`, no backward of its own.
+struct InputGrad {
+    geometry: Geometry,
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (dy, w) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
+        if dy.len() != g.batch * g.c_out * g.pixels() || w.len() != g.c_out * g.taps() {
+            bail!("conv2d backward: gradient {:?} or weight {:?} do not match {g:?}", l1.dims(), l2.dims())
+        }
+        let dx = input_grad(g, dy, w);
+        Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.c_in, g.h, g.w))))
+    }
+}
+
+/// `(dy, x) -> [dweight (flat), dbias]`, no backward of its own.
+struct WeightGrad {
+    geometry: Geometry,
+    with_bias: bool,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (dy, x) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
+        if dy.len() != g.batch * g.c_out * g.pixels() || x.len() != g.batch * g.image() {
+            bail!("conv2d backward: gradient {:?} or input {:?} do not match {g:?}", l1.dims(), l2.dims())
+        }
+        let out = weight_grad(g, dy, x, self.with_bias);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}

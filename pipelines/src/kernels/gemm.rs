@@ -1,0 +1,304 @@
+//! A small single-precision GEMM, `C += A·B`, in which every element of `C` is one
+//! chain of fused multiply-adds over `k` in increasing order (see the module docs of
+//! [`super`] for why that makes it deterministic). Operands are packed into
+//! micro-panels with zero padding; k-, m- and n-blocking use fixed constants.
+
+use super::Isa;
+
+/// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `row_stride` elements per row.
+    pub fn row_major(data: &'a [f32], row_stride: usize) -> MatRef<'a> {
+        MatRef { data, row_stride, col_stride: 1 }
+    }
+
+    /// The transpose of a row-major matrix with `row_stride` elements per row.
+    pub fn transposed(data: &'a [f32], row_stride: usize) -> MatRef<'a> {
+        MatRef { data, row_stride: 1, col_stride: row_stride }
+    }
+
+    /// Index of the last element of an `rows x cols` view (for the bounds check).
+    fn last_index(&self, rows: usize, cols: usize) -> usize {
+        (rows - 1) * self.row_stride + (cols - 1) * self.col_stride
+    }
+}
+
+/// Depth of one k-block. A fixed constant: the blocking does not change results (a
+/// block continues the chain from the value stored in `C`), only the speed.
+const KC: usize = 256;
+/// Rows of `A` packed at once (a multiple of every micro-kernel's `MR`).
+const MC: usize = 96;
+/// Columns of `B` packed at once (a multiple of every micro-kernel's `NR`).
+const NC: usize = 1024;
+
+/// Reusable packing buffers (one per thread).
+#[derive(Default)]
+pub struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// `C[i][j] += sum_l A[i][l] * B[l][j]` for an `m x n` row-major `C` with `ldc`
+/// elements per row; each element is one fused multiply-add chain over `l = 0..k`.
+///
+/// Panics if a view is too short for the shape (a bug in the caller, not input).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_acc(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, scratch: &mut Scratch) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() > (m - 1) * ldc + n - 1, "gemm: C too short");
+    if k == 0 {
+        return;
+    }
+    assert!(a.data.len() > a.last_index(m, k), "gemm: A too short");
+    assert!(b.data.len() > b.last_index(k, n), "gemm: B too short");
+    let shape = Shape { m, n, k, ldc };
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => blocked::<x86::Avx512>(shape, a, b, c, scratch),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => blocked::<x86::Avx2>(shape, a, b, c, scratch),
+        _ => blocked::<Portable>(shape, a, b, c, scratch),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    m: usize,
+    n: usize,
+    k: usize,
+    ldc: usize,
+}
+
+/// A register-tiled inner kernel: `C[0..MR][0..NR] += Apanel · Bpanel` over `kc`
+/// steps, `Apanel[l * MR + i]`, `Bpanel[l * NR + j]`.
+trait MicroKernel {
+    const MR: usize;
+    const NR: usize;
+    /// # Safety
+    /// `a` holds `kc * MR` floats, `b` holds `kc * NR`, and `c` points at an
+    /// `MR x NR` tile with row stride `ldc`, all valid; the CPU has the kernel's
+    /// instruction set.
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize);
+}
+
+fn blocked<K: MicroKernel>(shape: Shape, a: MatRef, b: MatRef, c: &mut [f32], scratch: &mut Scratch) {
+    let Shape { m, n, k, ldc } = shape;
+    let mut edge = vec![0f32; K::MR * K::NR];
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            pack_b(b, pc, kc, jc, nc, K::NR, &mut scratch.b);
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                pack_a(a, ic, mc, pc, kc, K::MR, &mut scratch.a);
+                for jr in (0..nc).step_by(K::NR) {
+                    let nr = K::NR.min(nc - jr);
+                    let b_panel = &scratch.b[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
+                    for ir in (0..mc).step_by(K::MR) {
+                        let mr = K::MR.min(mc - ir);
+                        let a_panel = &scratch.a[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
+                        let origin = (ic + ir) * ldc + jc + jr;
+                        if mr == K::MR && nr == K::NR {
+                            // SAFETY: the panels have the sizes `run` needs (sliced
+                            // above), the tile lies inside `c` (asserted by the caller:
+                            // rows ic+ir.., columns jc+jr.. are within m x n), and
+                            // `blocked::<K>` is only called when K's ISA is present.
+                            unsafe { K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), c.as_mut_ptr().add(origin), ldc) };
+                        } else {
+                            for i in 0..K::MR {
+                                for j in 0..K::NR {
+                                    edge[i * K::NR + j] = if i < mr && j < nr { c[origin + i * ldc + j] } else { 0.0 };
+                                }
+                            }
+                            // SAFETY: as above, with `edge` as an MR x NR tile.
+                            unsafe { K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), edge.as_mut_ptr(), K::NR) };
+                            for i in 0..mr {
+                                c[origin + i * ldc..][..nr].copy_from_slice(&edge[i * K::NR..][..nr]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs `A[i0..i0+mc][l0..l0+kc]` into panels of `mr` rows: `panel[l * mr + i]`,
+/// rows past `mc` zero.
+fn pack_a(a: MatRef, i0: usize, mc: usize, l0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
+    let panels = mc.div_ceil(mr);
+    out.clear();
+    out.resize(panels * kc * mr, 0.0);
+    for panel in 0..panels {
+        let dst = &mut out[panel * kc * mr..][..kc * mr];
+        let rows = mr.min(mc - panel * mr);
+        for i in 0..rows {
+            let row = (i0 + panel * mr + i) * a.row_stride + l0 * a.col_stride;
+            if a.col_stride == 1 {
+                for (l, &value) in a.data[row..row + kc].iter().enumerate() {
+                    dst[l * mr + i] = value;
+                }
+            } else {
+                for l in 0..kc {
+                    dst[l * mr + i] = a.data[row + l * a.col_stride];
+                }
+            }
+        }
+    }
+}
+
+/// Packs `B[l0..l0+kc][j0..j0+nc]` into panels of `nr` columns: `panel[l * nr + j]`,
+/// columns past `nc` zero.
+fn pack_b(b: MatRef, l0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
+    let panels = nc.div_ceil(nr);
+    out.clear();
+    out.resize(panels * kc * nr, 0.0);
+    for panel in 0..panels {
+        let dst = &mut out[panel * kc * nr..][..kc * nr];
+        let cols = nr.min(nc - panel * nr);
+        let first = (l0 * b.row_stride) + (j0 + panel * nr) * b.col_stride;
+        if b.col_stride == 1 {
+            for l in 0..kc {
+                let src = first + l * b.row_stride;
+                dst[l * nr..l * nr + cols].copy_from_slice(&b.data[src..src + cols]);
+            }
+        } else {
+            for j in 0..cols {
+                let column = first + j * b.col_stride;
+                for l in 0..kc {
+                    dst[l * nr + j] = b.data[column + l * b.row_stride];
+                }
+            }
+        }
+    }
+}
+
+/// The fallback kernel: the same chains with [`f32::mul_add`] (correctly rounded,
+/// like the hardware FMA).
+struct Portable;
+
+impl MicroKernel for Portable {
+    const MR: usize = 4;
+    const NR: usize = 8;
+
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+        let mut acc = [[0f32; 8]; 4];
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, value) in row.iter_mut().enumerate() {
+                // SAFETY: within the MR x NR tile the caller vouches for.
+                *value = unsafe { *c.add(i * ldc + j) };
+            }
+        }
+        for l in 0..kc {
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: l < kc, i < MR, j < NR: inside the panels.
+                let a_il = unsafe { *a.add(l * 4 + i) };
+                for (j, value) in row.iter_mut().enumerate() {
+                    *value = a_il.mul_add(unsafe { *b.add(l * 8 + j) }, *value);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, value) in row.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { *c.add(i * ldc + j) = *value };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::MicroKernel;
+
+    /// 6 x 16 tile, two 8-lane registers per row: 12 accumulators.
+    pub struct Avx2;
+
+    impl MicroKernel for Avx2 {
+        const MR: usize = 6;
+        const NR: usize = 16;
+
+        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+            // SAFETY: the caller checked AVX2 and FMA at run time and vouches for the
+            // pointers.
+            unsafe { avx2_6x16(kc, a, b, c, ldc) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+        // SAFETY (whole body): pointer offsets stay inside the panels (l < kc) and the
+        // 6 x 16 tile of `c`, as the caller guarantees.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+            for (i, row) in acc.iter_mut().enumerate() {
+                row[0] = _mm256_loadu_ps(c.add(i * ldc));
+                row[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
+            }
+            for l in 0..kc {
+                let b0 = _mm256_loadu_ps(b.add(l * 16));
+                let b1 = _mm256_loadu_ps(b.add(l * 16 + 8));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let a_il = _mm256_broadcast_ss(&*a.add(l * 6 + i));
+                    row[0] = _mm256_fmadd_ps(a_il, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(a_il, b1, row[1]);
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                _mm256_storeu_ps(c.add(i * ldc), row[0]);
+                _mm256_storeu_ps(c.add(i * ldc + 8), row[1]);
+            }
+        }
+    }
+
+    /// 8 x 32 tile, two 16-lane registers per row: 16 accumulators.
+    pub struct Avx512;
+
+    impl MicroKernel for Avx512 {
+        const MR: usize = 8;
+        const NR: usize = 32;
+
+        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+            // SAFETY: the caller checked AVX-512F at run time and vouches for the
+            // pointers.
+            unsafe { avx512_8x32(kc, a, b, c, ldc) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_8x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+        // SAFETY (whole body): as in `avx2_6x16`, for an 8 x 32 tile.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+            for (i, row) in acc.iter_mut().enumerate() {
+                row[0] = _mm512_loadu_ps(c.add(i * ldc));
+                row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
+            }
+            for l in 0..kc {
+                let b0 = _mm512_loadu_ps(b.add(l * 32));
+                let b1 = _mm512_loadu_ps(b.add(l * 32 + 16));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let a_il = _mm512_set1_ps(*a.add(l * 8 + i));
+                    row[0] = _mm512_fmadd_ps(a_il, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(a_il, b1, row[1]);
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc), row[0]);
+                _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+            }
+        }
+    }
+}
