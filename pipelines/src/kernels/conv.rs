@@ -3,24 +3,57 @@
 //! (GEMM + col2im), the weight and the bias (one GEMM against im2col plus a row of
 //! ones).
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{gemm_acc, MatRef, Scratch};
+use super::gemm::{gemm, gemm_acc, MatRef, Scratch, Start};
 
-/// Stride and zero padding, the same on both spatial axes.
+/// Stride and zero padding, the same on both spatial axes, and an optional fused ReLU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dParams {
     pub padding: usize,
     pub stride: usize,
+    /// Apply ReLU to the output inside the op (forward and backward), saving candle's
+    /// separate ReLU node: its forward pass and a backward of four tensor passes.
+    /// ReLU's gradient at exactly 0 is taken as 0 (PyTorch's choice); NaN stays NaN.
+    pub relu: bool,
 }
 
 impl Default for Conv2dParams {
     fn default() -> Conv2dParams {
-        Conv2dParams { padding: 0, stride: 1 }
+        Conv2dParams { padding: 0, stride: 1, relu: false }
     }
+}
+
+/// Per-thread buffers, kept between calls so that steady-state training allocates
+/// (and page-faults) nothing for them.
+#[derive(Default)]
+struct Workspace {
+    gemm: Scratch,
+    columns: Vec<f32>,
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Workspace> = RefCell::default();
+}
+
+/// Runs `f` with this thread's workspace (a fresh one if it is already in use).
+fn with_workspace<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
+    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut workspace) => f(&mut workspace),
+        Err(_) => f(&mut Workspace::default()),
+    })
+}
+
+/// `columns` grown to at least `len` floats (contents unspecified), as a slice of `len`.
+fn grown(columns: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if columns.len() < len {
+        columns.resize(len, 0.0);
+    }
+    &mut columns[..len]
 }
 
 /// `x [batch, c_in, h, w]` convolved with `weight [c_out, c_in, kh, kw]`, plus
@@ -31,10 +64,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2d
     let ours = x.device().is_cpu() && [x.dtype(), weight.dtype()].iter().all(|&d| d == DType::F32);
     if !ours || bias.is_some_and(|b| b.dtype() != DType::F32) {
         let y = x.conv2d(weight, params.padding, params.stride, 1, 1)?;
-        return match bias {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?),
-            None => Ok(y),
+        let y = match bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?,
+            None => y,
         };
+        return if params.relu { y.relu() } else { Ok(y) };
     }
     let geometry = Geometry::new(x.dims(), weight.dims(), params)?;
     let op = Conv2d { params };
@@ -68,6 +102,7 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     pub fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Geometry> {
+        // (`params.relu` does not change any size.)
         let (&[batch, c_in, h, w], &[c_out, c_in_w, kh, kw]) = (x, weight) else {
             bail!("conv2d: input {x:?} and weight {weight:?} must both be 4-d (NCHW, OIHW)")
         };
@@ -198,34 +233,53 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
     Ok(&data[start..end])
 }
 
-/// Forward: `y[n] = bias + weight · im2col(x[n])`, parallel over samples.
-fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// Forward: `y[n] = bias + weight · im2col(x[n])` (then ReLU if `relu`), parallel
+/// over samples.
+fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
     let (pixels, taps) = (g.pixels(), g.taps());
     let mut y = vec![0f32; g.batch * g.c_out * pixels];
     if pixels == 0 {
         return y;
     }
-    y.par_chunks_mut(g.c_out * pixels).enumerate().for_each_init(
-        || (Scratch::default(), Vec::new()),
-        |(scratch, columns), (n, y_n)| {
-            if let Some(bias) = bias {
-                for (row, &b) in y_n.chunks_exact_mut(pixels).zip(bias) {
-                    row.fill(b);
+    y.par_chunks_mut(g.c_out * pixels).enumerate().for_each(|(n, y_n)| {
+        with_workspace(|workspace| {
+            let start = match bias {
+                Some(bias) => {
+                    for (row, &b) in y_n.chunks_exact_mut(pixels).zip(bias) {
+                        row.fill(b);
+                    }
+                    Start::Accumulate
                 }
-            }
+                None => Start::Zero,
+            };
             let image = &x[n * g.image()..(n + 1) * g.image()];
             let b = if g.is_pointwise() {
                 image
             } else {
-                columns.resize(taps * pixels, 0.0);
+                let columns = grown(&mut workspace.columns, taps * pixels);
                 im2col(g, image, 0..taps, columns);
                 columns
             };
             let (a, b) = (MatRef::row_major(weight, taps), MatRef::row_major(b, pixels));
-            gemm_acc(g.c_out, pixels, taps, a, b, y_n, pixels, scratch);
-        },
-    );
+            gemm(g.c_out, pixels, taps, a, b, y_n, pixels, start, &mut workspace.gemm);
+            if relu {
+                // Not `max(0.0)`: a NaN must survive for the non-finite guard.
+                y_n.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v = 0.0);
+            }
+        })
+    });
     y
+}
+
+/// `dy` where the ReLU output `y` is positive, else 0.
+fn relu_mask(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; dy.len()];
+    out.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(out, (dy, y))| {
+        for ((o, &d), &v) in out.iter_mut().zip(dy).zip(y) {
+            *o = if v > 0.0 { d } else { 0.0 };
+        }
+    });
+    out
 }
 
 /// Input gradient: `dx[n] = col2im(weightᵀ · dy[n])`, parallel over samples.
@@ -235,20 +289,19 @@ fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     if pixels == 0 || g.image() == 0 {
         return dx;
     }
-    dx.par_chunks_mut(g.image()).enumerate().for_each_init(
-        || (Scratch::default(), Vec::new()),
-        |(scratch, columns), (n, dx_n)| {
+    dx.par_chunks_mut(g.image()).enumerate().for_each(|(n, dx_n)| {
+        with_workspace(|workspace| {
             let dy_n = MatRef::row_major(&dy[n * g.c_out * pixels..(n + 1) * g.c_out * pixels], pixels);
+            let weight_t = MatRef::transposed(weight, taps);
             if g.is_pointwise() {
-                gemm_acc(taps, pixels, g.c_out, MatRef::transposed(weight, taps), dy_n, dx_n, pixels, scratch);
+                gemm(taps, pixels, g.c_out, weight_t, dy_n, dx_n, pixels, Start::Zero, &mut workspace.gemm);
             } else {
-                columns.clear();
-                columns.resize(taps * pixels, 0.0);
-                gemm_acc(taps, pixels, g.c_out, MatRef::transposed(weight, taps), dy_n, columns, pixels, scratch);
+                let columns = grown(&mut workspace.columns, taps * pixels);
+                gemm(taps, pixels, g.c_out, weight_t, dy_n, columns, pixels, Start::Zero, &mut workspace.gemm);
                 col2im(g, columns, dx_n);
             }
-        },
-    );
+        })
+    });
     dx
 }
 
@@ -279,26 +332,38 @@ fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) -> Vec<f32>
         .into_iter()
         .flat_map(|rows| split(columns_total, column_parts, 16).into_iter().map(move |cols| (rows.clone(), cols)))
         .collect();
+    // A block is computed as `dy · colsᵀ` (rows x cols) or, when it has fewer columns
+    // than rows, as its transpose `cols · dyᵀ`, so the wider side runs along the SIMD
+    // lanes. Either way each element is the same chain: fma(dy, col, acc) over (n, p).
     let blocks: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|(rows, cols)| {
-            let mut scratch = Scratch::default();
-            let mut columns = vec![0f32; cols.len() * pixels];
-            let mut block = vec![0f32; rows.len() * cols.len()];
-            for n in 0..g.batch {
-                let image = &x[n * g.image()..(n + 1) * g.image()];
-                im2col(g, image, cols.clone(), &mut columns);
-                let dy_n = &dy[(n * g.c_out + rows.start) * pixels..(n * g.c_out + rows.end) * pixels];
-                let (a, b) = (MatRef::row_major(dy_n, pixels), MatRef::transposed(&columns, pixels));
-                gemm_acc(rows.len(), cols.len(), pixels, a, b, &mut block, cols.len(), &mut scratch);
-            }
-            block
+            with_workspace(|workspace| {
+                let transposed = cols.len() < rows.len();
+                let columns = grown(&mut workspace.columns, cols.len() * pixels);
+                let mut block = vec![0f32; rows.len() * cols.len()];
+                for n in 0..g.batch {
+                    let image = &x[n * g.image()..(n + 1) * g.image()];
+                    im2col(g, image, cols.clone(), columns);
+                    let dy_n = &dy[(n * g.c_out + rows.start) * pixels..(n * g.c_out + rows.end) * pixels];
+                    let scratch = &mut workspace.gemm;
+                    if transposed {
+                        let (a, b) = (MatRef::row_major(columns, pixels), MatRef::transposed(dy_n, pixels));
+                        gemm_acc(cols.len(), rows.len(), pixels, a, b, &mut block, rows.len(), scratch);
+                    } else {
+                        let (a, b) = (MatRef::row_major(dy_n, pixels), MatRef::transposed(columns, pixels));
+                        gemm_acc(rows.len(), cols.len(), pixels, a, b, &mut block, cols.len(), scratch);
+                    }
+                }
+                block
+            })
         })
         .collect();
     for ((rows, cols), block) in tasks.iter().zip(&blocks) {
+        let transposed = cols.len() < rows.len();
         for (i, co) in rows.clone().enumerate() {
             for (j, column) in cols.clone().enumerate() {
-                let value = block[i * cols.len() + j];
+                let value = if transposed { block[j * rows.len() + i] } else { block[i * cols.len() + j] };
                 if column == taps {
                     out[g.c_out * taps + co] = value;
                 } else {
@@ -324,14 +389,15 @@ impl Conv2d {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(x.1.dims(), w.1.dims(), self.params)?;
         let (x, w) = (f32_slice(x.0, x.1, "conv2d")?, f32_slice(w.0, w.1, "conv2d")?);
-        let y = forward(&g, x, w, bias);
+        let y = forward(&g, x, w, bias, self.params.relu);
         Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
     }
 
     /// Gradients of `x` (if tracked) and of the weight and bias (if either is).
-    fn grads(&self, x: &Tensor, w: &Tensor, with_bias: bool, wants_weight: bool, dy: &Tensor) -> Result<Grads> {
+    fn grads(&self, x: &Tensor, w: &Tensor, y: &Tensor, dy: &Tensor, with_bias: bool, wants_weight: bool) -> Result<Grads> {
         let g = Geometry::new(x.dims(), w.dims(), self.params)?;
         let dy = dy.contiguous()?;
+        let dy = if self.params.relu { dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)? } else { dy };
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGrad { geometry: g })?) } else { None };
         if !wants_weight {
             return Ok(Grads { dx, dw: None, db: None });
@@ -358,8 +424,8 @@ impl CustomOp2 for Conv2d {
         self.fwd((s1, l1), (s2, l2), None)
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grads = self.grads(x, w, false, w.track_op(), dy)?;
+    fn bwd(&self, x: &Tensor, w: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grads = self.grads(x, w, y, dy, false, w.track_op())?;
         Ok((grads.dx, grads.dw))
     }
 }
@@ -390,10 +456,10 @@ impl CustomOp3 for Conv2d {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grads = self.grads(x, w, true, w.track_op() || b.track_op(), dy)?;
+        let grads = self.grads(x, w, y, dy, true, w.track_op() || b.track_op())?;
         Ok((grads.dx, grads.dw, grads.db))
     }
 }
@@ -439,5 +505,22 @@ impl CustomOp2 for WeightGrad {
         let out = weight_grad(g, dy, x, self.with_bias);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// `(dy, y) -> dy * (y > 0)`: the fused ReLU's backward, no backward of its own.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "pipe-relu-mask"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (dy, y) = (f32_slice(s1, l1, "relu backward")?, f32_slice(s2, l2, "relu backward")?);
+        if dy.len() != y.len() {
+            bail!("relu backward: gradient {:?} does not match output {:?}", l1.dims(), l2.dims())
+        }
+        Ok((CpuStorage::F32(relu_mask(dy, y)), l1.shape().clone()))
     }
 }

@@ -43,6 +43,16 @@ const NC: usize = 1024;
 pub struct Scratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    edge: Vec<f32>,
+}
+
+/// Where each chain starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Start {
+    /// From the value in `C`: `C += A·B`.
+    Accumulate,
+    /// From zero, without reading `C`: `C = A·B` (the same bits as zeroing `C` first).
+    Zero,
 }
 
 /// `C[i][j] += sum_l A[i][l] * B[l][j]` for an `m x n` row-major `C` with `ldc`
@@ -51,16 +61,35 @@ pub struct Scratch {
 /// Panics if a view is too short for the shape (a bug in the caller, not input).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_acc(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, scratch: &mut Scratch) {
+    gemm(m, n, k, a, b, c, ldc, Start::Accumulate, scratch)
+}
+
+/// [`gemm_acc`] with a choice of where the chains start.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    start: Start,
+    scratch: &mut Scratch,
+) {
     if m == 0 || n == 0 {
         return;
     }
     assert!(ldc >= n && c.len() > (m - 1) * ldc + n - 1, "gemm: C too short");
     if k == 0 {
+        if start == Start::Zero {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
         return;
     }
     assert!(a.data.len() > a.last_index(m, k), "gemm: A too short");
     assert!(b.data.len() > b.last_index(k, n), "gemm: B too short");
-    let shape = Shape { m, n, k, ldc };
+    let shape = Shape { m, n, k, ldc, start };
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => blocked::<x86::Avx512>(shape, a, b, c, scratch),
@@ -76,6 +105,7 @@ struct Shape {
     n: usize,
     k: usize,
     ldc: usize,
+    start: Start,
 }
 
 /// A register-tiled inner kernel: `C[0..MR][0..NR] += Apanel · Bpanel` over `kc`
@@ -86,17 +116,22 @@ trait MicroKernel {
     /// # Safety
     /// `a` holds `kc * MR` floats, `b` holds `kc * NR`, and `c` points at an
     /// `MR x NR` tile with row stride `ldc`, all valid; the CPU has the kernel's
-    /// instruction set.
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize);
+    /// instruction set. With `load` false the chains start from zero and `c` is only
+    /// written.
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
 }
 
 fn blocked<K: MicroKernel>(shape: Shape, a: MatRef, b: MatRef, c: &mut [f32], scratch: &mut Scratch) {
-    let Shape { m, n, k, ldc } = shape;
-    let mut edge = vec![0f32; K::MR * K::NR];
+    let Shape { m, n, k, ldc, start } = shape;
+    scratch.edge.resize(K::MR * K::NR, 0.0);
+    let edge = &mut scratch.edge;
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
+            // The first k-block starts the chains (from C or from zero); later blocks
+            // always continue them from C.
+            let load = pc > 0 || start == Start::Accumulate;
             pack_b(b, pc, kc, jc, nc, K::NR, &mut scratch.b);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
@@ -113,15 +148,20 @@ fn blocked<K: MicroKernel>(shape: Shape, a: MatRef, b: MatRef, c: &mut [f32], sc
                             // above), the tile lies inside `c` (asserted by the caller:
                             // rows ic+ir.., columns jc+jr.. are within m x n), and
                             // `blocked::<K>` is only called when K's ISA is present.
-                            unsafe { K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), c.as_mut_ptr().add(origin), ldc) };
+                            unsafe {
+                                K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), c.as_mut_ptr().add(origin), ldc, load)
+                            };
                         } else {
-                            for i in 0..K::MR {
-                                for j in 0..K::NR {
-                                    edge[i * K::NR + j] = if i < mr && j < nr { c[origin + i * ldc + j] } else { 0.0 };
+                            if load {
+                                for i in 0..K::MR {
+                                    for j in 0..K::NR {
+                                        edge[i * K::NR + j] =
+                                            if i < mr && j < nr { c[origin + i * ldc + j] } else { 0.0 };
+                                    }
                                 }
                             }
                             // SAFETY: as above, with `edge` as an MR x NR tile.
-                            unsafe { K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), edge.as_mut_ptr(), K::NR) };
+                            unsafe { K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), edge.as_mut_ptr(), K::NR, load) };
                             for i in 0..mr {
                                 c[origin + i * ldc..][..nr].copy_from_slice(&edge[i * K::NR..][..nr]);
                             }
@@ -137,11 +177,17 @@ fn blocked<K: MicroKernel>(shape: Shape, a: MatRef, b: MatRef, c: &mut [f32], sc
 /// rows past `mc` zero.
 fn pack_a(a: MatRef, i0: usize, mc: usize, l0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
     let panels = mc.div_ceil(mr);
-    out.clear();
-    out.resize(panels * kc * mr, 0.0);
+    if out.len() < panels * kc * mr {
+        out.resize(panels * kc * mr, 0.0);
+    }
     for panel in 0..panels {
         let dst = &mut out[panel * kc * mr..][..kc * mr];
         let rows = mr.min(mc - panel * mr);
+        if rows < mr {
+            for l in 0..kc {
+                dst[l * mr + rows..(l + 1) * mr].fill(0.0);
+            }
+        }
         for i in 0..rows {
             let row = (i0 + panel * mr + i) * a.row_stride + l0 * a.col_stride;
             if a.col_stride == 1 {
@@ -161,11 +207,17 @@ fn pack_a(a: MatRef, i0: usize, mc: usize, l0: usize, kc: usize, mr: usize, out:
 /// columns past `nc` zero.
 fn pack_b(b: MatRef, l0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
     let panels = nc.div_ceil(nr);
-    out.clear();
-    out.resize(panels * kc * nr, 0.0);
+    if out.len() < panels * kc * nr {
+        out.resize(panels * kc * nr, 0.0);
+    }
     for panel in 0..panels {
         let dst = &mut out[panel * kc * nr..][..kc * nr];
         let cols = nr.min(nc - panel * nr);
+        if cols < nr {
+            for l in 0..kc {
+                dst[l * nr + cols..(l + 1) * nr].fill(0.0);
+            }
+        }
         let first = (l0 * b.row_stride) + (j0 + panel * nr) * b.col_stride;
         if b.col_stride == 1 {
             for l in 0..kc {
@@ -191,12 +243,14 @@ impl MicroKernel for Portable {
     const MR: usize = 4;
     const NR: usize = 8;
 
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
         let mut acc = [[0f32; 8]; 4];
-        for (i, row) in acc.iter_mut().enumerate() {
-            for (j, value) in row.iter_mut().enumerate() {
-                // SAFETY: within the MR x NR tile the caller vouches for.
-                *value = unsafe { *c.add(i * ldc + j) };
+        if load {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, value) in row.iter_mut().enumerate() {
+                    // SAFETY: within the MR x NR tile the caller vouches for.
+                    *value = unsafe { *c.add(i * ldc + j) };
+                }
             }
         }
         for l in 0..kc {
@@ -230,22 +284,24 @@ mod x86 {
         const MR: usize = 6;
         const NR: usize = 16;
 
-        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
             // SAFETY: the caller checked AVX2 and FMA at run time and vouches for the
             // pointers.
-            unsafe { avx2_6x16(kc, a, b, c, ldc) }
+            unsafe { avx2_6x16(kc, a, b, c, ldc, load) }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY (whole body): pointer offsets stay inside the panels (l < kc) and the
         // 6 x 16 tile of `c`, as the caller guarantees.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-            for (i, row) in acc.iter_mut().enumerate() {
-                row[0] = _mm256_loadu_ps(c.add(i * ldc));
-                row[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
+            if load {
+                for (i, row) in acc.iter_mut().enumerate() {
+                    row[0] = _mm256_loadu_ps(c.add(i * ldc));
+                    row[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
+                }
             }
             for l in 0..kc {
                 let b0 = _mm256_loadu_ps(b.add(l * 16));
@@ -270,21 +326,23 @@ mod x86 {
         const MR: usize = 8;
         const NR: usize = 32;
 
-        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
             // SAFETY: the caller checked AVX-512F at run time and vouches for the
             // pointers.
-            unsafe { avx512_8x32(kc, a, b, c, ldc) }
+            unsafe { avx512_8x32(kc, a, b, c, ldc, load) }
         }
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_8x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    unsafe fn avx512_8x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
         // SAFETY (whole body): as in `avx2_6x16`, for an 8 x 32 tile.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-            for (i, row) in acc.iter_mut().enumerate() {
-                row[0] = _mm512_loadu_ps(c.add(i * ldc));
-                row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
+            if load {
+                for (i, row) in acc.iter_mut().enumerate() {
+                    row[0] = _mm512_loadu_ps(c.add(i * ldc));
+                    row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
+                }
             }
             for l in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(l * 32));

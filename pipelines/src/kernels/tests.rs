@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor, Var};
 
-use super::gemm::{gemm_acc, MatRef, Scratch};
+use super::gemm::{gemm, gemm_acc, MatRef, Scratch, Start};
 use super::{conv2d, max_pool2d, Conv2dParams, Isa};
 use crate::rng::Rng;
 
@@ -58,7 +58,7 @@ struct Inputs {
 
 fn inputs(case: Case, tag: &str) -> Inputs {
     let (batch, c_in, h, w, c_out, k, padding, stride) = case;
-    let params = Conv2dParams { padding, stride };
+    let params = Conv2dParams { padding, stride, relu: false };
     let x = Var::from_tensor(&tensor(&[batch, c_in, h, w], &format!("{tag}/x"))).unwrap();
     let wt = Var::from_tensor(&tensor(&[c_out, c_in, k, k], &format!("{tag}/w"))).unwrap();
     let b = Var::from_tensor(&tensor(&[c_out], &format!("{tag}/b"))).unwrap();
@@ -75,7 +75,12 @@ fn run(inputs: &Inputs, ours: bool) -> [Vec<f32>; 4] {
         conv2d(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), *params).unwrap()
     } else {
         let y = x.as_tensor().conv2d(w.as_tensor(), params.padding, params.stride, 1, 1).unwrap();
-        y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1)).unwrap()).unwrap()
+        let y = y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1)).unwrap()).unwrap();
+        if params.relu {
+            y.relu().unwrap()
+        } else {
+            y
+        }
     };
     let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     let grad =
@@ -86,11 +91,14 @@ fn run(inputs: &Inputs, ours: bool) -> [Vec<f32>; 4] {
 #[test]
 fn conv2d_matches_candle_in_value_and_gradients() {
     for (i, case) in CASES.into_iter().enumerate() {
-        let inputs = inputs(case, &format!("candle/{i}"));
-        let ours = run(&inputs, true);
-        let reference = run(&inputs, false);
-        for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&reference)) {
-            assert_close(&format!("case {case:?} {name}"), a, b, 1e-5);
+        for relu in [false, true] {
+            let mut inputs = inputs(case, &format!("candle/{i}"));
+            inputs.params.relu = relu;
+            let ours = run(&inputs, true);
+            let reference = run(&inputs, false);
+            for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&reference)) {
+                assert_close(&format!("case {case:?} relu {relu} {name}"), a, b, 1e-5);
+            }
         }
     }
 }
@@ -236,10 +244,10 @@ fn network_bits(batch: usize, size: usize) -> Vec<Vec<u32>> {
     let b1 = Var::from_tensor(&tensor(&[16], "net/b1")).unwrap();
     let w2 = Var::from_tensor(&tensor(&[20, 16, 3, 3], "net/w2")).unwrap();
     let b2 = Var::from_tensor(&tensor(&[20], "net/b2")).unwrap();
-    let h = conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), Conv2dParams { padding: 1, stride: 1 }).unwrap();
-    let h = conv2d(&h.relu().unwrap(), w2.as_tensor(), Some(b2.as_tensor()), Conv2dParams { padding: 1, stride: 2 })
+    let h = conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), Conv2dParams { padding: 1, stride: 1, relu: true }).unwrap();
+    let h = conv2d(&h, w2.as_tensor(), Some(b2.as_tensor()), Conv2dParams { padding: 1, stride: 2, relu: true })
         .unwrap();
-    let y = max_pool2d(&h.relu().unwrap()).unwrap();
+    let y = max_pool2d(&h).unwrap();
     let r = tensor(y.dims(), "net/r");
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
@@ -291,6 +299,12 @@ fn every_instruction_set_gives_the_same_bits_as_the_defining_chain() {
             gemm_acc(m, n, k, av, bv, &mut c, n, &mut Scratch::default());
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&c), bits(&expected), "gemm {m}x{n}x{k} on {cap:?} ({:?} detected)", Isa::detect());
+            // Starting from zero without reading C is starting from a zeroed C.
+            let mut from_zero = vec![0f32; m * n];
+            naive_chain(m, n, k, &a, &b, &mut from_zero);
+            let mut c = start;
+            gemm(m, n, k, av, bv, &mut c, n, Start::Zero, &mut Scratch::default());
+            assert_eq!(bits(&c), bits(&from_zero), "gemm (zero start) {m}x{n}x{k} on {cap:?}");
         }
         // batch 8 of 28x28: the weight gradient's k (3,136 after stride 2) spans many k-blocks.
         results.push(network_bits(8, 28));
