@@ -236,7 +236,7 @@ fn sgemm_rates(n: usize) -> std::result::Result<(f64, f64), String> {
     for _ in 0..5 {
         let started = Instant::now();
         let (lhs, rhs) = (kernels::gemm::MatRef::row_major(&av, n), kernels::gemm::MatRef::row_major(&bv, n));
-        kernels::gemm::gemm_acc(n, n, n, lhs, rhs, &mut c, n, &mut scratch);
+        kernels::gemm::gemm_acc(n, n, n, &lhs, &rhs, &mut c, n, &mut scratch);
         best_ours = best_ours.max(flops / started.elapsed().as_secs_f64() / 1e9);
     }
     Ok((best_candle, best_ours))

@@ -9,7 +9,7 @@ use std::ops::Range;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{gemm, gemm_acc, MatRef, Scratch, Start};
+use super::gemm::{gemm_acc, gemm_packed, MatRef, Operand, PackedA, Scratch, Start};
 
 /// Stride and zero padding, the same on both spatial axes, and an optional fused ReLU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,7 @@ impl Default for Conv2dParams {
 struct Workspace {
     gemm: Scratch,
     columns: Vec<f32>,
+    padded: Vec<f32>,
 }
 
 thread_local! {
@@ -150,78 +151,145 @@ impl Geometry {
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
+}
 
-    /// The output columns `ow` whose tap `kx` reads inside the row, as a range, and
-    /// the first input column it reads.
-    fn valid_columns(&self, kx: usize) -> (Range<usize>, usize) {
-        // ix = ow * stride + kx - padding must lie in 0..w.
-        let first = (self.padding.saturating_sub(kx)).div_ceil(self.stride);
-        let end = if self.w + self.padding > kx {
-            ((self.w + self.padding - kx - 1) / self.stride + 1).min(self.w_out)
-        } else {
-            0
-        };
-        let first = first.min(end);
-        (first..end, first * self.stride + kx - self.padding.min(first * self.stride + kx))
-    }
+/// Index tables of the im2col matrix over a zero-padded image (`c_in x hp x wp`,
+/// `hp = h + 2 * padding`): element `(tap, pixel)` is `padded[pixel_base[pixel] +
+/// tap_offset[tap]]`, where tap `(ci, ky, kx)` and pixel `(oh, ow)` give
+/// `ci * hp * wp + (oh * stride + ky) * wp + ow * stride + kx`. Shared by all samples.
+struct Tables {
+    pixel_base: Vec<usize>,
+    tap_offset: Vec<usize>,
+    padded_len: usize,
+    /// The largest index read: the last pixel base plus the last tap offset.
+    max_index: usize,
+}
 
-    /// The input row read by output row `oh` through tap `ky`, if inside the image.
-    fn input_row(&self, oh: usize, ky: usize) -> Option<usize> {
-        (oh * self.stride + ky).checked_sub(self.padding).filter(|&iy| iy < self.h)
+impl Tables {
+    fn new(g: &Geometry) -> Tables {
+        let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
+        let pixel_base: Vec<usize> = (0..g.h_out)
+            .flat_map(|oh| (0..g.w_out).map(move |ow| oh * g.stride * wp + ow * g.stride))
+            .collect();
+        let tap_offset: Vec<usize> = (0..g.c_in)
+            .flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| ci * hp * wp + ky * wp + kx)))
+            .collect();
+        let max_index = pixel_base.last().copied().unwrap_or(0) + tap_offset.last().copied().unwrap_or(0);
+        Tables { pixel_base, tap_offset, padded_len: g.c_in * hp * wp, max_index }
     }
 }
 
-/// Writes rows `rows` of sample `image`'s im2col matrix (`taps x pixels`, row
-/// `(ci, ky, kx)`, zero where the tap reads padding) into `out`, `pixels` floats per
-/// row. Row `taps()` is all ones (the bias column of the weight gradient).
-fn im2col(g: &Geometry, image: &[f32], rows: Range<usize>, out: &mut [f32]) {
-    let pixels = g.pixels();
-    for (slot, row) in rows.enumerate() {
-        let dst = &mut out[slot * pixels..(slot + 1) * pixels];
-        if row == g.taps() {
-            dst.fill(1.0);
-            continue;
+/// Copies sample `image` into `padded` (`c_in x hp x wp`, zero border); returns the
+/// image itself when there is no padding.
+fn pad_image<'a>(g: &Geometry, image: &'a [f32], padded: &'a mut Vec<f32>) -> &'a [f32] {
+    if g.padding == 0 {
+        return image;
+    }
+    let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
+    padded.clear();
+    padded.resize(g.c_in * hp * wp, 0.0);
+    for (plane, src) in padded.chunks_exact_mut(hp * wp).zip(image.chunks_exact(g.h * g.w)) {
+        for (y, row) in src.chunks_exact(g.w).enumerate() {
+            let at = (y + g.padding) * wp + g.padding;
+            plane[at..at + g.w].copy_from_slice(row);
         }
-        let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
-        let plane = &image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        let (columns, first_ix) = g.valid_columns(kx);
-        for (oh, out_row) in dst.chunks_exact_mut(g.w_out).enumerate() {
-            let Some(iy) = g.input_row(oh, ky) else {
-                out_row.fill(0.0);
-                continue;
-            };
-            let src = &plane[iy * g.w..(iy + 1) * g.w];
-            out_row[..columns.start].fill(0.0);
-            out_row[columns.end..].fill(0.0);
-            let inside = &mut out_row[columns.clone()];
-            if g.stride == 1 {
-                inside.copy_from_slice(&src[first_ix..first_ix + inside.len()]);
-            } else {
-                for (i, value) in inside.iter_mut().enumerate() {
-                    *value = src[first_ix + i * g.stride];
+    }
+    padded
+}
+
+/// One sample's im2col matrix (`taps x pixels`, or its transpose), read on the fly
+/// from the padded image while packing: never materialised. With `ones`, tap row
+/// `taps` is all ones (the bias column of the weight gradient).
+struct Im2col<'a> {
+    padded: &'a [f32],
+    tables: &'a Tables,
+    ones: bool,
+    transposed: bool,
+}
+
+impl Im2col<'_> {
+    fn taps(&self) -> usize {
+        self.tables.tap_offset.len() + usize::from(self.ones)
+    }
+
+    /// `dst[t * t_stride + p * p_stride]` for taps `t0..t0+nt`, pixels `p0..p0+np`
+    /// (positions relative to `t0` and `p0`).
+    ///
+    /// Panics if the ranges or `dst` are out of bounds; inside, the reads are unchecked
+    /// (this gather is the hot loop of packing).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn gather(&self, t0: usize, nt: usize, p0: usize, np: usize, t_stride: usize, p_stride: usize, dst: &mut [f32]) {
+        if nt == 0 || np == 0 {
+            return;
+        }
+        let real = self.tables.tap_offset.len();
+        assert!(t0 + nt <= self.taps() && p0 + np <= self.tables.pixel_base.len(), "im2col: range out of bounds");
+        assert!((nt - 1) * t_stride + (np - 1) * p_stride < dst.len(), "im2col: destination too short");
+        assert!(self.padded.len() > self.tables.max_index, "im2col: padded image too short");
+        let bases = &self.tables.pixel_base[p0..p0 + np];
+        for t in 0..nt {
+            let row = &mut dst[t * t_stride..];
+            if t0 + t == real {
+                for p in 0..np {
+                    row[p * p_stride] = 1.0;
                 }
+                continue;
+            }
+            let offset = self.tables.tap_offset[t0 + t];
+            for (p, &base) in bases.iter().enumerate() {
+                // SAFETY: base + offset <= max_index < padded.len() (asserted above;
+                // `max_index` is the largest pixel base plus the largest tap offset), and
+                // p * p_stride <= (np - 1) * p_stride < row.len() (asserted above).
+                unsafe { *row.get_unchecked_mut(p * p_stride) = *self.padded.get_unchecked(base + offset) };
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: `image = sum over taps` of `columns` (`taps x pixels`)
+impl Operand for Im2col<'_> {
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        let (taps, pixels) = if self.transposed { (cols, rows) } else { (rows, cols) };
+        taps <= self.taps() && pixels <= self.tables.pixel_base.len() && self.padded.len() > self.tables.max_index
+    }
+
+    fn pack_rows(&self, i0: usize, rows: usize, l0: usize, depth: usize, width: usize, dst: &mut [f32]) {
+        if self.transposed {
+            // Rows are pixels, depth runs over taps.
+            self.gather(l0, depth, i0, rows, width, 1, dst);
+        } else {
+            self.gather(i0, rows, l0, depth, 1, width, dst);
+        }
+    }
+
+    fn pack_cols(&self, l0: usize, depth: usize, j0: usize, cols: usize, width: usize, dst: &mut [f32]) {
+        if self.transposed {
+            // Depth runs over pixels, columns are taps.
+            self.gather(j0, cols, l0, depth, 1, width, dst);
+        } else {
+            self.gather(l0, depth, j0, cols, width, 1, dst);
+        }
+    }
+}
+
+/// The adjoint of im2col: `dx = sum over taps` of `columns` (`taps x pixels`)
 /// scattered back to the pixels they were read from, each input pixel's taps added
-/// in tap order. Overwrites `image`.
-fn col2im(g: &Geometry, columns: &[f32], image: &mut [f32]) {
-    image.fill(0.0);
+/// in tap order (into a padded buffer whose border is then dropped). Overwrites `dx`.
+fn col2im(g: &Geometry, tables: &Tables, columns: &[f32], padded: &mut Vec<f32>, dx: &mut [f32]) {
     let pixels = g.pixels();
-    for row in 0..g.taps() {
-        let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
-        let plane = &mut image[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        let (valid, first_ix) = g.valid_columns(kx);
-        let src = &columns[row * pixels..(row + 1) * pixels];
-        for (oh, src_row) in src.chunks_exact(g.w_out).enumerate() {
-            let Some(iy) = g.input_row(oh, ky) else { continue };
-            let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-            for (i, &value) in src_row[valid.clone()].iter().enumerate() {
-                dst[first_ix + i * g.stride] += value;
-            }
+    padded.clear();
+    padded.resize(tables.padded_len, 0.0);
+    for (row, &offset) in columns.chunks_exact(pixels).zip(&tables.tap_offset) {
+        let dst = &mut padded[offset..];
+        for (&value, &base) in row.iter().zip(&tables.pixel_base) {
+            dst[base] += value;
+        }
+    }
+    let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
+    for (plane, src) in dx.chunks_exact_mut(g.h * g.w).zip(padded.chunks_exact(hp * wp)) {
+        for (y, row) in plane.chunks_exact_mut(g.w).enumerate() {
+            let at = (y + g.padding) * wp + g.padding;
+            row.copy_from_slice(&src[at..at + g.w]);
         }
     }
 }
@@ -241,6 +309,8 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, relu: 
     if pixels == 0 {
         return y;
     }
+    let tables = Tables::new(g);
+    let weight = PackedA::new(g.c_out, taps, &MatRef::row_major(weight, taps));
     y.par_chunks_mut(g.c_out * pixels).enumerate().for_each(|(n, y_n)| {
         with_workspace(|workspace| {
             let start = match bias {
@@ -253,18 +323,18 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, relu: 
                 None => Start::Zero,
             };
             let image = &x[n * g.image()..(n + 1) * g.image()];
-            let b = if g.is_pointwise() {
-                image
+            if g.is_pointwise() {
+                let b = MatRef::row_major(image, pixels);
+                gemm_packed(&weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
             } else {
-                let columns = grown(&mut workspace.columns, taps * pixels);
-                im2col(g, image, 0..taps, columns);
-                columns
-            };
-            let (a, b) = (MatRef::row_major(weight, taps), MatRef::row_major(b, pixels));
-            gemm(g.c_out, pixels, taps, a, b, y_n, pixels, start, &mut workspace.gemm);
+                let padded = pad_image(g, image, &mut workspace.padded);
+                let b = Im2col { padded, tables: &tables, ones: false, transposed: false };
+                gemm_packed(&weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
+            }
             if relu {
-                // Not `max(0.0)`: a NaN must survive for the non-finite guard.
-                y_n.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v = 0.0);
+                // Not `max(0.0)`: a NaN must survive for the non-finite guard. A select,
+                // not a branch (signs are random: a branch would mispredict).
+                y_n.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
             }
         })
     });
@@ -289,16 +359,17 @@ fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     if pixels == 0 || g.image() == 0 {
         return dx;
     }
+    let tables = Tables::new(g);
+    let weight_t = PackedA::new(taps, g.c_out, &MatRef::transposed(weight, taps));
     dx.par_chunks_mut(g.image()).enumerate().for_each(|(n, dx_n)| {
         with_workspace(|workspace| {
             let dy_n = MatRef::row_major(&dy[n * g.c_out * pixels..(n + 1) * g.c_out * pixels], pixels);
-            let weight_t = MatRef::transposed(weight, taps);
             if g.is_pointwise() {
-                gemm(taps, pixels, g.c_out, weight_t, dy_n, dx_n, pixels, Start::Zero, &mut workspace.gemm);
+                gemm_packed(&weight_t, pixels, &dy_n, dx_n, pixels, Start::Zero, &mut workspace.gemm);
             } else {
                 let columns = grown(&mut workspace.columns, taps * pixels);
-                gemm(taps, pixels, g.c_out, weight_t, dy_n, columns, pixels, Start::Zero, &mut workspace.gemm);
-                col2im(g, columns, dx_n);
+                gemm_packed(&weight_t, pixels, &dy_n, columns, pixels, Start::Zero, &mut workspace.gemm);
+                col2im(g, &tables, columns, &mut workspace.padded, dx_n);
             }
         })
     });
@@ -324,6 +395,7 @@ fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) -> Vec<f32>
     if pixels == 0 || g.c_out == 0 {
         return out;
     }
+    let tables = Tables::new(g);
     // Narrow layers (few taps) split the output channels instead of the taps.
     let threads = rayon::current_num_threads().max(1);
     let column_parts = (columns_total / 32).clamp(1, threads);
@@ -340,19 +412,21 @@ fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) -> Vec<f32>
         .map(|(rows, cols)| {
             with_workspace(|workspace| {
                 let transposed = cols.len() < rows.len();
-                let columns = grown(&mut workspace.columns, cols.len() * pixels);
                 let mut block = vec![0f32; rows.len() * cols.len()];
                 for n in 0..g.batch {
                     let image = &x[n * g.image()..(n + 1) * g.image()];
-                    im2col(g, image, cols.clone(), columns);
+                    let padded = pad_image(g, image, &mut workspace.padded);
+                    // The im2col rows of this block's columns: a tap window [cols.start..].
+                    let window = Im2col { padded, tables: &tables, ones: with_bias, transposed: !transposed };
+                    let window = Shifted { inner: &window, taps_from: cols.start, transposed: !transposed };
                     let dy_n = &dy[(n * g.c_out + rows.start) * pixels..(n * g.c_out + rows.end) * pixels];
                     let scratch = &mut workspace.gemm;
                     if transposed {
-                        let (a, b) = (MatRef::row_major(columns, pixels), MatRef::transposed(dy_n, pixels));
-                        gemm_acc(cols.len(), rows.len(), pixels, a, b, &mut block, rows.len(), scratch);
+                        let b = MatRef::transposed(dy_n, pixels);
+                        gemm_acc(cols.len(), rows.len(), pixels, &window, &b, &mut block, rows.len(), scratch);
                     } else {
-                        let (a, b) = (MatRef::row_major(dy_n, pixels), MatRef::transposed(columns, pixels));
-                        gemm_acc(rows.len(), cols.len(), pixels, a, b, &mut block, cols.len(), scratch);
+                        let a = MatRef::row_major(dy_n, pixels);
+                        gemm_acc(rows.len(), cols.len(), pixels, &a, &window, &mut block, cols.len(), scratch);
                     }
                 }
                 block
@@ -373,6 +447,40 @@ fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) -> Vec<f32>
         }
     }
     out
+}
+
+/// An operand whose tap index starts at `taps_from` (a block of the weight gradient's
+/// columns): taps are the rows when not `transposed`, else the columns.
+struct Shifted<'a, T> {
+    inner: &'a T,
+    taps_from: usize,
+    transposed: bool,
+}
+
+impl<T: Operand> Operand for Shifted<'_, T> {
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        if self.transposed {
+            self.inner.covers(rows, cols + self.taps_from)
+        } else {
+            self.inner.covers(rows + self.taps_from, cols)
+        }
+    }
+
+    fn pack_rows(&self, i0: usize, rows: usize, l0: usize, depth: usize, width: usize, dst: &mut [f32]) {
+        if self.transposed {
+            self.inner.pack_rows(i0, rows, l0 + self.taps_from, depth, width, dst)
+        } else {
+            self.inner.pack_rows(i0 + self.taps_from, rows, l0, depth, width, dst)
+        }
+    }
+
+    fn pack_cols(&self, l0: usize, depth: usize, j0: usize, cols: usize, width: usize, dst: &mut [f32]) {
+        if self.transposed {
+            self.inner.pack_cols(l0, depth, j0 + self.taps_from, cols, width, dst)
+        } else {
+            self.inner.pack_cols(l0 + self.taps_from, depth, j0, cols, width, dst)
+        }
+    }
 }
 
 /// The differentiable op: `(x, weight)` or `(x, weight, bias)`.

@@ -30,6 +30,57 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// A matrix the GEMM can pack into micro-panels: a strided view ([`MatRef`]) or one
+/// computed on the fly (the convolution's im2col matrix, never materialised).
+pub trait Operand {
+    /// Whether a `rows x cols` matrix can be read (all indices in bounds).
+    fn covers(&self, rows: usize, cols: usize) -> bool;
+    /// `dst[l * width + i] = self[i0 + i][l0 + l]` for `i < rows`, `l < depth` (an
+    /// `A` panel: rows side by side).
+    fn pack_rows(&self, i0: usize, rows: usize, l0: usize, depth: usize, width: usize, dst: &mut [f32]);
+    /// `dst[l * width + j] = self[l0 + l][j0 + j]` for `l < depth`, `j < cols` (a `B`
+    /// panel: columns side by side).
+    fn pack_cols(&self, l0: usize, depth: usize, j0: usize, cols: usize, width: usize, dst: &mut [f32]);
+}
+
+impl Operand for MatRef<'_> {
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || self.data.len() > self.last_index(rows, cols)
+    }
+
+    fn pack_rows(&self, i0: usize, rows: usize, l0: usize, depth: usize, width: usize, dst: &mut [f32]) {
+        for i in 0..rows {
+            let row = (i0 + i) * self.row_stride + l0 * self.col_stride;
+            if self.col_stride == 1 {
+                for (l, &value) in self.data[row..row + depth].iter().enumerate() {
+                    dst[l * width + i] = value;
+                }
+            } else {
+                for l in 0..depth {
+                    dst[l * width + i] = self.data[row + l * self.col_stride];
+                }
+            }
+        }
+    }
+
+    fn pack_cols(&self, l0: usize, depth: usize, j0: usize, cols: usize, width: usize, dst: &mut [f32]) {
+        let first = l0 * self.row_stride + j0 * self.col_stride;
+        if self.col_stride == 1 {
+            for l in 0..depth {
+                let src = first + l * self.row_stride;
+                dst[l * width..l * width + cols].copy_from_slice(&self.data[src..src + cols]);
+            }
+        } else {
+            for j in 0..cols {
+                let column = first + j * self.col_stride;
+                for l in 0..depth {
+                    dst[l * width + j] = self.data[column + l * self.row_stride];
+                }
+            }
+        }
+    }
+}
+
 /// Depth of one k-block. A fixed constant: the blocking does not change results (a
 /// block continues the chain from the value stored in `C`), only the speed.
 const KC: usize = 256;
@@ -60,7 +111,16 @@ pub enum Start {
 ///
 /// Panics if a view is too short for the shape (a bug in the caller, not input).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_acc(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, scratch: &mut Scratch) {
+pub fn gemm_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &impl Operand,
+    b: &impl Operand,
+    c: &mut [f32],
+    ldc: usize,
+    scratch: &mut Scratch,
+) {
     gemm(m, n, k, a, b, c, ldc, Start::Accumulate, scratch)
 }
 
@@ -70,8 +130,8 @@ pub fn gemm(
     m: usize,
     n: usize,
     k: usize,
-    a: MatRef,
-    b: MatRef,
+    a: &impl Operand,
+    b: &impl Operand,
     c: &mut [f32],
     ldc: usize,
     start: Start,
@@ -87,16 +147,97 @@ pub fn gemm(
         }
         return;
     }
-    assert!(a.data.len() > a.last_index(m, k), "gemm: A too short");
-    assert!(b.data.len() > b.last_index(k, n), "gemm: B too short");
+    assert!(a.covers(m, k), "gemm: A too short");
+    assert!(b.covers(k, n), "gemm: B too short");
     let shape = Shape { m, n, k, ldc, start };
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => blocked::<x86::Avx512>(shape, a, b, c, scratch),
+        Isa::Avx512 => blocked::<x86::Avx512, _>(shape, Lhs::Raw(a), b, c, scratch),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => blocked::<x86::Avx2>(shape, a, b, c, scratch),
-        _ => blocked::<Portable>(shape, a, b, c, scratch),
+        Isa::Avx2 => blocked::<x86::Avx2, _>(shape, Lhs::Raw(a), b, c, scratch),
+        _ => blocked::<Portable, _>(shape, Lhs::Raw(a), b, c, scratch),
     }
+}
+
+/// A left operand packed once into the micro-panels of one instruction set, for
+/// reuse across many products (the weights, across the samples of a batch).
+pub struct PackedA {
+    isa: Isa,
+    m: usize,
+    k: usize,
+    /// k-block by k-block; in each, `ceil(m / MR)` panels of `kc x MR`.
+    panels: Vec<f32>,
+}
+
+impl PackedA {
+    /// Packs the `m x k` matrix `a` for the instruction set in use now.
+    pub fn new(m: usize, k: usize, a: &impl Operand) -> PackedA {
+        assert!(a.covers(m, k), "gemm: A too short");
+        let isa = Isa::detect();
+        let mr = mr_of(isa);
+        let m_padded = m.div_ceil(mr) * mr;
+        let mut panels = vec![0f32; m_padded * k];
+        let mut block = Vec::new();
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            if m > 0 {
+                pack_a(a, 0, m, pc, kc, mr, &mut block);
+                panels[pc * m_padded..pc * m_padded + m_padded * kc].copy_from_slice(&block[..m_padded * kc]);
+            }
+        }
+        PackedA { isa, m, k, panels }
+    }
+}
+
+/// The micro-kernel's row count on `isa`.
+fn mr_of(isa: Isa) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => <x86::Avx512 as MicroKernel>::MR,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => <x86::Avx2 as MicroKernel>::MR,
+        _ => Portable::MR,
+    }
+}
+
+/// [`gemm`] with a left operand packed by [`PackedA::new`] (same bits as packing it now).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(
+    a: &PackedA,
+    n: usize,
+    b: &impl Operand,
+    c: &mut [f32],
+    ldc: usize,
+    start: Start,
+    scratch: &mut Scratch,
+) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() > (m - 1) * ldc + n - 1, "gemm: C too short");
+    if k == 0 {
+        if start == Start::Zero {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    assert!(b.covers(k, n), "gemm: B too short");
+    let shape = Shape { m, n, k, ldc, start };
+    let lhs: Lhs<'_, MatRef> = Lhs::Packed(&a.panels);
+    match a.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => blocked::<x86::Avx512, _>(shape, lhs, b, c, scratch),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => blocked::<x86::Avx2, _>(shape, lhs, b, c, scratch),
+        _ => blocked::<Portable, _>(shape, lhs, b, c, scratch),
+    }
+}
+
+/// The left operand of [`blocked`]: packed block by block as needed, or all at once.
+enum Lhs<'a, A> {
+    Raw(&'a A),
+    Packed(&'a [f32]),
 }
 
 #[derive(Clone, Copy)]
@@ -121,10 +262,17 @@ trait MicroKernel {
     unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
 }
 
-fn blocked<K: MicroKernel>(shape: Shape, a: MatRef, b: MatRef, c: &mut [f32], scratch: &mut Scratch) {
+fn blocked<K: MicroKernel, A: Operand>(
+    shape: Shape,
+    a: Lhs<'_, A>,
+    b: &impl Operand,
+    c: &mut [f32],
+    scratch: &mut Scratch,
+) {
     let Shape { m, n, k, ldc, start } = shape;
-    scratch.edge.resize(K::MR * K::NR, 0.0);
-    let edge = &mut scratch.edge;
+    let Scratch { a: a_buffer, b: b_buffer, edge } = scratch;
+    edge.resize(K::MR * K::NR, 0.0);
+    let m_padded = m.div_ceil(K::MR) * K::MR;
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(KC) {
@@ -132,16 +280,23 @@ fn blocked<K: MicroKernel>(shape: Shape, a: MatRef, b: MatRef, c: &mut [f32], sc
             // The first k-block starts the chains (from C or from zero); later blocks
             // always continue them from C.
             let load = pc > 0 || start == Start::Accumulate;
-            pack_b(b, pc, kc, jc, nc, K::NR, &mut scratch.b);
+            pack_b(b, pc, kc, jc, nc, K::NR, b_buffer);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                pack_a(a, ic, mc, pc, kc, K::MR, &mut scratch.a);
+                let a_block: &[f32] = match &a {
+                    Lhs::Raw(a) => {
+                        pack_a(*a, ic, mc, pc, kc, K::MR, a_buffer);
+                        a_buffer
+                    }
+                    // Same layout: k-block at pc * m_padded, panels of MR rows in it.
+                    Lhs::Packed(panels) => &panels[pc * m_padded + ic * kc..],
+                };
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = K::NR.min(nc - jr);
-                    let b_panel = &scratch.b[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
+                    let b_panel = &b_buffer[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
                     for ir in (0..mc).step_by(K::MR) {
                         let mr = K::MR.min(mc - ir);
-                        let a_panel = &scratch.a[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
+                        let a_panel = &a_block[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
                         let origin = (ic + ir) * ldc + jc + jr;
                         if mr == K::MR && nr == K::NR {
                             // SAFETY: the panels have the sizes `run` needs (sliced
@@ -175,7 +330,7 @@ fn blocked<K: MicroKernel>(shape: Shape, a: MatRef, b: MatRef, c: &mut [f32], sc
 
 /// Packs `A[i0..i0+mc][l0..l0+kc]` into panels of `mr` rows: `panel[l * mr + i]`,
 /// rows past `mc` zero.
-fn pack_a(a: MatRef, i0: usize, mc: usize, l0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
+fn pack_a(a: &impl Operand, i0: usize, mc: usize, l0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
     let panels = mc.div_ceil(mr);
     if out.len() < panels * kc * mr {
         out.resize(panels * kc * mr, 0.0);
@@ -188,24 +343,13 @@ fn pack_a(a: MatRef, i0: usize, mc: usize, l0: usize, kc: usize, mr: usize, out:
                 dst[l * mr + rows..(l + 1) * mr].fill(0.0);
             }
         }
-        for i in 0..rows {
-            let row = (i0 + panel * mr + i) * a.row_stride + l0 * a.col_stride;
-            if a.col_stride == 1 {
-                for (l, &value) in a.data[row..row + kc].iter().enumerate() {
-                    dst[l * mr + i] = value;
-                }
-            } else {
-                for l in 0..kc {
-                    dst[l * mr + i] = a.data[row + l * a.col_stride];
-                }
-            }
-        }
+        a.pack_rows(i0 + panel * mr, rows, l0, kc, mr, dst);
     }
 }
 
 /// Packs `B[l0..l0+kc][j0..j0+nc]` into panels of `nr` columns: `panel[l * nr + j]`,
 /// columns past `nc` zero.
-fn pack_b(b: MatRef, l0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
+fn pack_b(b: &impl Operand, l0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
     let panels = nc.div_ceil(nr);
     if out.len() < panels * kc * nr {
         out.resize(panels * kc * nr, 0.0);
@@ -218,20 +362,7 @@ fn pack_b(b: MatRef, l0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out:
                 dst[l * nr + cols..(l + 1) * nr].fill(0.0);
             }
         }
-        let first = (l0 * b.row_stride) + (j0 + panel * nr) * b.col_stride;
-        if b.col_stride == 1 {
-            for l in 0..kc {
-                let src = first + l * b.row_stride;
-                dst[l * nr..l * nr + cols].copy_from_slice(&b.data[src..src + cols]);
-            }
-        } else {
-            for j in 0..cols {
-                let column = first + j * b.col_stride;
-                for l in 0..kc {
-                    dst[l * nr + j] = b.data[column + l * b.row_stride];
-                }
-            }
-        }
+        b.pack_cols(l0, kc, j0 + panel * nr, cols, nr, dst);
     }
 }
 

@@ -25,15 +25,17 @@ fn planes_per_task(h: usize, w: usize) -> usize {
 
 /// Index within the 2x2 window at `(2 * oy, 2 * ox)` of its first maximum (a NaN
 /// counts as the maximum), as an offset into `plane`.
-#[inline]
+/// Written with selects, not branches: on real activations the comparisons are
+/// unpredictable.
+#[inline(always)]
 fn argmax(plane: &[f32], w: usize, oy: usize, ox: usize) -> usize {
     let top = 2 * oy * w + 2 * ox;
-    let mut best = top;
+    let (mut best, mut max) = (top, plane[top]);
     for offset in [top + 1, top + w, top + w + 1] {
         let value = plane[offset];
-        if value > plane[best] || (value.is_nan() && !plane[best].is_nan()) {
-            best = offset;
-        }
+        let wins = value > max || (value.is_nan() & !max.is_nan());
+        best = if wins { offset } else { best };
+        max = if wins { value } else { max };
     }
     best
 }

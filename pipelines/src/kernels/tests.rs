@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor, Var};
 
-use super::gemm::{gemm, gemm_acc, MatRef, Scratch, Start};
+use super::gemm::{gemm, gemm_acc, gemm_packed, MatRef, PackedA, Scratch, Start};
 use super::{conv2d, max_pool2d, Conv2dParams, Isa};
 use crate::rng::Rng;
 
@@ -296,15 +296,18 @@ fn every_instruction_set_gives_the_same_bits_as_the_defining_chain() {
             naive_chain(m, n, k, &a, &b, &mut expected);
             let mut c = start.clone();
             let (av, bv) = (MatRef::row_major(&a, k), MatRef::row_major(&b, n));
-            gemm_acc(m, n, k, av, bv, &mut c, n, &mut Scratch::default());
+            gemm_acc(m, n, k, &av, &bv, &mut c, n, &mut Scratch::default());
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&c), bits(&expected), "gemm {m}x{n}x{k} on {cap:?} ({:?} detected)", Isa::detect());
             // Starting from zero without reading C is starting from a zeroed C.
             let mut from_zero = vec![0f32; m * n];
             naive_chain(m, n, k, &a, &b, &mut from_zero);
             let mut c = start;
-            gemm(m, n, k, av, bv, &mut c, n, Start::Zero, &mut Scratch::default());
+            gemm(m, n, k, &av, &bv, &mut c, n, Start::Zero, &mut Scratch::default());
             assert_eq!(bits(&c), bits(&from_zero), "gemm (zero start) {m}x{n}x{k} on {cap:?}");
+            let mut c = vec![0f32; m * n];
+            gemm_packed(&PackedA::new(m, k, &av), n, &bv, &mut c, n, Start::Zero, &mut Scratch::default());
+            assert_eq!(bits(&c), bits(&from_zero), "gemm (packed A) {m}x{n}x{k} on {cap:?}");
         }
         // batch 8 of 28x28: the weight gradient's k (3,136 after stride 2) spans many k-blocks.
         results.push(network_bits(8, 28));
