@@ -163,6 +163,9 @@ struct Tables {
     padded_len: usize,
     /// The largest index read: the last pixel base plus the last tap offset.
     max_index: usize,
+    /// Output row length, when a stride of 1 makes each output row's pixels read
+    /// consecutive floats (so the gather can copy runs).
+    unit_stride_row: Option<usize>,
 }
 
 impl Tables {
@@ -175,7 +178,8 @@ impl Tables {
             .flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| ci * hp * wp + ky * wp + kx)))
             .collect();
         let max_index = pixel_base.last().copied().unwrap_or(0) + tap_offset.last().copied().unwrap_or(0);
-        Tables { pixel_base, tap_offset, padded_len: g.c_in * hp * wp, max_index }
+        let unit_stride_row = (g.stride == 1).then_some(g.w_out);
+        Tables { pixel_base, tap_offset, padded_len: g.c_in * hp * wp, max_index, unit_stride_row }
     }
 }
 
@@ -237,6 +241,17 @@ impl Im2col<'_> {
                 continue;
             }
             let offset = self.tables.tap_offset[t0 + t];
+            if let (1, Some(row_len)) = (p_stride, self.tables.unit_stride_row) {
+                // Consecutive pixels of one output row read consecutive floats.
+                let mut p = 0;
+                while p < np {
+                    let run = (row_len - (p0 + p) % row_len).min(np - p);
+                    let start = bases[p] + offset;
+                    copy_run(&self.padded[start..start + run], &mut row[p..p + run]);
+                    p += run;
+                }
+                continue;
+            }
             for (p, &base) in bases.iter().enumerate() {
                 // SAFETY: base + offset <= max_index < padded.len() (asserted above;
                 // `max_index` is the largest pixel base plus the largest tap offset), and
@@ -244,6 +259,22 @@ impl Im2col<'_> {
                 unsafe { *row.get_unchecked_mut(p * p_stride) = *self.padded.get_unchecked(base + offset) };
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for short runs, in fixed-size pieces (a variable-length
+/// copy becomes a `memcpy` call, which costs more than these few floats).
+#[inline(always)]
+fn copy_run(src: &[f32], dst: &mut [f32]) {
+    let mut chunks = dst.chunks_exact_mut(8).zip(src.chunks_exact(8));
+    for (d, s) in &mut chunks {
+        let d: &mut [f32; 8] = d.try_into().unwrap_or_else(|_| unreachable!());
+        let s: &[f32; 8] = s.try_into().unwrap_or_else(|_| unreachable!());
+        *d = *s;
+    }
+    let done = dst.len() / 8 * 8;
+    for (d, s) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = *s;
     }
 }
 

@@ -2,7 +2,7 @@
 //! backward. The gradient goes to the first maximum of each window in row-major
 //! order (PyTorch's choice; candle's own op splits it among tied maxima).
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Max over each 2x2 window, stride 2, of `x [batch, channels, h, w]`:
@@ -25,19 +25,60 @@ fn planes_per_task(h: usize, w: usize) -> usize {
 
 /// Index within the 2x2 window at `(2 * oy, 2 * ox)` of its first maximum (a NaN
 /// counts as the maximum), as an offset into `plane`.
-/// Written with selects, not branches: on real activations the comparisons are
-/// unpredictable.
+/// Whether `value` replaces `max` as a window's maximum in row-major order: it is
+/// larger, or the first NaN. Selects, not branches: on activations the comparisons
+/// are unpredictable.
 #[inline(always)]
-fn argmax(plane: &[f32], w: usize, oy: usize, ox: usize) -> usize {
-    let top = 2 * oy * w + 2 * ox;
-    let (mut best, mut max) = (top, plane[top]);
-    for offset in [top + 1, top + w, top + w + 1] {
-        let value = plane[offset];
-        let wins = value > max || (value.is_nan() & !max.is_nan());
-        best = if wins { offset } else { best };
-        max = if wins { value } else { max };
+fn wins(value: f32, max: f32) -> bool {
+    value > max || (value.is_nan() & !max.is_nan())
+}
+
+/// The maximum of the window `[a, b; c, d]` under [`wins`].
+#[inline(always)]
+fn window_max(a: f32, b: f32, c: f32, d: f32) -> f32 {
+    let mut max = a;
+    for value in [b, c, d] {
+        max = if wins(value, max) { value } else { max };
     }
-    best
+    max
+}
+
+/// One plane's pooling: `y[oy][ox]` from rows `2 oy` and `2 oy + 1`.
+fn pool_plane(plane: &[f32], w: usize, y_plane: &mut [f32], wo: usize) {
+    for (oy, out) in y_plane.chunks_exact_mut(wo).enumerate() {
+        let top = &plane[2 * oy * w..][..2 * wo];
+        let bottom = &plane[(2 * oy + 1) * w..][..2 * wo];
+        for ((o, t), b) in out.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+            *o = window_max(t[0], t[1], b[0], b[1]);
+        }
+    }
+}
+
+/// One plane's gradient: each window's `dy` to its first element equal to the
+/// forward maximum `y` (the one [`window_max`] picked: it only moves on to a later
+/// element that is strictly larger, or on the first NaN).
+fn unpool_plane(plane: &[f32], w: usize, y_plane: &[f32], dy_plane: &[f32], dx_plane: &mut [f32], wo: usize) {
+    for (oy, (y_row, dy_row)) in y_plane.chunks_exact(wo).zip(dy_plane.chunks_exact(wo)).enumerate() {
+        let (upper, lower) = dx_plane[2 * oy * w..].split_at_mut(w);
+        let (dx_top, dx_bottom) = (&mut upper[..2 * wo], &mut lower[..2 * wo]);
+        let top = &plane[2 * oy * w..][..2 * wo];
+        let bottom = &plane[(2 * oy + 1) * w..][..2 * wo];
+        for ox in 0..wo {
+            let (max, g) = (y_row[ox], dy_row[ox]);
+            let values = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
+            // NaN never equals itself: find a NaN maximum by position instead.
+            let hit = |v: f32| if max.is_nan() { v.is_nan() } else { v == max };
+            let first = [hit(values[0]), hit(values[1]), hit(values[2]), hit(values[3])];
+            let e0 = first[0];
+            let e1 = first[1] & !e0;
+            let e2 = first[2] & !(e0 | e1);
+            let e3 = !(e0 | e1 | e2);
+            dx_top[2 * ox] = if e0 { g } else { 0.0 };
+            dx_top[2 * ox + 1] = if e1 { g } else { 0.0 };
+            dx_bottom[2 * ox] = if e2 { g } else { 0.0 };
+            dx_bottom[2 * ox + 1] = if e3 { g } else { 0.0 };
+        }
+    }
 }
 
 fn dims(layout: &Layout) -> Result<(usize, usize, usize)> {
@@ -68,11 +109,7 @@ impl CustomOp1 for MaxPool2x2 {
             y.par_chunks_mut(per_task * ho * wo).enumerate().for_each(|(task, y_chunk)| {
                 for (i, y_plane) in y_chunk.chunks_exact_mut(ho * wo).enumerate() {
                     let plane = &x[(task * per_task + i) * h * w..][..h * w];
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            y_plane[oy * wo + ox] = plane[argmax(plane, w, oy, ox)];
-                        }
-                    }
+                    pool_plane(plane, w, y_plane, wo);
                 }
             });
         }
@@ -80,25 +117,33 @@ impl CustomOp1 for MaxPool2x2 {
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &MaxPool2x2Grad)?))
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op3_no_bwd(&y.contiguous()?, &dy.contiguous()?, &MaxPool2x2Grad)?))
     }
 }
 
-/// `(x, dy) -> dx`: each window's gradient to its first maximum.
+/// `(x, y, dy) -> dx`: each window's gradient to its first maximum.
 struct MaxPool2x2Grad;
 
-impl CustomOp2 for MaxPool2x2Grad {
+impl CustomOp3 for MaxPool2x2Grad {
     fn name(&self) -> &'static str {
         "pipe-max-pool-2x2-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (planes, h, w) = dims(l1)?;
-        let (x, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (x, y, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (ho, wo) = (h / 2, w / 2);
-        if dy.len() != planes * ho * wo {
-            bail!("max_pool2d backward: gradient {:?} does not match input {:?}", l2.dims(), l1.dims())
+        if y.len() != planes * ho * wo || dy.len() != y.len() {
+            bail!("max_pool2d backward: output {:?} or gradient {:?} do not match input {:?}", l2.dims(), l3.dims(), l1.dims())
         }
         let mut dx = vec![0f32; planes * h * w];
         if ho * wo > 0 {
@@ -107,12 +152,8 @@ impl CustomOp2 for MaxPool2x2Grad {
                 for (i, dx_plane) in dx_chunk.chunks_exact_mut(h * w).enumerate() {
                     let index = task * per_task + i;
                     let plane = &x[index * h * w..][..h * w];
-                    let dy_plane = &dy[index * ho * wo..][..ho * wo];
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            dx_plane[argmax(plane, w, oy, ox)] = dy_plane[oy * wo + ox];
-                        }
-                    }
+                    let (y_plane, dy_plane) = (&y[index * ho * wo..][..ho * wo], &dy[index * ho * wo..][..ho * wo]);
+                    unpool_plane(plane, w, y_plane, dy_plane, dx_plane, wo);
                 }
             });
         }

@@ -234,6 +234,12 @@ fn max_pool_gradient_goes_to_the_first_of_tied_maxima() {
     let x = Var::from_vec(vec![1f32, 3.0, 3.0, 3.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
     let grads = max_pool2d(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(values(grads.get(&x).unwrap()), [0.0, 1.0, 0.0, 0.0]);
+    // A NaN is the maximum (it propagates), and the first NaN takes the gradient.
+    let x = Var::from_vec(vec![1f32, f32::NAN, f32::NAN, 2.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
+    let y = max_pool2d(x.as_tensor()).unwrap();
+    assert!(values(&y)[0].is_nan());
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(values(grads.get(&x).unwrap()), [0.0, 1.0, 0.0, 0.0]);
 }
 
 /// A small digits-CNN-like graph: conv-relu-conv(stride 2)-relu-pool, its output and
