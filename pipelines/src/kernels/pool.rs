@@ -29,8 +29,11 @@ fn planes_per_task(h: usize, w: usize) -> usize {
 /// larger, or the first NaN. Selects, not branches: on activations the comparisons
 /// are unpredictable.
 #[inline(always)]
+#[allow(clippy::eq_op, clippy::neg_cmp_op_on_partial_ord)]
 fn wins(value: f32, max: f32) -> bool {
-    value > max || (value.is_nan() & !max.is_nan())
+    // = value > max, or value is NaN while max is not; `&` on two comparisons (no
+    // short-circuit) so that the loop vectorises.
+    !(value <= max) & (max == max)
 }
 
 /// The maximum of the window `[a, b; c, d]` under [`wins`].
@@ -54,6 +57,20 @@ fn pool_plane(plane: &[f32], w: usize, y_plane: &mut [f32], wo: usize) {
     }
 }
 
+/// The gradient `g` of window `[a, b; c, d]` with maximum `max`, sent to the first
+/// element equal to `max` (the first NaN if `max` is NaN).
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn route(a: f32, b: f32, c: f32, d: f32, max: f32, g: f32) -> [f32; 4] {
+    let _ = d;
+    let hit = |v: f32| (v == max) | ((v != v) & (max != max));
+    let e0 = hit(a);
+    let e1 = hit(b) & !e0;
+    let e2 = hit(c) & !(e0 | e1);
+    let e3 = !(e0 | e1 | e2);
+    [if e0 { g } else { 0.0 }, if e1 { g } else { 0.0 }, if e2 { g } else { 0.0 }, if e3 { g } else { 0.0 }]
+}
+
 /// One plane's gradient: each window's `dy` to its first element equal to the
 /// forward maximum `y` (the one [`window_max`] picked: it only moves on to a later
 /// element that is strictly larger, or on the first NaN).
@@ -63,20 +80,26 @@ fn unpool_plane(plane: &[f32], w: usize, y_plane: &[f32], dy_plane: &[f32], dx_p
         let (dx_top, dx_bottom) = (&mut upper[..2 * wo], &mut lower[..2 * wo]);
         let top = &plane[2 * oy * w..][..2 * wo];
         let bottom = &plane[(2 * oy + 1) * w..][..2 * wo];
-        for ox in 0..wo {
-            let (max, g) = (y_row[ox], dy_row[ox]);
-            let values = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
-            // NaN never equals itself: find a NaN maximum by position instead.
-            let hit = |v: f32| if max.is_nan() { v.is_nan() } else { v == max };
-            let first = [hit(values[0]), hit(values[1]), hit(values[2]), hit(values[3])];
-            let e0 = first[0];
-            let e1 = first[1] & !e0;
-            let e2 = first[2] & !(e0 | e1);
-            let e3 = !(e0 | e1 | e2);
-            dx_top[2 * ox] = if e0 { g } else { 0.0 };
-            dx_top[2 * ox + 1] = if e1 { g } else { 0.0 };
-            dx_bottom[2 * ox] = if e2 { g } else { 0.0 };
-            dx_bottom[2 * ox + 1] = if e3 { g } else { 0.0 };
+        // Four windows at a time in fixed-size arrays (the rows are too short, 7 to 14
+        // windows, for the loop vectoriser's unrolled loop), then the rest one by one.
+        let quads = wo / 4;
+        for q in 0..quads {
+            let t: &[f32; 8] = top[8 * q..8 * q + 8].try_into().unwrap_or_else(|_| unreachable!());
+            let b: &[f32; 8] = bottom[8 * q..8 * q + 8].try_into().unwrap_or_else(|_| unreachable!());
+            let m: &[f32; 4] = y_row[4 * q..4 * q + 4].try_into().unwrap_or_else(|_| unreachable!());
+            let g: &[f32; 4] = dy_row[4 * q..4 * q + 4].try_into().unwrap_or_else(|_| unreachable!());
+            let mut out_top = [0f32; 8];
+            let mut out_bottom = [0f32; 8];
+            for i in 0..4 {
+                let d = route(t[2 * i], t[2 * i + 1], b[2 * i], b[2 * i + 1], m[i], g[i]);
+                (out_top[2 * i], out_top[2 * i + 1], out_bottom[2 * i], out_bottom[2 * i + 1]) = (d[0], d[1], d[2], d[3]);
+            }
+            dx_top[8 * q..8 * q + 8].copy_from_slice(&out_top);
+            dx_bottom[8 * q..8 * q + 8].copy_from_slice(&out_bottom);
+        }
+        for ox in 4 * quads..wo {
+            let d = route(top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1], y_row[ox], dy_row[ox]);
+            (dx_top[2 * ox], dx_top[2 * ox + 1], dx_bottom[2 * ox], dx_bottom[2 * ox + 1]) = (d[0], d[1], d[2], d[3]);
         }
     }
 }
