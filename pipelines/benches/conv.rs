@@ -4,7 +4,8 @@
 //!
 //! Run: `RAYON_NUM_THREADS=1 cargo bench -p pipelines --bench conv [-- OPTIONS]`
 //! (threads as `pipe` sets them). Options: `--models digits,fashion`,
-//! `--backends candle,ours`, `--rounds 5`, `--secs 1.0`, `--no-peak`;
+//! `--backends candle,ours,ours-unfused` (ours fuses conv, bias, ReLU and pooling into
+//! one op; ours-unfused pools with a separate op), `--rounds 5`, `--secs 1.0`, `--no-peak`;
 //! `PIPE_KERNELS_ISA=avx2|scalar` caps our kernels' instruction set (same bits).
 //! The PyTorch peer for the same models is `peers/bench_torch_conv.py`.
 
@@ -27,6 +28,7 @@ const BATCH: usize = 64;
 enum Backend {
     Candle,
     Ours,
+    OursUnfused,
 }
 
 /// A conv layer `c_in -> c_out`, 3x3, padding 1, then ReLU and, if `pool`, 2x2 max-pool.
@@ -125,21 +127,35 @@ impl Model for ConvNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let batch = x.dim(0)?;
         let mut h = x.reshape((batch, 1, self.spec.side, self.spec.side))?;
-        let same_relu = Conv2dParams { padding: 1, stride: 1, relu: true };
         for ((weight, bias), layer) in self.convs.iter().zip(self.spec.layers) {
             h = match self.backend {
-                Backend::Candle => h
-                    .conv2d(weight.as_tensor(), 1, 1, 1, 1)?
-                    .broadcast_add(&bias.as_tensor().reshape((1, layer.c_out, 1, 1))?)?
-                    .relu()?,
-                Backend::Ours => kernels::conv2d(&h, weight.as_tensor(), Some(bias.as_tensor()), same_relu)?,
+                Backend::Candle => {
+                    let h = h
+                        .conv2d(weight.as_tensor(), 1, 1, 1, 1)?
+                        .broadcast_add(&bias.as_tensor().reshape((1, layer.c_out, 1, 1))?)?
+                        .relu()?;
+                    if layer.pool {
+                        h.max_pool2d(2)?
+                    } else {
+                        h
+                    }
+                }
+                // conv + bias + ReLU (+ 2x2 max-pool) as one op.
+                Backend::Ours => {
+                    let params = Conv2dParams { padding: 1, stride: 1, relu: true, pool: layer.pool };
+                    kernels::conv2d(&h, weight.as_tensor(), Some(bias.as_tensor()), params)?
+                }
+                // The same with the pooling as its own op.
+                Backend::OursUnfused => {
+                    let params = Conv2dParams { padding: 1, stride: 1, relu: true, pool: false };
+                    let h = kernels::conv2d(&h, weight.as_tensor(), Some(bias.as_tensor()), params)?;
+                    if layer.pool {
+                        kernels::max_pool2d(&h)?
+                    } else {
+                        h
+                    }
+                }
             };
-            if layer.pool {
-                h = match self.backend {
-                    Backend::Candle => h.max_pool2d(2)?,
-                    Backend::Ours => kernels::max_pool2d(&h)?,
-                };
-            }
         }
         let h = h.flatten_from(1)?;
         // As in `model::Mlp`: the bias as a product, so its gradient is a matmul too.
@@ -278,7 +294,8 @@ fn options() -> std::result::Result<Options, String> {
                     .map(|b| match b {
                         "candle" => Ok(Backend::Candle),
                         "ours" => Ok(Backend::Ours),
-                        other => Err(format!("unknown backend {other}, expected candle or ours")),
+                        "ours-unfused" => Ok(Backend::OursUnfused),
+                        other => Err(format!("unknown backend {other}, expected candle, ours or ours-unfused")),
                     })
                     .collect::<std::result::Result<_, _>>()?
             }

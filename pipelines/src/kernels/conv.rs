@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -20,11 +21,15 @@ pub struct Conv2dParams {
     /// separate ReLU node: its forward pass and a backward of four tensor passes.
     /// ReLU's gradient at exactly 0 is taken as 0 (PyTorch's choice); NaN stays NaN.
     pub relu: bool,
+    /// Then 2x2 max-pooling with stride 2 inside the op, as [`super::max_pool2d`]
+    /// does it: the full-resolution activation is never stored (the op keeps which
+    /// element of each window won, one byte per pooled output, for its backward).
+    pub pool: bool,
 }
 
 impl Default for Conv2dParams {
     fn default() -> Conv2dParams {
-        Conv2dParams { padding: 0, stride: 1, relu: false }
+        Conv2dParams { padding: 0, stride: 1, relu: false, pool: false }
     }
 }
 
@@ -35,6 +40,8 @@ struct Workspace {
     gemm: Scratch,
     columns: Vec<f32>,
     padded: Vec<f32>,
+    /// One sample's full-resolution activation, for the pooled forward.
+    activation: Vec<f32>,
 }
 
 thread_local! {
@@ -69,10 +76,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2d
             Some(bias) => y.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?,
             None => y,
         };
-        return if params.relu { y.relu() } else { Ok(y) };
+        let y = if params.relu { y.relu()? } else { y };
+        return if params.pool { y.max_pool2d(2) } else { Ok(y) };
     }
     let geometry = Geometry::new(x.dims(), weight.dims(), params)?;
-    let op = Conv2d { params };
+    let op = Conv2d { params, winners: Mutex::default() };
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
         Some(bias) => {
@@ -102,8 +110,9 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
+    /// The convolution's sizes (`params.relu` and `params.pool` do not change them;
+    /// see [`Geometry::pooled`]).
     pub fn new(x: &[usize], weight: &[usize], params: Conv2dParams) -> Result<Geometry> {
-        // (`params.relu` does not change any size.)
         let (&[batch, c_in, h, w], &[c_out, c_in_w, kh, kw]) = (x, weight) else {
             bail!("conv2d: input {x:?} and weight {weight:?} must both be 4-d (NCHW, OIHW)")
         };
@@ -130,6 +139,12 @@ impl Geometry {
             h_out: (h_pad - kh) / params.stride + 1,
             w_out: (w_pad - kw) / params.stride + 1,
         })
+    }
+
+    /// Pooled output rows and columns (2x2, stride 2; an odd last row or column is
+    /// dropped).
+    fn pooled(&self) -> (usize, usize) {
+        (self.h_out / 2, self.w_out / 2)
     }
 
     /// Output pixels per channel.
@@ -332,6 +347,71 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
     Ok(&data[start..end])
 }
 
+/// Forward, fused with 2x2 max-pooling: each sample's activation goes through a
+/// per-thread buffer; returns the pooled output and each window's winner.
+fn forward_pooled(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, relu: bool) -> (Vec<f32>, Vec<u8>) {
+    let (ho, wo) = g.pooled();
+    let per_sample = g.c_out * ho * wo;
+    let mut y = vec![0f32; g.batch * per_sample];
+    let mut winners = vec![0u8; g.batch * per_sample];
+    if per_sample == 0 {
+        return (y, winners);
+    }
+    let tables = Tables::new(g);
+    let weight = PackedA::new(g.c_out, g.taps(), &MatRef::row_major(weight, g.taps()));
+    let chunks = y.par_chunks_mut(per_sample).zip(winners.par_chunks_mut(per_sample));
+    chunks.enumerate().for_each(|(n, (y_n, winners_n))| {
+        with_workspace(|workspace| {
+            let mut full = std::mem::take(&mut workspace.activation);
+            full.resize(g.c_out * g.pixels(), 0.0);
+            forward_sample(g, &tables, &weight, &x[n * g.image()..(n + 1) * g.image()], bias, relu, &mut full, workspace);
+            let planes = full.chunks_exact(g.pixels()).zip(y_n.chunks_exact_mut(ho * wo));
+            for ((plane, y_plane), codes) in planes.zip(winners_n.chunks_exact_mut(ho * wo)) {
+                super::pool::pool_plane_recording(plane, g.w_out, y_plane, codes, wo);
+            }
+            workspace.activation = full;
+        })
+    });
+    (y, winners)
+}
+
+/// One sample's `y_n = bias + weight · im2col(image)` (then ReLU if `relu`).
+#[allow(clippy::too_many_arguments)]
+fn forward_sample(
+    g: &Geometry,
+    tables: &Tables,
+    weight: &PackedA,
+    image: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y_n: &mut [f32],
+    workspace: &mut Workspace,
+) {
+    let pixels = g.pixels();
+    let start = match bias {
+        Some(bias) => {
+            for (row, &b) in y_n.chunks_exact_mut(pixels).zip(bias) {
+                row.fill(b);
+            }
+            Start::Accumulate
+        }
+        None => Start::Zero,
+    };
+    if g.is_pointwise() {
+        let b = MatRef::row_major(image, pixels);
+        gemm_packed(weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
+    } else {
+        let padded = pad_image(g, image, &mut workspace.padded);
+        let b = Im2col { padded, tables, ones: false, transposed: false };
+        gemm_packed(weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
+    }
+    if relu {
+        // Not `max(0.0)`: a NaN must survive for the non-finite guard. A select,
+        // not a branch (signs are random: a branch would mispredict).
+        y_n.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+    }
+}
+
 /// Forward: `y[n] = bias + weight · im2col(x[n])` (then ReLU if `relu`), parallel
 /// over samples.
 fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
@@ -344,32 +424,35 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, relu: 
     let weight = PackedA::new(g.c_out, taps, &MatRef::row_major(weight, taps));
     y.par_chunks_mut(g.c_out * pixels).enumerate().for_each(|(n, y_n)| {
         with_workspace(|workspace| {
-            let start = match bias {
-                Some(bias) => {
-                    for (row, &b) in y_n.chunks_exact_mut(pixels).zip(bias) {
-                        row.fill(b);
-                    }
-                    Start::Accumulate
-                }
-                None => Start::Zero,
-            };
             let image = &x[n * g.image()..(n + 1) * g.image()];
-            if g.is_pointwise() {
-                let b = MatRef::row_major(image, pixels);
-                gemm_packed(&weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
-            } else {
-                let padded = pad_image(g, image, &mut workspace.padded);
-                let b = Im2col { padded, tables: &tables, ones: false, transposed: false };
-                gemm_packed(&weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
-            }
-            if relu {
-                // Not `max(0.0)`: a NaN must survive for the non-finite guard. A select,
-                // not a branch (signs are random: a branch would mispredict).
-                y_n.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
-            }
+            forward_sample(g, &tables, &weight, image, bias, relu, y_n, workspace);
         })
     });
     y
+}
+
+/// The pooled op's backward into the full-resolution gradient: each window's `dy`
+/// to its winner (0 where the pooled ReLU output is not positive), zero elsewhere.
+fn unpool(g: &Geometry, dy: &[f32], y: &[f32], winners: &[u8], relu: bool) -> Vec<f32> {
+    let (ho, wo) = g.pooled();
+    let (pixels, pooled) = (g.pixels(), ho * wo);
+    let mut full = vec![0f32; g.batch * g.c_out * pixels];
+    if pooled == 0 {
+        return full;
+    }
+    full.par_chunks_mut(pixels).enumerate().for_each(|(plane, out)| {
+        let range = plane * pooled..(plane + 1) * pooled;
+        let (dy, y, winners) = (&dy[range.clone()], &y[range.clone()], &winners[range]);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let i = oy * wo + ox;
+                let keep = !relu || y[i] > 0.0;
+                let code = usize::from(winners[i]);
+                out[(2 * oy + code / 2) * g.w_out + 2 * ox + code % 2] = if keep { dy[i] } else { 0.0 };
+            }
+        }
+    });
+    full
 }
 
 /// `dy` where the ReLU output `y` is positive, else 0.
@@ -517,6 +600,9 @@ impl<T: Operand> Operand for Shifted<'_, T> {
 /// The differentiable op: `(x, weight)` or `(x, weight, bias)`.
 struct Conv2d {
     params: Conv2dParams,
+    /// With `params.pool`: each pooled output's winning window element, written by
+    /// the forward pass for the backward pass (one op value per application).
+    winners: Mutex<Option<Arc<Vec<u8>>>>,
 }
 
 impl Conv2d {
@@ -528,6 +614,12 @@ impl Conv2d {
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(x.1.dims(), w.1.dims(), self.params)?;
         let (x, w) = (f32_slice(x.0, x.1, "conv2d")?, f32_slice(w.0, w.1, "conv2d")?);
+        if self.params.pool {
+            let (y, winners) = forward_pooled(&g, x, w, bias, self.params.relu);
+            *self.winners.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(winners));
+            let (ho, wo) = g.pooled();
+            return Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, ho, wo))));
+        }
         let y = forward(&g, x, w, bias, self.params.relu);
         Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
     }
@@ -536,7 +628,15 @@ impl Conv2d {
     fn grads(&self, x: &Tensor, w: &Tensor, y: &Tensor, dy: &Tensor, with_bias: bool, wants_weight: bool) -> Result<Grads> {
         let g = Geometry::new(x.dims(), w.dims(), self.params)?;
         let dy = dy.contiguous()?;
-        let dy = if self.params.relu { dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)? } else { dy };
+        let dy = if self.params.pool {
+            let winners = self.winners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(winners) = winners else { bail!("conv2d backward: the pooled forward left no winners") };
+            dy.apply_op2_no_bwd(&y.contiguous()?, &Unpool { geometry: g, winners, relu: self.params.relu })?
+        } else if self.params.relu {
+            dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)?
+        } else {
+            dy
+        };
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGrad { geometry: g })?) } else { None };
         if !wants_weight {
             return Ok(Grads { dx, dw: None, db: None });
@@ -661,5 +761,31 @@ impl CustomOp2 for ReluMask {
             bail!("relu backward: gradient {:?} does not match output {:?}", l1.dims(), l2.dims())
         }
         Ok((CpuStorage::F32(relu_mask(dy, y)), l1.shape().clone()))
+    }
+}
+
+/// `(dy, y) -> dy_full`: the fused pooling's (and ReLU's) backward, no backward of
+/// its own.
+struct Unpool {
+    geometry: Geometry,
+    winners: Arc<Vec<u8>>,
+    relu: bool,
+}
+
+impl CustomOp2 for Unpool {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-unpool"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (dy, y) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
+        let (ho, wo) = g.pooled();
+        let len = g.batch * g.c_out * ho * wo;
+        if dy.len() != len || y.len() != len || self.winners.len() != len {
+            bail!("conv2d backward: pooled gradient {:?} or output {:?} do not match {g:?}", l1.dims(), l2.dims())
+        }
+        let full = unpool(g, dy, y, &self.winners, self.relu);
+        Ok((CpuStorage::F32(full), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
     }
 }

@@ -71,6 +71,24 @@ fn route(a: f32, b: f32, c: f32, d: f32, max: f32, g: f32) -> [f32; 4] {
     [if e0 { g } else { 0.0 }, if e1 { g } else { 0.0 }, if e2 { g } else { 0.0 }, if e3 { g } else { 0.0 }]
 }
 
+/// [`pool_plane`] that also records which element of each window was the maximum
+/// (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right), for a fused backward.
+pub(crate) fn pool_plane_recording(plane: &[f32], w: usize, y_plane: &mut [f32], codes: &mut [u8], wo: usize) {
+    for (oy, (out, code_row)) in y_plane.chunks_exact_mut(wo).zip(codes.chunks_exact_mut(wo)).enumerate() {
+        let top = &plane[2 * oy * w..][..2 * wo];
+        let bottom = &plane[(2 * oy + 1) * w..][..2 * wo];
+        for (((o, c), t), b) in out.iter_mut().zip(code_row).zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+            let (mut max, mut code) = (t[0], 0u8);
+            for (value, position) in [(t[1], 1u8), (b[0], 2), (b[1], 3)] {
+                let better = wins(value, max);
+                max = if better { value } else { max };
+                code = if better { position } else { code };
+            }
+            (*o, *c) = (max, code);
+        }
+    }
+}
+
 /// One plane's gradient: each window's `dy` to its first element equal to the
 /// forward maximum `y` (the one [`window_max`] picked: it only moves on to a later
 /// element that is strictly larger, or on the first NaN).

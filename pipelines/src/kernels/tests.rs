@@ -58,7 +58,7 @@ struct Inputs {
 
 fn inputs(case: Case, tag: &str) -> Inputs {
     let (batch, c_in, h, w, c_out, k, padding, stride) = case;
-    let params = Conv2dParams { padding, stride, relu: false };
+    let params = Conv2dParams { padding, stride, relu: false, pool: false };
     let x = Var::from_tensor(&tensor(&[batch, c_in, h, w], &format!("{tag}/x"))).unwrap();
     let wt = Var::from_tensor(&tensor(&[c_out, c_in, k, k], &format!("{tag}/w"))).unwrap();
     let b = Var::from_tensor(&tensor(&[c_out], &format!("{tag}/b"))).unwrap();
@@ -76,8 +76,12 @@ fn run(inputs: &Inputs, ours: bool) -> [Vec<f32>; 4] {
     } else {
         let y = x.as_tensor().conv2d(w.as_tensor(), params.padding, params.stride, 1, 1).unwrap();
         let y = y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1)).unwrap()).unwrap();
-        if params.relu {
-            y.relu().unwrap()
+        let y = if params.relu { y.relu().unwrap() } else { y };
+        if params.pool {
+            // Not candle's max_pool2d backward (see the pooling test): reshape + max.
+            let (n, c, h, w) = y.dims4().unwrap();
+            let even = y.narrow(2, 0, h / 2 * 2).unwrap().narrow(3, 0, w / 2 * 2).unwrap();
+            even.reshape((n, c, h / 2, 2, w / 2, 2)).unwrap().max(5).unwrap().max(3).unwrap()
         } else {
             y
         }
@@ -91,13 +95,18 @@ fn run(inputs: &Inputs, ours: bool) -> [Vec<f32>; 4] {
 #[test]
 fn conv2d_matches_candle_in_value_and_gradients() {
     for (i, case) in CASES.into_iter().enumerate() {
-        for relu in [false, true] {
+        for (relu, pool) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut inputs = inputs(case, &format!("candle/{i}"));
             inputs.params.relu = relu;
+            inputs.params.pool = pool;
+            if pool {
+                let d = inputs.r.dims4().unwrap();
+                inputs.r = tensor(&[d.0, d.1, d.2 / 2, d.3 / 2], &format!("candle/{i}/pooled-r"));
+            }
             let ours = run(&inputs, true);
             let reference = run(&inputs, false);
             for (name, (a, b)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&reference)) {
-                assert_close(&format!("case {case:?} relu {relu} {name}"), a, b, 1e-5);
+                assert_close(&format!("case {case:?} relu {relu} pool {pool} {name}"), a, b, 1e-5);
             }
         }
     }
@@ -250,15 +259,17 @@ fn network_bits(batch: usize, size: usize) -> Vec<Vec<u32>> {
     let b1 = Var::from_tensor(&tensor(&[16], "net/b1")).unwrap();
     let w2 = Var::from_tensor(&tensor(&[20, 16, 3, 3], "net/w2")).unwrap();
     let b2 = Var::from_tensor(&tensor(&[20], "net/b2")).unwrap();
-    let h = conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), Conv2dParams { padding: 1, stride: 1, relu: true }).unwrap();
-    let h = conv2d(&h, w2.as_tensor(), Some(b2.as_tensor()), Conv2dParams { padding: 1, stride: 2, relu: true })
+    let h = conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), Conv2dParams { padding: 1, stride: 1, relu: true, pool: false }).unwrap();
+    let h = conv2d(&h, w2.as_tensor(), Some(b2.as_tensor()), Conv2dParams { padding: 1, stride: 2, relu: true, pool: false })
         .unwrap();
     let y = max_pool2d(&h).unwrap();
+    let w3 = Var::from_tensor(&tensor(&[8, 20, 3, 3], "net/w3")).unwrap();
+    let y = conv2d(&y, w3.as_tensor(), None, Conv2dParams { padding: 1, stride: 1, relu: true, pool: true }).unwrap();
     let r = tensor(y.dims(), "net/r");
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
     let mut out = vec![bits(&y)];
-    out.extend([&w1, &b1, &w2, &b2].iter().map(|v| bits(grads.get(v).unwrap())));
+    out.extend([&w1, &b1, &w2, &b2, &w3].iter().map(|v| bits(grads.get(v).unwrap())));
     out
 }
 
