@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{gemm_acc, gemm_packed, MatRef, Operand, PackedA, Scratch, Start};
+use super::gemm::{copy_short, gemm_acc, gemm_packed, MatRef, Operand, PackedA, Scratch, Start};
 
 /// Stride and zero padding, the same on both spatial axes, and an optional fused ReLU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,49 +247,71 @@ impl Im2col<'_> {
         assert!((nt - 1) * t_stride + (np - 1) * p_stride < dst.len(), "im2col: destination too short");
         assert!(self.padded.len() > self.tables.max_index, "im2col: padded image too short");
         let bases = &self.tables.pixel_base[p0..p0 + np];
-        for t in 0..nt {
-            let row = &mut dst[t * t_stride..];
-            if t0 + t == real {
-                for p in 0..np {
-                    row[p * p_stride] = 1.0;
-                }
-                continue;
+        // The ones row (the bias column), if it is in range, is written separately.
+        let ones_at = (t0..t0 + nt).contains(&real).then(|| real - t0);
+        if let Some(t) = ones_at {
+            for p in 0..np {
+                dst[t * t_stride + p * p_stride] = 1.0;
             }
-            let offset = self.tables.tap_offset[t0 + t];
-            if let (1, Some(row_len)) = (p_stride, self.tables.unit_stride_row) {
-                // Consecutive pixels of one output row read consecutive floats.
-                let mut p = 0;
-                while p < np {
-                    let run = (row_len - (p0 + p) % row_len).min(np - p);
-                    let start = bases[p] + offset;
-                    copy_run(&self.padded[start..start + run], &mut row[p..p + run]);
-                    p += run;
+        }
+        let taps = &self.tables.tap_offset[t0.min(real)..(t0 + nt).min(real)];
+        match (p_stride, self.tables.unit_stride_row) {
+            (1, Some(row_len)) => {
+                // Consecutive pixels of one output row read consecutive floats: copy runs.
+                // The first run ends where p0's output row does; the others are whole
+                // rows (no division per run).
+                let first_run = row_len - p0 % row_len;
+                for (t, &offset) in taps.iter().enumerate() {
+                    let row = &mut dst[t * t_stride..];
+                    let (mut p, mut run) = (0, first_run.min(np));
+                    while p < np {
+                        let start = bases[p] + offset;
+                        copy_short(&self.padded[start..start + run], &mut row[p..p + run]);
+                        p += run;
+                        run = row_len.min(np - p);
+                    }
                 }
-                continue;
             }
-            for (p, &base) in bases.iter().enumerate() {
-                // SAFETY: base + offset <= max_index < padded.len() (asserted above;
-                // `max_index` is the largest pixel base plus the largest tap offset), and
-                // p * p_stride <= (np - 1) * p_stride < row.len() (asserted above).
-                unsafe { *row.get_unchecked_mut(p * p_stride) = *self.padded.get_unchecked(base + offset) };
+            (1, None) => {
+                for (t, &offset) in taps.iter().enumerate() {
+                    let row = &mut dst[t * t_stride..t * t_stride + np];
+                    for (value, &base) in row.iter_mut().zip(bases) {
+                        // SAFETY: base + offset <= max_index < padded.len() (asserted).
+                        *value = unsafe { *self.padded.get_unchecked(base + offset) };
+                    }
+                }
+            }
+            _ => {
+                // Pixel-major, so that each pixel's taps are written contiguously when
+                // t_stride is 1 (the weight gradient's transposed panels).
+                for (p, &base) in bases.iter().enumerate() {
+                    let src = &self.padded[base..];
+                    for (t, &offset) in taps.iter().enumerate() {
+                        // SAFETY: base + offset <= max_index < padded.len(), and the
+                        // destination index is within the bound asserted above.
+                        unsafe { *dst.get_unchecked_mut(t * t_stride + p * p_stride) = *src.get_unchecked(offset) };
+                    }
+                }
             }
         }
     }
 }
 
-/// `dst.copy_from_slice(src)` for short runs, in fixed-size pieces (a variable-length
-/// copy becomes a `memcpy` call, which costs more than these few floats).
+/// `dst[i] += src[i]` for short runs, eight at a time in fixed-size arrays (the rows
+/// are too short for the loop vectoriser's unrolled loop).
 #[inline(always)]
-fn copy_run(src: &[f32], dst: &mut [f32]) {
+fn add_run(src: &[f32], dst: &mut [f32]) {
     let mut chunks = dst.chunks_exact_mut(8).zip(src.chunks_exact(8));
     for (d, s) in &mut chunks {
         let d: &mut [f32; 8] = d.try_into().unwrap_or_else(|_| unreachable!());
         let s: &[f32; 8] = s.try_into().unwrap_or_else(|_| unreachable!());
-        *d = *s;
+        for i in 0..8 {
+            d[i] += s[i];
+        }
     }
     let done = dst.len() / 8 * 8;
     for (d, s) in dst[done..].iter_mut().zip(&src[done..]) {
-        *d = *s;
+        *d += *s;
     }
 }
 
@@ -327,8 +349,18 @@ fn col2im(g: &Geometry, tables: &Tables, columns: &[f32], padded: &mut Vec<f32>,
     padded.resize(tables.padded_len, 0.0);
     for (row, &offset) in columns.chunks_exact(pixels).zip(&tables.tap_offset) {
         let dst = &mut padded[offset..];
-        for (&value, &base) in row.iter().zip(&tables.pixel_base) {
-            dst[base] += value;
+        match tables.unit_stride_row {
+            // Each output row adds into consecutive floats.
+            Some(row_len) => {
+                for (src, &base) in row.chunks_exact(row_len).zip(tables.pixel_base.iter().step_by(row_len)) {
+                    add_run(src, &mut dst[base..base + row_len]);
+                }
+            }
+            None => {
+                for (&value, &base) in row.iter().zip(&tables.pixel_base) {
+                    dst[base] += value;
+                }
+            }
         }
     }
     let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
@@ -443,12 +475,18 @@ fn unpool(g: &Geometry, dy: &[f32], y: &[f32], winners: &[u8], relu: bool) -> Ve
     full.par_chunks_mut(pixels).enumerate().for_each(|(plane, out)| {
         let range = plane * pooled..(plane + 1) * pooled;
         let (dy, y, winners) = (&dy[range.clone()], &y[range.clone()], &winners[range]);
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let i = oy * wo + ox;
-                let keep = !relu || y[i] > 0.0;
-                let code = usize::from(winners[i]);
-                out[(2 * oy + code / 2) * g.w_out + 2 * ox + code % 2] = if keep { dy[i] } else { 0.0 };
+        let rows = dy.chunks_exact(wo).zip(y.chunks_exact(wo)).zip(winners.chunks_exact(wo));
+        for (oy, ((dy_row, y_row), code_row)) in rows.enumerate() {
+            let (upper, lower) = out[2 * oy * g.w_out..].split_at_mut(g.w_out);
+            let (top, bottom) = (&mut upper[..2 * wo], &mut lower[..2 * wo]);
+            let windows = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+            for ((t, b), ((&g, &y), &code)) in windows.zip(dy_row.iter().zip(y_row).zip(code_row)) {
+                // Selects: all four positions written, the winner gets the gradient.
+                let g = if !relu || y > 0.0 { g } else { 0.0 };
+                t[0] = if code == 0 { g } else { 0.0 };
+                t[1] = if code == 1 { g } else { 0.0 };
+                b[0] = if code == 2 { g } else { 0.0 };
+                b[1] = if code == 3 { g } else { 0.0 };
             }
         }
     });

@@ -30,6 +30,22 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// `dst.copy_from_slice(src)` for short slices, in fixed-size pieces of eight (a
+/// variable-length copy becomes a `memcpy` call, which costs more than a panel row).
+#[inline(always)]
+pub(crate) fn copy_short(src: &[f32], dst: &mut [f32]) {
+    let mut chunks = dst.chunks_exact_mut(8).zip(src.chunks_exact(8));
+    for (d, s) in &mut chunks {
+        let d: &mut [f32; 8] = d.try_into().unwrap_or_else(|_| unreachable!());
+        let s: &[f32; 8] = s.try_into().unwrap_or_else(|_| unreachable!());
+        *d = *s;
+    }
+    let done = dst.len() / 8 * 8;
+    for (d, s) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = *s;
+    }
+}
+
 /// A matrix the GEMM can pack into micro-panels: a strided view ([`MatRef`]) or one
 /// computed on the fly (the convolution's im2col matrix, never materialised).
 pub trait Operand {
@@ -68,7 +84,7 @@ impl Operand for MatRef<'_> {
         if self.col_stride == 1 {
             for l in 0..depth {
                 let src = first + l * self.row_stride;
-                dst[l * width..l * width + cols].copy_from_slice(&self.data[src..src + cols]);
+                copy_short(&self.data[src..src + cols], &mut dst[l * width..l * width + cols]);
             }
         } else {
             for j in 0..cols {
