@@ -186,9 +186,8 @@ struct Tables {
 impl Tables {
     fn new(g: &Geometry) -> Tables {
         let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
-        let pixel_base: Vec<usize> = (0..g.h_out)
-            .flat_map(|oh| (0..g.w_out).map(move |ow| oh * g.stride * wp + ow * g.stride))
-            .collect();
+        let pixel_base: Vec<usize> =
+            (0..g.h_out).flat_map(|oh| (0..g.w_out).map(move |ow| oh * g.stride * wp + ow * g.stride)).collect();
         let tap_offset: Vec<usize> = (0..g.c_in)
             .flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| ci * hp * wp + ky * wp + kx)))
             .collect();
@@ -396,7 +395,16 @@ fn forward_pooled(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>,
         with_workspace(|workspace| {
             let mut full = std::mem::take(&mut workspace.activation);
             full.resize(g.c_out * g.pixels(), 0.0);
-            forward_sample(g, &tables, &weight, &x[n * g.image()..(n + 1) * g.image()], bias, relu, &mut full, workspace);
+            forward_sample(
+                g,
+                &tables,
+                &weight,
+                &x[n * g.image()..(n + 1) * g.image()],
+                bias,
+                relu,
+                &mut full,
+                workspace,
+            );
             let planes = full.chunks_exact(g.pixels()).zip(y_n.chunks_exact_mut(ho * wo));
             for ((plane, y_plane), codes) in planes.zip(winners_n.chunks_exact_mut(ho * wo)) {
                 super::pool::pool_plane_recording(plane, g.w_out, y_plane, codes, wo);
@@ -663,7 +671,15 @@ impl Conv2d {
     }
 
     /// Gradients of `x` (if tracked) and of the weight and bias (if either is).
-    fn grads(&self, x: &Tensor, w: &Tensor, y: &Tensor, dy: &Tensor, with_bias: bool, wants_weight: bool) -> Result<Grads> {
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        with_bias: bool,
+        wants_weight: bool,
+    ) -> Result<Grads> {
         let g = Geometry::new(x.dims(), w.dims(), self.params)?;
         let dy = dy.contiguous()?;
         let dy = if self.params.pool {

@@ -2,10 +2,22 @@
 //! input, weight and bias) and 2x2 max-pooling, as candle custom ops.
 //!
 //! candle's own CPU `conv2d` trains the digits CNN at about a quarter of PyTorch's
-//! speed; these kernels are im2col plus a small GEMM of our own ([`gemm`]), run over
-//! the batch with rayon, and plug into candle's autograd through
-//! [`candle_core::CustomOp2`]/[`candle_core::CustomOp3`] (`cpu_fwd` + `bwd`). On other
-//! devices the public functions fall back to candle's ops.
+//! speed; these kernels are a small GEMM of our own ([`gemm`]) over an im2col matrix
+//! that is never materialised (the GEMM packs its panels straight from a zero-padded
+//! copy of each image), run over the batch with rayon, and plug into candle's
+//! autograd through [`candle_core::CustomOp1`]/[`candle_core::CustomOp2`]/
+//! [`candle_core::CustomOp3`] (`cpu_fwd` + `bwd`). On other devices and dtypes the
+//! public functions fall back to candle's ops.
+//!
+//! API: [`conv2d`]`(x, weight, Some(bias), Conv2dParams { padding, stride, relu, pool })`
+//! and [`max_pool2d`]`(x)`. `relu` and `pool` fuse the ReLU and a 2x2 max-pool into
+//! the convolution (one autograd node instead of three: candle's own ReLU backward is
+//! four tensor passes, and every node costs a zero-filled gradient buffer and an
+//! add). Pooling sends a window's gradient to its first maximum in row-major order
+//! (PyTorch's choice; a NaN counts as the maximum); ReLU's gradient at 0 is 0.
+//! candle's `max_pool2d` backward scales every gradient by 1/4, and its conv2d input
+//! gradient has the wrong shape for stride 2 when `h + 2 * padding - k` is odd; the
+//! tests check against f64 finite differences where candle cannot be the reference.
 //!
 //! # Determinism
 //!
@@ -16,7 +28,8 @@
 //!
 //! 1. **One fused chain per GEMM element.** [`gemm::gemm_acc`] computes `C += A·B`
 //!    so that every `C[i][j]` is `c = fma(a[i][l], b[l][j], c)` for `l = 0, 1, ..., k-1`
-//!    in that order, starting from the value already in `C`. SIMD lanes run over
+//!    in that order, starting from the value already in `C` (or from `+0.0`, which
+//!    gives the same bits as a zeroed `C`). SIMD lanes run over
 //!    *different* output elements (the `j` of a micro-tile), never over `l`, so the
 //!    vector width (8 or 16 lanes) and the micro-tile shape change how many chains run
 //!    side by side, not the arithmetic of any chain. There is no horizontal reduction.
@@ -36,13 +49,19 @@
 //!    weight gradient reduces over the batch: it is parallel over blocks of *output*
 //!    elements (columns, or rows for narrow layers), and each block runs the whole
 //!    chain over all samples in order `n = 0..batch` itself; the split decides only
-//!    who computes an element, never how.
+//!    who computes an element, never how. (A block narrower than it is tall is
+//!    computed transposed, `fma(col, dy, c)` instead of `fma(dy, col, c)`: the same
+//!    bits, as the product inside an FMA is exact and commutative.)
 //! 4. **Fixed orders elsewhere.** The bias enters the forward chain as its start
 //!    value; the bias gradient is the weight-gradient GEMM against a row of ones (so it
 //!    is a chain over `(n, p)` too); col2im adds the kernel taps of each input pixel in
 //!    tap order within one thread; max-pooling has no arithmetic at all.
 //!
-//! Denormals are not flushed (Rust never sets FTZ/DAZ), on every path alike.
+//! Denormals are not flushed (Rust never sets FTZ/DAZ), on every path alike. The tests
+//! check all of this bitwise: each instruction set against the defining FMA chain
+//! (`every_instruction_set_gives_the_same_bits_as_the_defining_chain`, which covers
+//! AVX-512 vs AVX2, i.e. a Zen 4 vs a Zen 3, on a CPU that has both) and a small
+//! network's outputs and gradients with 1, 2 and 3 threads.
 
 pub mod conv;
 pub mod gemm;

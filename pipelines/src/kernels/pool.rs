@@ -110,7 +110,8 @@ fn unpool_plane(plane: &[f32], w: usize, y_plane: &[f32], dy_plane: &[f32], dx_p
             let mut out_bottom = [0f32; 8];
             for i in 0..4 {
                 let d = route(t[2 * i], t[2 * i + 1], b[2 * i], b[2 * i + 1], m[i], g[i]);
-                (out_top[2 * i], out_top[2 * i + 1], out_bottom[2 * i], out_bottom[2 * i + 1]) = (d[0], d[1], d[2], d[3]);
+                (out_top[2 * i], out_top[2 * i + 1], out_bottom[2 * i], out_bottom[2 * i + 1]) =
+                    (d[0], d[1], d[2], d[3]);
             }
             dx_top[8 * q..8 * q + 8].copy_from_slice(&out_top);
             dx_bottom[8 * q..8 * q + 8].copy_from_slice(&out_bottom);
@@ -184,7 +185,12 @@ impl CustomOp3 for MaxPool2x2Grad {
         let (x, y, dy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let (ho, wo) = (h / 2, w / 2);
         if y.len() != planes * ho * wo || dy.len() != y.len() {
-            bail!("max_pool2d backward: output {:?} or gradient {:?} do not match input {:?}", l2.dims(), l3.dims(), l1.dims())
+            bail!(
+                "max_pool2d backward: output {:?} or gradient {:?} do not match input {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            )
         }
         let mut dx = vec![0f32; planes * h * w];
         if ho * wo > 0 {

@@ -259,9 +259,20 @@ fn network_bits(batch: usize, size: usize) -> Vec<Vec<u32>> {
     let b1 = Var::from_tensor(&tensor(&[16], "net/b1")).unwrap();
     let w2 = Var::from_tensor(&tensor(&[20, 16, 3, 3], "net/w2")).unwrap();
     let b2 = Var::from_tensor(&tensor(&[20], "net/b2")).unwrap();
-    let h = conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), Conv2dParams { padding: 1, stride: 1, relu: true, pool: false }).unwrap();
-    let h = conv2d(&h, w2.as_tensor(), Some(b2.as_tensor()), Conv2dParams { padding: 1, stride: 2, relu: true, pool: false })
-        .unwrap();
+    let h = conv2d(
+        &x,
+        w1.as_tensor(),
+        Some(b1.as_tensor()),
+        Conv2dParams { padding: 1, stride: 1, relu: true, pool: false },
+    )
+    .unwrap();
+    let h = conv2d(
+        &h,
+        w2.as_tensor(),
+        Some(b2.as_tensor()),
+        Conv2dParams { padding: 1, stride: 2, relu: true, pool: false },
+    )
+    .unwrap();
     let y = max_pool2d(&h).unwrap();
     let w3 = Var::from_tensor(&tensor(&[8, 20, 3, 3], "net/w3")).unwrap();
     let y = conv2d(&y, w3.as_tensor(), None, Conv2dParams { padding: 1, stride: 1, relu: true, pool: true }).unwrap();
