@@ -23,8 +23,6 @@ fn planes_per_task(h: usize, w: usize) -> usize {
     (16 * 1024 / (h * w).max(1)).max(1)
 }
 
-/// Index within the 2x2 window at `(2 * oy, 2 * ox)` of its first maximum (a NaN
-/// counts as the maximum), as an offset into `plane`.
 /// Whether `value` replaces `max` as a window's maximum in row-major order: it is
 /// larger, or the first NaN. Selects, not branches: on activations the comparisons
 /// are unpredictable.
@@ -77,16 +75,39 @@ pub(crate) fn pool_plane_recording(plane: &[f32], w: usize, y_plane: &mut [f32],
     for (oy, (out, code_row)) in y_plane.chunks_exact_mut(wo).zip(codes.chunks_exact_mut(wo)).enumerate() {
         let top = &plane[2 * oy * w..][..2 * wo];
         let bottom = &plane[(2 * oy + 1) * w..][..2 * wo];
-        for (((o, c), t), b) in out.iter_mut().zip(code_row).zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
-            let (mut max, mut code) = (t[0], 0u8);
-            for (value, position) in [(t[1], 1u8), (b[0], 2), (b[1], 3)] {
-                let better = wins(value, max);
-                max = if better { value } else { max };
-                code = if better { position } else { code };
+        // Four windows at a time in fixed-size arrays, so that the comparisons and
+        // selects run side by side; then the rest one by one.
+        let quads = wo / 4;
+        for q in 0..quads {
+            let t: &[f32; 8] = top[8 * q..8 * q + 8].try_into().unwrap_or_else(|_| unreachable!());
+            let b: &[f32; 8] = bottom[8 * q..8 * q + 8].try_into().unwrap_or_else(|_| unreachable!());
+            let mut max = [0f32; 4];
+            let mut code = [0u32; 4];
+            for i in 0..4 {
+                (max[i], code[i]) = window_max_code(t[2 * i], t[2 * i + 1], b[2 * i], b[2 * i + 1]);
             }
-            (*o, *c) = (max, code);
+            out[4 * q..4 * q + 4].copy_from_slice(&max);
+            for (c, &value) in code_row[4 * q..4 * q + 4].iter_mut().zip(&code) {
+                *c = value as u8;
+            }
+        }
+        for ox in 4 * quads..wo {
+            let (max, code) = window_max_code(top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]);
+            (out[ox], code_row[ox]) = (max, code as u8);
         }
     }
+}
+
+/// [`window_max`] and the position (0 to 3) of the element it picked.
+#[inline(always)]
+fn window_max_code(a: f32, b: f32, c: f32, d: f32) -> (f32, u32) {
+    let (mut max, mut code) = (a, 0u32);
+    for (value, position) in [(b, 1u32), (c, 2), (d, 3)] {
+        let better = wins(value, max);
+        max = if better { value } else { max };
+        code = if better { position } else { code };
+    }
+    (max, code)
 }
 
 /// One plane's gradient: each window's `dy` to its first element equal to the
