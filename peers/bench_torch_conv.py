@@ -12,7 +12,8 @@ Data: the digits CNN trains on scikit-learn's digits if it is importable (standa
 first 1078 examples, like pipe's 60% split), else on seeded noise of the same shape;
 the Fashion-sized convnet on 2048 seeded noise images with random labels, as the
 Rust bench does (the speed does not depend on the values).
-Prints one `RESULT` line per model in the Rust bench's format.
+Prints one `RESULT` line per model in the Rust bench's format, including steps per
+CPU-second (process CPU time, all threads), steadier than wall time on a shared machine.
 """
 import argparse
 import statistics
@@ -126,6 +127,7 @@ def measure(name, rounds, secs):
         if time.perf_counter() - start > secs:
             break
     rates = []
+    cpu_start, total = time.process_time(), 0
     for _ in range(rounds):
         start = time.perf_counter()
         steps = 0
@@ -133,7 +135,9 @@ def measure(name, rounds, secs):
             step()
             steps += 1
         rates.append(steps / (time.perf_counter() - start))
-    return label, statistics.median(rates), max(rates), flops_per_step(cls)
+        total += steps
+    per_cpu = total / max(time.process_time() - cpu_start, 1e-9)
+    return label, statistics.median(rates), max(rates), per_cpu, flops_per_step(cls)
 
 
 def main():
@@ -147,10 +151,10 @@ def main():
     print(f"torch {torch.__version__} threads={torch.get_num_threads()} "
           f"cpu_capability={torch.backends.cpu.get_cpu_capability()} batch={BATCH}")
     for name in args.models.split(","):
-        label, median, best, flops = measure(name, args.rounds, args.secs)
+        label, median, best, per_cpu, flops = measure(name, args.rounds, args.secs)
         print(f"RESULT model={label} backend=PyTorch threads={args.threads} median_steps_per_s={median:.1f} "
-              f"best_steps_per_s={best:.1f} mflop_per_step={flops / 1e6:.2f} gflop_per_s={median * flops / 1e9:.2f}",
-              flush=True)
+              f"best_steps_per_s={best:.1f} steps_per_cpu_s={per_cpu:.1f} mflop_per_step={flops / 1e6:.2f} "
+              f"gflop_per_s={median * flops / 1e9:.2f}", flush=True)
 
 
 if __name__ == "__main__":

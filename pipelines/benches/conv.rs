@@ -195,8 +195,27 @@ fn training_data(spec: &NetSpec, device: &Device) -> std::result::Result<SplitTe
     })
 }
 
+/// This process's CPU time (user + system, all threads) in seconds, from
+/// `/proc/self/stat` (Linux; in USER_HZ = 100 ticks per second). On a machine shared
+/// with other work, steps per CPU-second is steadier than steps per wall second.
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+struct Rates {
+    median: f64,
+    best: f64,
+    /// Steps per CPU-second over all rounds (all threads' CPU time).
+    per_cpu_sec: Option<f64>,
+}
+
 /// Median and best steps/s over `rounds` rounds of at least `secs` seconds each.
-fn measure(spec: NetSpec, backend: Backend, rounds: usize, secs: f64) -> std::result::Result<(f64, f64), String> {
+fn measure(spec: NetSpec, backend: Backend, rounds: usize, secs: f64) -> std::result::Result<Rates, String> {
     let device = Device::Cpu;
     let train = training_data(&spec, &device)?;
     let model = ConvNet::new(spec, backend, &device).map_err(|e| e.to_string())?;
@@ -217,6 +236,7 @@ fn measure(spec: NetSpec, backend: Backend, rounds: usize, secs: f64) -> std::re
         }
     }
     let mut rates = Vec::with_capacity(rounds);
+    let (cpu_started, mut total_steps) = (cpu_secs(), 0usize);
     for _ in 0..rounds {
         let started = Instant::now();
         let mut steps = 0usize;
@@ -225,9 +245,14 @@ fn measure(spec: NetSpec, backend: Backend, rounds: usize, secs: f64) -> std::re
             steps += 1;
         }
         rates.push(steps as f64 / started.elapsed().as_secs_f64());
+        total_steps += steps;
     }
+    let per_cpu_sec = match (cpu_started, cpu_secs()) {
+        (Some(start), Some(end)) if end > start => Some(total_steps as f64 / (end - start)),
+        _ => None,
+    };
     rates.sort_by(f64::total_cmp);
-    Ok((rates[rates.len() / 2], rates[rates.len() - 1]))
+    Ok(Rates { median: rates[rates.len() / 2], best: rates[rates.len() - 1], per_cpu_sec })
 }
 
 /// GFLOP/s of an `n x n x n` f32 product: candle's matmul (the `gemm` crate, all
@@ -329,9 +354,10 @@ fn main() -> std::result::Result<(), String> {
     for spec in &options.models {
         let flops = spec.flops_per_step();
         for &backend in &options.backends {
-            let (median, best) = measure(*spec, backend, options.rounds, options.secs)?;
+            let Rates { median, best, per_cpu_sec } = measure(*spec, backend, options.rounds, options.secs)?;
+            let per_cpu_sec = per_cpu_sec.map_or("n/a".to_string(), |r| format!("{r:.1}"));
             println!(
-                "RESULT model={} backend={:?} threads={threads} median_steps_per_s={median:.1} best_steps_per_s={best:.1} mflop_per_step={:.2} gflop_per_s={:.2}",
+                "RESULT model={} backend={:?} threads={threads} median_steps_per_s={median:.1} best_steps_per_s={best:.1} steps_per_cpu_s={per_cpu_sec} mflop_per_step={:.2} gflop_per_s={:.2}",
                 spec.name,
                 backend,
                 flops / 1e6,
