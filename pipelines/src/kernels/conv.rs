@@ -1,7 +1,8 @@
-//! 2-d convolution (NCHW, f32, square stride and padding, no dilation or groups) as
-//! a candle custom op: im2col + [`gemm_acc`] forward, and its backward to the input
-//! (GEMM + col2im), the weight and the bias (one GEMM against im2col plus a row of
-//! ones).
+//! 2-d convolution (NCHW, f32, the same stride and padding on both axes, no dilation
+//! or groups) as a candle custom op, optionally fused with ReLU and 2x2 max-pooling:
+//! forward `weight · im2col(x)` with the im2col matrix packed straight from a padded
+//! image ([`Im2col`], never materialised); backward to the input (GEMM + col2im), the
+//! weight and the bias (one GEMM against im2col plus a row of ones).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -12,7 +13,8 @@ use rayon::prelude::*;
 
 use super::gemm::{copy_short, gemm_acc, gemm_packed, MatRef, Operand, PackedA, Scratch, Start};
 
-/// Stride and zero padding, the same on both spatial axes, and an optional fused ReLU.
+/// Stride and zero padding, the same on both spatial axes, and the optional fused
+/// ReLU and max-pooling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dParams {
     pub padding: usize,
@@ -65,9 +67,10 @@ fn grown(columns: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// `x [batch, c_in, h, w]` convolved with `weight [c_out, c_in, kh, kw]`, plus
-/// `bias [c_out]`: `[batch, c_out, h_out, w_out]`, differentiable in all three.
-/// f32 on the CPU runs our deterministic kernels; anything else falls back to
-/// candle's `conv2d` and a broadcast add.
+/// `bias [c_out]`: `[batch, c_out, h_out, w_out]` (halved with `params.pool`),
+/// differentiable in all three. f32 on the CPU runs our deterministic kernels;
+/// anything else falls back to candle's `conv2d`, broadcast add, `relu` and
+/// `max_pool2d` (whose backward scales the gradient by 1/4: see the module docs).
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
     let ours = x.device().is_cpu() && [x.dtype(), weight.dtype()].iter().all(|&d| d == DType::F32);
     if !ours || bias.is_some_and(|b| b.dtype() != DType::F32) {
