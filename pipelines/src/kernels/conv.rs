@@ -1,8 +1,9 @@
 //! 2-d convolution (NCHW, f32, the same stride and padding on both axes, no dilation
 //! or groups) as a candle custom op, optionally fused with ReLU and 2x2 max-pooling:
 //! forward `weight · im2col(x)` with the im2col matrix packed straight from a padded
-//! image (the private `Im2col` operand, never materialised); backward to the input (GEMM + col2im), the
-//! weight and the bias (one GEMM against im2col plus a row of ones).
+//! image (the private `Im2col` operand: never materialised); backward to the input
+//! (GEMM + col2im), the weight and the bias (one GEMM against im2col plus a row of
+//! ones).
 
 use std::cell::RefCell;
 use std::ops::Range;
