@@ -9,6 +9,7 @@ pub mod data;
 pub mod grad_deps;
 pub mod ids;
 pub mod inspect;
+pub mod kernels;
 pub mod knobs;
 pub mod model;
 pub mod plot;
