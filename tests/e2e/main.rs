@@ -2,6 +2,7 @@
 //! small budgets, asserting what a user sees (exit codes, JSON lines, files).
 
 mod data;
+mod hardening;
 mod history;
 mod report;
 mod skeleton;
