@@ -272,4 +272,40 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    /// Bytes allocated on disk under `path` (what `du` counts).
+    fn disk_usage(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+        let own = meta.blocks() * 512;
+        if !meta.is_dir() {
+            return own;
+        }
+        own + std::fs::read_dir(path).unwrap().flatten().map(|entry| disk_usage(&entry.path())).sum::<u64>()
+    }
+
+    #[test]
+    fn out_dir_costs_at_most_15_percent_for_a_large_artifact() {
+        let dir = crate::store::tests::test_dir("out-ratio");
+        let cache = Cache::open(&dir).unwrap();
+        let big: Vec<u8> = (0..LAZY_BYTES + (16 << 20)).map(|i| (i * 31 % 251) as u8).collect();
+        let manifest = manifest(&cache, &[("dataset.safetensors", &big), ("metrics.json", b"{\"n\": 1}")]);
+        drop(big);
+        cache.out().materialize(&manifest).unwrap();
+        let (objects, total) = (disk_usage(&dir.join("objects")), disk_usage(&dir));
+        let ratio = total as f64 / objects as f64;
+        eprintln!("objects {objects} bytes, .pipe {total} bytes: {ratio:.3}x");
+        assert!(ratio <= 1.15, "{ratio}");
+        // Editing what out/ holds never reaches the store.
+        let note = cache.out().path("train", "dataset.safetensors.lazy.txt");
+        let path = cache.out().path("train", "dataset.safetensors");
+        if note.exists() {
+            std::fs::write(&note, b"edited").unwrap();
+        } else {
+            let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut file, b"edited in place").unwrap();
+        }
+        assert!(cache.store().verify_deep(&manifest.artifacts["dataset.safetensors"].hash));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
