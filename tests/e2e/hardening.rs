@@ -352,3 +352,43 @@ fn self_healing_gc_keeps_finished_stages_of_an_interrupted_build() {
     let again = dir.build(&["inspect"]);
     assert_eq!(status_of(&again, "inspect"), "cached", "the finished stage survived gc");
 }
+
+/// 20 builds killed with SIGKILL at seeded random moments, then 4 builds at once: the
+/// cache stays consistent (fsck clean), no temp file of a dead build survives the next
+/// lock, and the bytes are those of an uninterrupted build.
+#[test]
+fn self_healing_kill_9_soak_and_four_concurrent_builds() {
+    let dir = TestDir::with_pipeline(crate::SMALL);
+    let reference = dir.run(&["build", "--json", "--cache-dir", "reference"]);
+    assert_eq!(reference.code, 0, "{}", reference.stderr);
+    let mut state: u64 = 0x9e37_79b9;
+    let mut killed = 0;
+    for i in 0..20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = Duration::from_millis(30 + state % 700);
+        let seed = format!("train.seed={i}");
+        let mut child = dir.spawn(&["build", "--json", "--set", &seed]);
+        std::thread::sleep(delay);
+        if child.try_wait().expect("wait").is_none() {
+            killed += 1;
+        }
+        child.kill().ok();
+        child.wait().ok();
+    }
+    assert!(killed >= 10, "only {killed} of 20 builds were killed mid-way");
+    let children: Vec<_> = (0..4).map(|_| dir.spawn(&["build", "--json"])).collect();
+    let runs: Vec<Run> = children.into_iter().map(crate::support::wait).collect();
+    for run in &runs {
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(run.hashes(), reference.hashes(), "same bytes as an uninterrupted build");
+    }
+    let ran: i64 = runs.iter().map(|run| run.done()["ran"].as_i64().unwrap_or_default()).sum();
+    assert!(ran <= crate::OVERFIT_STAGES, "no stage ran twice: {ran}");
+    let fsck = dir.run(&["fsck"]);
+    assert_eq!(fsck.code, 0, "{}{}", fsck.stdout, fsck.stderr);
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path().join(".pipe/tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "temp files of killed builds: {leftovers:?}");
+}
