@@ -117,6 +117,46 @@ impl Cache {
     pub fn runs(&self) -> Runs {
         Runs::new(&self.root)
     }
+
+    /// Writes `bytes` atomically to `relative` inside the cache (`out/diff/x.svg`,
+    /// `report/index.html`), never through a symlink, and returns the full path. For
+    /// files the CLI writes beside the store.
+    pub fn write_file(&self, relative: &Path, bytes: &[u8]) -> Result<PathBuf, CacheError> {
+        let path = self.root.join(relative);
+        fs::write_atomic(&self.root, &path, bytes)?;
+        Ok(path)
+    }
+
+    /// Creates `relative` (e.g. `tmp/verify-<pid>`) as a real directory inside the cache,
+    /// refusing symlinks on the way, and returns its path.
+    pub fn create_dir(&self, relative: &Path) -> Result<PathBuf, CacheError> {
+        let path = self.root.join(relative);
+        fs::create_dirs(&self.root, &path)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_files_are_written_inside_the_cache_only() {
+        let root = store::tests::test_dir("write-file");
+        let cache = Cache::open(&root).unwrap();
+        let path = cache.write_file(Path::new("out/diff/overfit.curves.svg"), b"<svg/>").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"<svg/>");
+        let outside = root.with_extension("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::remove_dir_all(root.join("out/diff")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out/diff")).unwrap();
+        let err = cache.write_file(Path::new("out/diff/overfit.curves.svg"), b"<svg/>").unwrap_err();
+        assert!(err.to_string().contains("refusing to follow the symlink"), "{err}");
+        assert!(cache.write_file(Path::new("../escape.txt"), b"x").is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        std::fs::remove_dir_all(&outside).ok();
+        std::fs::remove_dir_all(&root).ok();
+    }
 }
 
 /// Writes `bytes` to `path` (inside the cache `root`) atomically; see [`fs::write_atomic`].
