@@ -32,6 +32,8 @@ pub struct Limits {
     pub names_bytes: u64,
     /// Bytes of a human-labels CSV (64 MiB).
     pub human_labels_bytes: u64,
+    /// Values of a whole image-folder dataset after resizing (2^30: 4 GiB of f32).
+    pub dataset_values: u64,
 }
 
 pub const LIMITS: Limits = Limits {
@@ -43,6 +45,7 @@ pub const LIMITS: Limits = Limits {
     image_pixels: 64 << 20,
     names_bytes: 1 << 20,
     human_labels_bytes: 64 << 20,
+    dataset_values: 1 << 30,
 };
 
 /// How to read a source; the `data.*` knobs other than the source itself.
@@ -675,7 +678,20 @@ fn load_images(reader: &Reader, options: &SourceOptions) -> Result<RawDataset, S
         .collect();
     let mut class_names: Vec<String> = files.iter().map(|(class, _)| class.clone()).collect();
     class_names.dedup();
-    let mut x = Vec::with_capacity(files.len() * height * width * channels);
+    let values = (files.len() as u64).saturating_mul((height * width * channels) as u64);
+    if values > LIMITS.dataset_values {
+        let dir = reader.files.first().and_then(|file| file.path.parent()?.parent()).unwrap_or(Path::new("."));
+        return Err(file_error(
+            dir,
+            format!(
+                "{} images of {height}x{width}x{channels} are {values} values, more than a dataset may hold ({}): \
+                 lower data.images.size",
+                files.len(),
+                LIMITS.dataset_values
+            ),
+        ));
+    }
+    let mut x = Vec::with_capacity(values as usize);
     let mut y = Vec::with_capacity(files.len());
     for (class, name) in &files {
         let image = read_image(reader, name)?;
