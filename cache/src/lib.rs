@@ -136,6 +136,11 @@ impl Cache {
     }
 }
 
+/// Writes `bytes` to `path` (inside the cache `root`) atomically; see [`fs::write_atomic`].
+pub(crate) fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    fs::write_atomic(root, path, bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,9 +162,4 @@ mod tests {
         std::fs::remove_dir_all(&outside).ok();
         std::fs::remove_dir_all(&root).ok();
     }
-}
-
-/// Writes `bytes` to `path` (inside the cache `root`) atomically; see [`fs::write_atomic`].
-pub(crate) fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    fs::write_atomic(root, path, bytes)
 }
