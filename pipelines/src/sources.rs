@@ -757,6 +757,75 @@ pub fn read_human_labels(path: &Path, class_names: &[String]) -> Result<Vec<(usi
     Ok(rows)
 }
 
+/// A counting allocator for the property tests' memory bound: the most bytes a closure
+/// had allocated at once on its thread.
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(delta: isize) {
+        // `try_with`: a thread's locals may already be gone while it exits.
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    // SAFETY: every call is forwarded to `System` unchanged; the bookkeeping touches only
+    // const-initialised thread-locals without destructors (no allocation, no reentry).
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let ptr = unsafe { System.alloc(layout) };
+            if !ptr.is_null() {
+                add(layout.size() as isize);
+            }
+            ptr
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let ptr = unsafe { System.alloc_zeroed(layout) };
+            if !ptr.is_null() {
+                add(layout.size() as isize);
+            }
+            ptr
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let new = unsafe { System.realloc(ptr, layout, new_size) };
+            if !new.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            new
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Runs `f`; returns its result and the most bytes it held allocated at once.
+    pub fn peak_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let base = LIVE.with(Cell::get);
+        PEAK.with(|peak| peak.set(base));
+        let out = f();
+        let peak = PEAK.with(Cell::get) - base;
+        (out, peak.max(0) as usize)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     //! Small valid datasets of every format, written to a directory.
@@ -766,7 +835,11 @@ pub(crate) mod fixtures {
     pub fn temp_dir(name: &str) -> PathBuf {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("pipe-sources-{name}-{}-{n}", std::process::id()));
+        // Thousands of small files are written and removed: on tmpfs when there is one
+        // (a disk mounted with `discard` makes each removal slow).
+        let shm = std::path::Path::new("/dev/shm");
+        let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        let dir = base.join(format!("pipe-sources-{name}-{}-{n}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -934,6 +1007,17 @@ mod tests {
         prepare(&raw, "fuzz", &[0.6, 0.2, 0.2], 0, "standard").map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// The memory bound of one property-test case: every input is a few KB, so a
+    /// loader that allocates by what a header claims would show here.
+    const CASE_BYTES: usize = 64 << 20;
+
+    /// [`exercise`], returning whether it loaded and recording its peak allocation.
+    fn bounded(peak: &mut usize, run: impl FnOnce() -> bool) -> bool {
+        let (ok, bytes) = super::counting::peak_bytes(run);
+        *peak = (*peak).max(bytes);
+        ok
+    }
+
     #[test]
     fn every_fixture_loads() {
         let dir = temp_dir("fixtures");
@@ -1026,6 +1110,7 @@ mod tests {
         let started = std::time::Instant::now();
         let mut cases = 0;
         let mut loaded = 0;
+        let mut peak = 0;
         // IDX, raw and gzip: mutate one of the four files (or its compressed form).
         let idx = dir.join("idx");
         for _ in 0..1500 {
@@ -1043,7 +1128,9 @@ mod tests {
             }
             write_all(&idx, &files);
             cases += 1;
-            loaded += usize::from(exercise(&Source::Idx(idx.clone()), &SourceOptions::default()).is_ok());
+            loaded += usize::from(bounded(&mut peak, || {
+                exercise(&Source::Idx(idx.clone()), &SourceOptions::default()).is_ok()
+            }));
         }
         // CIFAR-10 batches.
         let cifar = dir.join("cifar");
@@ -1057,7 +1144,9 @@ mod tests {
                 write_all(&cifar, &[("batches.meta.txt", gen.bytes(40))]);
             }
             cases += 1;
-            loaded += usize::from(exercise(&Source::Cifar10(cifar.clone()), &SourceOptions::default()).is_ok());
+            loaded += usize::from(bounded(&mut peak, || {
+                exercise(&Source::Cifar10(cifar.clone()), &SourceOptions::default()).is_ok()
+            }));
             write_all(&cifar, &[(valid[which].0, valid[which].1.clone())]);
         }
         // CSV with random options.
@@ -1083,7 +1172,7 @@ mod tests {
                 ..SourceOptions::default()
             };
             cases += 1;
-            loaded += usize::from(exercise(&Source::Csv(csv.clone()), &options).is_ok());
+            loaded += usize::from(bounded(&mut peak, || exercise(&Source::Csv(csv.clone()), &options).is_ok()));
         }
         // PNG folders.
         let pictures = dir.join("pictures");
@@ -1102,7 +1191,7 @@ mod tests {
                 ..SourceOptions::default()
             };
             cases += 1;
-            loaded += usize::from(exercise(&Source::Images(pictures.clone()), &options).is_ok());
+            loaded += usize::from(bounded(&mut peak, || exercise(&Source::Images(pictures.clone()), &options).is_ok()));
         }
         // Human labels.
         let human = dir.join("human.csv");
@@ -1111,9 +1200,11 @@ mod tests {
             let bytes = gen.mutate(b"split,index,label\ntrain,0,x\nval,3,2\ntest,1,z\n".to_vec());
             std::fs::write(&human, bytes).unwrap();
             cases += 1;
-            loaded += usize::from(read_human_labels(&human, &classes).is_ok());
+            loaded += usize::from(bounded(&mut peak, || read_human_labels(&human, &classes).is_ok()));
         }
         assert!(loaded > 100 && loaded < cases, "{loaded} of {cases} loaded: the mutations should hit both sides");
+        eprintln!("{cases} cases, {loaded} loaded, at most {peak} bytes allocated at once");
+        assert!(peak < CASE_BYTES, "a case allocated {peak} bytes at once");
         assert!(started.elapsed().as_secs() < 60, "{cases} cases took {:?}", started.elapsed());
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -1162,7 +1253,9 @@ mod tests {
                 }
             };
             let text = String::from_utf8_lossy(&text);
-            if let Ok(config) = workspace::Config::parse(&schema, &text, "pipe.toml") {
+            let (parsed, bytes) = super::counting::peak_bytes(|| workspace::Config::parse(&schema, &text, "pipe.toml"));
+            assert!(bytes < CASE_BYTES, "parsing allocated {bytes} bytes at once");
+            if let Ok(config) = parsed {
                 accepted += 1;
                 let _ = crate::fingerprints(&config, &dir, cache.stats());
             }
