@@ -134,7 +134,7 @@ impl Config {
     /// Applies one `KEY=VALUE` override. A value that is not valid TOML is read as
     /// a bare string, so `--set data.source=builtin:digits` works unquoted.
     pub fn set(&mut self, schema: &[KnobSpec], assignment: &str) -> Result<(), ConfigError> {
-        let location = format!("--set {assignment}");
+        let location = format!("--set {}", shown_key(assignment));
         let Some((key, raw)) = assignment.split_once('=') else {
             return Err(ConfigError {
                 location,
@@ -426,5 +426,45 @@ mod tests {
     #[test]
     fn float_format_is_stable() {
         assert_eq!(format_float(0.0003), "0.0003");
+    }
+
+    #[test]
+    fn huge_key_and_long_list_are_bounded() {
+        let started = std::time::Instant::now();
+        let key = "x".repeat(10 << 20);
+        let err = Config::parse(&schema(), &format!("[train]\n{key} = 1\n"), "pipe.toml").unwrap_err();
+        assert!(started.elapsed().as_secs_f64() < 2.0, "{:?}", started.elapsed());
+        assert_eq!(err.location, "pipe.toml:2:10485764");
+        assert!(err.message.starts_with("unknown key train.xxx") && err.message.len() < 200, "{}", err.message);
+        let mut config = Config::defaults(&schema());
+        let err = config.set(&schema(), &format!("{key}=1")).unwrap_err();
+        assert!(err.to_string().len() < 1000, "a --set is not echoed whole either");
+        let list = format!("checks.overfit_batch.size = [{}]\n", vec!["2"; 65].join(", "));
+        let err = Config::parse(&schema(), &list, "pipe.toml").unwrap_err();
+        assert!(err.message.contains("holds an array of 65 values: at most 64 values"), "{err}");
+        let list = format!("checks.overfit_batch.size = [{}]\n", vec!["2"; 64].join(", "));
+        assert!(Config::parse(&schema(), &list, "pipe.toml").is_ok());
+    }
+
+    #[test]
+    fn pipeline_file_must_be_a_bounded_regular_file() {
+        let err = Config::load(&schema(), Path::new("/dev/zero")).unwrap_err();
+        assert!(err.message.contains("not a regular file (a character device)"), "{err}");
+        let dir = std::env::temp_dir().join(format!("pipe-config-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("pipe.toml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let err = Config::load(&schema(), &big).unwrap_err();
+        assert!(err.message.contains("more than a pipeline file may hold"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn data_errors_point_at_where_the_knob_was_set() {
+        let mut config = Config::parse(&schema(), "\n[train]\nlr = 0.5\n", "pipe.toml").unwrap();
+        assert_eq!(config.error_at("train.lr", "too fast", None).location, "pipe.toml:3:6");
+        assert_eq!(config.error_at("train.steps", "x", None).location, "default");
+        config.set(&schema(), "train.steps=7").unwrap();
+        assert_eq!(config.error_at("train.steps", "x", None).location, "--set train.steps=7");
     }
 }
