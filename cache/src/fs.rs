@@ -301,11 +301,8 @@ pub(crate) fn sweep_dead_temps(root: &Path) -> usize {
             continue;
         }
         let path = entry.path();
-        let result = match entry.file_type() {
-            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
-        };
-        match result {
+        // A file, or a link (removed itself, never followed).
+        match std::fs::remove_file(&path) {
             Ok(()) => removed += 1,
             Err(err) => tracing::warn!(path = %path.display(), %err, "could not remove a dead process's temp file"),
         }
@@ -313,12 +310,10 @@ pub(crate) fn sweep_dead_temps(root: &Path) -> usize {
     removed
 }
 
-/// The pid in a temp file name: `<pid>-<n>.tmp` or `verify-<pid>`.
+/// The pid in a temp file name, `<pid>-<n>.tmp`. (`verify-<pid>/` directories are not
+/// crash leftovers: `pipe verify` keeps them for inspection, and gc ages them out.)
 fn writer_pid(name: &str) -> Option<u32> {
-    if let Some(rest) = name.strip_suffix(".tmp") {
-        return rest.split_once('-')?.0.parse().ok();
-    }
-    name.strip_prefix("verify-")?.parse().ok()
+    name.strip_suffix(".tmp")?.split_once('-')?.0.parse().ok()
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -338,7 +333,7 @@ mod tests {
     #[test]
     fn temp_names_carry_the_writer_pid() {
         assert_eq!(writer_pid("1234-7.tmp"), Some(1234));
-        assert_eq!(writer_pid("verify-99"), Some(99));
+        assert_eq!(writer_pid("verify-99"), None, "kept for inspection");
         assert_eq!(writer_pid("notes.txt"), None);
         assert!(process_alive(std::process::id()));
     }
@@ -398,14 +393,14 @@ mod tests {
         let cache = Cache::open(&root).unwrap();
         // A pid that cannot be alive (above pid_max), and a live one: ours.
         let dead = root.join("tmp/4194999-0.tmp");
-        let dead_dir = root.join("tmp/verify-4194999");
+        let kept = root.join("tmp/verify-4194999");
         let alive = root.join(format!("tmp/{}-999.tmp", std::process::id()));
         std::fs::write(&dead, b"half an object").unwrap();
-        std::fs::create_dir_all(&dead_dir).unwrap();
+        std::fs::create_dir_all(&kept).unwrap();
         std::fs::write(&alive, b"being written").unwrap();
         let lock = cache.lock().unwrap();
-        assert!(!dead.exists() && !dead_dir.exists());
-        assert!(alive.exists());
+        assert!(!dead.exists());
+        assert!(alive.exists() && kept.exists());
         drop(lock);
         std::fs::remove_dir_all(&root).ok();
     }

@@ -324,15 +324,16 @@ fn self_healing_dead_process_temps_are_removed() {
     let tmp = dir.path().join(".pipe/tmp");
     // A pid above Linux's pid_max cannot be alive; ours is.
     let dead = tmp.join("4194999-3.tmp");
-    let dead_verify = tmp.join("verify-4194999");
+    let kept = tmp.join("verify-4194999");
     let live = tmp.join(format!("{}-0.tmp", std::process::id()));
     std::fs::write(&dead, vec![0u8; 4096]).unwrap();
-    std::fs::create_dir_all(&dead_verify).unwrap();
+    std::fs::create_dir_all(&kept).unwrap();
     std::fs::write(&live, b"a live writer's").unwrap();
     let run = dir.build(&["data"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(!dead.exists() && !dead_verify.exists(), "a dead writer's temp files go when the lock is taken");
+    assert!(!dead.exists(), "a dead writer's temp files go when the lock is taken");
     assert!(live.exists(), "a live writer's stay");
+    assert!(kept.exists(), "`pipe verify` keeps its re-executed artifacts for inspection");
 }
 
 #[test]
