@@ -417,14 +417,10 @@ fn stage_section(
 
 /// Writes the page to `report/index.html` under the cache (temp file, then rename, so
 /// a browser never sees half a page) and returns its path.
-pub fn write(cache_root: &Path, html: &str) -> anyhow::Result<PathBuf> {
-    let path = page_path(cache_root);
-    let dir = path.parent().unwrap_or(cache_root);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let temp = dir.join(format!(".index.html.{}.tmp", std::process::id()));
-    std::fs::write(&temp, html).with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+pub fn write(cache: &cache::Cache, html: &str) -> anyhow::Result<PathBuf> {
+    // Atomic and link-safe: the cache writes it (temp file, then rename).
+    let relative = page_path(Path::new(""));
+    cache.write_file(&relative, html.as_bytes()).with_context(|| format!("writing {}", relative.display()))
 }
 
 #[cfg(test)]

@@ -406,11 +406,10 @@ fn curve_plot(cache: &Cache, stage: &str, a: &Side, b: &Side) -> Result<Option<V
     let title = format!("{stage}: A = {} vs B = {}", a.label, b.label);
     let svg = overlay_svg(&title, [(&format!("A {}", a.name), ca.as_ref()), (&format!("B {}", b.name), cb.as_ref())]);
     let hash = cache.store().put(svg.as_bytes()).map_err(failed)?;
-    let dir = cache.root().join("out").join("diff");
-    let path = dir.join(format!("{stage}.curves.svg"));
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(&path, &svg))
-        .map_err(|err| failed(anyhow::anyhow!("writing {}: {err}", path.display())))?;
+    let relative = PathBuf::from("out").join("diff").join(format!("{stage}.curves.svg"));
+    let path = cache
+        .write_file(&relative, svg.as_bytes())
+        .map_err(|err| failed(anyhow::anyhow!("writing {}: {err}", relative.display())))?;
     Ok(Some(json!({
         "stage": stage,
         "hash": hash.to_hex(),

@@ -46,7 +46,7 @@ pub fn run(project: &Project, targets: &[String]) -> Result<u8, Failure> {
     };
     let store = session.cache.store();
     let page_html = html::render(&page, &|hash| Ok(store.get(hash)?)).map_err(failed)?;
-    let path = html::write(session.cache.root(), &page_html).map_err(failed)?;
+    let path = html::write(&session.cache, &page_html).map_err(failed)?;
     // stdout is the page's path alone (`xdg-open "$(pipe report)"`); a closed stdout is fine.
     let _ = writeln!(std::io::stdout(), "{}", path.display());
     session.cache.save_stats().map_err(failed)?;

@@ -31,7 +31,8 @@ pub fn run(project: &Project, targets: &[String], json: bool) -> Result<u8, Fail
         )));
     }
     session.db.set_progress(Arc::new(Bars::new(!json)));
-    let scratch = session.cache.root().join("tmp").join(format!("verify-{}", std::process::id()));
+    let scratch_relative = std::path::PathBuf::from("tmp").join(format!("verify-{}", std::process::id()));
+    let scratch = session.cache.root().join(&scratch_relative);
     let (mut artifacts, mut mismatched, mut errors) = (0, 0, 0);
     for instance in &stages {
         let check = workspace::verify_stage(&session.db, &snapshots, instance);
@@ -41,8 +42,9 @@ pub fn run(project: &Project, targets: &[String], json: bool) -> Result<u8, Fail
             artifacts += 1;
             let path = scratch.join(id).join(&artifact.name);
             if let Some(bytes) = &artifact.rerun_bytes {
-                std::fs::create_dir_all(scratch.join(id))
-                    .and_then(|()| std::fs::write(&path, bytes))
+                session
+                    .cache
+                    .write_file(&scratch_relative.join(id).join(&artifact.name), bytes)
                     .map_err(|err| failed(anyhow::anyhow!("writing {}: {err}", path.display())))?;
             }
             let value = artifact_json(artifact, &path);
