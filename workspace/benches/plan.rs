@@ -60,7 +60,7 @@ fn database(dir: &std::path::Path) -> Database {
 fn main() {
     let dir = std::env::temp_dir().join(format!("pipe-bench-plan-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
-    let n = 1000;
+    let n: usize = std::env::var("PIPE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(1000);
     let mut db = database(&dir);
     let names: Vec<String> =
         (0..n).map(|i| format!("train[train.lr={}]", (i as f64 + 1.0) / (n as f64 + 2.0))).collect();

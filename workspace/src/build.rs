@@ -165,6 +165,8 @@ pub fn build(
     // key -> indices of the instances waiting for it (equal keys are one action).
     let mut running: HashMap<StageKey, Vec<usize>> = HashMap::new();
     let mut failed_names: HashSet<String> = HashSet::new();
+    // Keys of instances found missing from the cache (index -> key).
+    let mut known: HashMap<usize, StageKey> = HashMap::new();
     let mut stopped = false;
     let mut interrupted = false;
     let jobs = options.jobs.max(1);
@@ -174,56 +176,62 @@ pub fn build(
             stop.cancel();
             break;
         }
+        // Only as many new actions as there are free slots are built per pass; an
+        // instance's key, once known, is final for this build (its upstream results
+        // are set once), so later passes do not ask salsa again.
+        let free = jobs.saturating_sub(running.len());
         let mut ready: Vec<(usize, Action)> = Vec::new();
+        let mut ready_keys: HashSet<StageKey> = HashSet::new();
         for (index, instance) in handles.iter().enumerate() {
-            if reports.contains_key(&index) {
+            if stopped || reports.contains_key(&index) {
                 continue;
             }
-            if stopped {
-                continue;
-            }
-            let inputs = instance_key_inputs(db, *instance).clone();
-            match inputs {
-                Err(blocked) => {
-                    if failed_names.contains(&blocked.upstream.0) {
-                        let report = StageReport {
-                            status: Some(StageStatus::Failed),
-                            error: Some(StageFailure::Upstream(blocked.upstream.0.clone()).to_string()),
-                            ..StageReport::skipped(&instances[index], None, "")
-                        };
-                        failed_names.insert(report.name.0.clone());
-                        on_stage(&report);
-                        reports.insert(index, report);
-                    }
-                }
-                Ok(inputs) => {
-                    let key = inputs.key();
-                    if let Some(waiting) = running.get_mut(&key) {
-                        if !waiting.contains(&index) {
-                            waiting.push(index);
-                        }
-                        continue;
-                    }
-                    let cached = match instance_output(db, *instance).clone() {
-                        Some(output) => Some((output, StageStatus::Cached, 0.0)),
-                        None => db.engine().cache.actions().get(&key).map(|manifest| {
-                            let output = StageOutput { artifacts: manifest.artifacts, metrics: manifest.metrics };
-                            (output, StageStatus::Cached, 0.0)
-                        }),
-                    };
-                    match cached {
-                        Some((output, status, secs)) => {
-                            db.set_result(*instance, Some(Done { key, output }));
-                            let report = settled(db, *instance, &inputs, status, secs);
-                            stopped |= report.failed() && !options.keep_going;
+            let key = match known.get(&index) {
+                Some(key) => *key,
+                None => match instance_key_inputs(db, *instance).clone() {
+                    Err(blocked) => {
+                        if failed_names.contains(&blocked.upstream.0) {
+                            let report = StageReport {
+                                status: Some(StageStatus::Failed),
+                                error: Some(StageFailure::Upstream(blocked.upstream.0.clone()).to_string()),
+                                ..StageReport::skipped(&instances[index], None, "")
+                            };
+                            failed_names.insert(report.name.0.clone());
                             on_stage(&report);
                             reports.insert(index, report);
                         }
-                        None if !ready.iter().any(|(_, action)| action.key() == key) => {
-                            ready.push((index, action_for(db, *instance, &inputs)));
-                        }
-                        None => {}
+                        continue;
                     }
+                    Ok(inputs) => {
+                        let key = inputs.key();
+                        let cached = match instance_output(db, *instance).clone() {
+                            Some(output) => Some(output),
+                            None => db.engine().cache.actions().get(&key).map(|manifest| StageOutput {
+                                artifacts: manifest.artifacts,
+                                metrics: manifest.metrics,
+                            }),
+                        };
+                        if let Some(output) = cached {
+                            db.set_result(*instance, Some(Done { key, output }));
+                            let report = settled(db, *instance, &inputs, StageStatus::Cached, 0.0);
+                            stopped |= report.failed() && !options.keep_going;
+                            on_stage(&report);
+                            reports.insert(index, report);
+                            continue;
+                        }
+                        known.insert(index, key);
+                        key
+                    }
+                },
+            };
+            if let Some(waiting) = running.get_mut(&key) {
+                if !waiting.contains(&index) {
+                    waiting.push(index);
+                }
+            } else if ready.len() < free && ready_keys.insert(key) {
+                if let Ok(inputs) = instance_key_inputs(db, *instance) {
+                    let inputs = inputs.clone();
+                    ready.push((index, action_for(db, *instance, &inputs)));
                 }
             }
         }
@@ -232,9 +240,6 @@ pub fn build(
             ready.clear();
         }
         for (index, action) in ready {
-            if running.len() >= jobs {
-                break;
-            }
             let key = action.key();
             running.insert(key, vec![index]);
             dispatch(db, action, runner.clone(), stop.clone(), sender.clone());
@@ -252,7 +257,14 @@ pub fn build(
             }
         };
         let Some(outcome) = outcome else { continue };
-        let waiting = running.remove(&outcome.key).unwrap_or_default();
+        // Every instance with this key gets the result (equal keys are one action).
+        let mut waiting = running.remove(&outcome.key).unwrap_or_default();
+        for (index, key) in &known {
+            if *key == outcome.key && !reports.contains_key(index) && !waiting.contains(index) {
+                waiting.push(*index);
+            }
+        }
+        waiting.sort_unstable();
         db.engine().cache.queue().remove(&outcome.key);
         for index in waiting {
             let instance = handles[index];
