@@ -70,7 +70,7 @@ pub fn overlay_svg(title: &str, sides: [(&str, Option<&Curves>); 2]) -> String {
             .filter_map(|(_, c)| *c)
             .flat_map(|c| names.iter().filter_map(|n| c.series.get(*n)).flatten().flatten().copied())
             .collect::<Vec<f64>>();
-        let y_axis = Axis::fit(values.into_iter(), log);
+        let y_axis = Axis::fit(values, log);
         panel(&mut svg, label, left, &x_axis, &y_axis, &names, &sides);
     }
     // Legend: one entry per side and line style.

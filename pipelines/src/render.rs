@@ -218,8 +218,7 @@ impl Canvas {
     /// One example of `shape` (one channel) in the colours of `map`.
     pub fn heat(
         &mut self,
-        x: usize,
-        y: usize,
+        (x, y): (usize, usize),
         values: &[f32],
         shape: &[usize],
         zoom: usize,
@@ -275,7 +274,7 @@ pub fn heatmap_tiles(
     what: &str,
 ) -> Vec<u8> {
     let tiles = tile_canvas(examples, shape, columns, min_px, |canvas, x, y, values, zoom| {
-        canvas.heat(x, y, values, shape, zoom, scale, map)
+        canvas.heat((x, y), values, shape, zoom, scale, map)
     });
     with_color_bar(&tiles, scale, map, what).to_png()
 }

@@ -497,7 +497,7 @@ fn first_layer(data: &Prepared, model: &Mlp) -> Result<Option<Vec<u8>>, ExecErro
 fn lr_chart(lr: &[f64]) -> String {
     let stride = lr.len().div_ceil(2000).max(1);
     let mut points: Vec<(f64, f64)> = lr.iter().enumerate().step_by(stride).map(|(t, &v)| (t as f64, v)).collect();
-    if let (Some(&last), true) = (lr.last(), (lr.len().saturating_sub(1)) % stride != 0) {
+    if let (Some(&last), true) = (lr.last(), !lr.len().saturating_sub(1).is_multiple_of(stride)) {
         points.push(((lr.len() - 1) as f64, last));
     }
     let line = Curve { name: "learning rate".into(), color: PALETTE[0], points };
