@@ -609,7 +609,7 @@ pub fn charts_svg(panels: &[Panel]) -> String {
         let at = ((i % 2) as f64 * PANEL_W, (i / 2) as f64 * PANEL_H);
         chart_panel(&mut svg, panel, at);
     }
-    svg.push_str("</svg>\n");
+    svg.push_str("</svg>");
     svg
 }
 
@@ -767,7 +767,7 @@ pub fn histogram_svg(title: &str, edges: &[f64], counts: &[u64]) -> String {
             edges[i + 1]
         );
     }
-    svg.push_str("</svg>\n");
+    svg.push_str("</svg>");
     svg
 }
 
@@ -961,7 +961,7 @@ mod tests {
     #[test]
     fn histogram_is_svg() {
         let svg = histogram_svg("pixels <raw>", &[0.0, 1.0, 2.0], &[3, 0]);
-        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains("pixels &lt;raw&gt;"));
         assert_eq!(svg.matches("<rect").count(), 3);
     }
