@@ -57,6 +57,15 @@ pub enum Command {
     Status { targets: Vec<String> },
     /// Print every knob with its default and documentation, as a commented pipe.toml.
     Knobs,
+    /// Write a commented pipe.toml for a dataset (in -C DIR, or --pipeline FILE).
+    Init {
+        /// builtin:digits, idx:DIR, cifar10:DIR, csv:FILE or images:DIR (relative to the file).
+        #[arg(long, value_name = "SOURCE")]
+        data: String,
+        /// Overwrite an existing pipeline file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show a built stage: artifacts, metrics, verdicts.
     Show { stage: String },
     /// List recorded builds: id, start time, targets, and the knobs changed since the run before.

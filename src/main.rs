@@ -76,6 +76,7 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         }
         Command::Status { targets } => commands::status::run(&project, targets, json),
         Command::Knobs => commands::knobs::run(),
+        Command::Init { data, force } => commands::init::run(&project, data, *force),
         Command::Show { stage } => commands::show::run(&project, stage, json),
         Command::Runs => commands::runs::run(&project, json),
         Command::Diff { a, b } => commands::diff::run(&project, a.as_deref(), b.as_deref(), json),

@@ -73,7 +73,10 @@ fn print_failure(stage: &str, verdict: &Verdict) {
 
 /// A number for people: four decimals, or scientific notation when tiny or huge.
 pub(crate) fn short(value: f64) -> String {
-    if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
+    if value.fract() == 0.0 && value.abs() < 1e9 {
+        // Counts (steps, examples) read as integers: `3000`, not `3000.0000`.
+        format!("{value:.0}")
+    } else if value != 0.0 && (value.abs() < 1e-3 || value.abs() >= 1e5) {
         format!("{value:.3e}")
     } else {
         format!("{value:.4}")
@@ -144,7 +147,9 @@ impl Printer {
     }
 }
 
-/// Records the build as a run in the cache (for `pipe runs` / `pipe diff`).
+/// Records the build as a run in the cache (for `pipe runs` / `pipe diff`). A no-op
+/// build (nothing ran or failed, and the newest run had the same config, device,
+/// targets and stage keys) is not recorded again: it would be a copy of that run.
 pub fn record_run(
     cache: &cache::Cache,
     targets: &[String],
@@ -173,6 +178,19 @@ pub fn record_run(
             })
             .collect(),
     };
+    let no_op = reports.iter().all(|report| report.status == Some(StageStatus::Cached));
+    if no_op {
+        let same = |before: &RunRecord| {
+            before.config == run.config
+                && before.device == run.device
+                && before.targets == run.targets
+                && before.stages.iter().map(|s| (&s.stage, s.key)).eq(run.stages.iter().map(|s| (&s.stage, s.key)))
+        };
+        if runs.ids().last().and_then(|id| runs.load(*id).ok()).is_some_and(|before| same(&before)) {
+            tracing::debug!("a no-op build of the latest run's config: not recorded again");
+            return;
+        }
+    }
     if let Err(error) = runs.record(&run) {
         tracing::warn!(%error, "could not record the run");
     }

@@ -4,6 +4,11 @@
 //! store, so a manifest that exists always points at complete objects. On lookup
 //! each object is re-verified; a missing or corrupt one turns the hit into a miss
 //! (the stage re-runs) and is moved to `quarantine/`. Failures are never stored.
+//!
+//! On disk a manifest carries a digest of its own content (`"digest"`: blake3 of the
+//! manifest's canonical JSON), so a manifest edited by hand (a metric changed, an
+//! artifact swapped) no longer matches its digest: it is treated as corrupt, a miss
+//! that is moved to `quarantine/`, and `pipe fsck` reports it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,11 +38,47 @@ pub struct Manifest {
     pub secs: f64,
 }
 
+/// What separates a stored manifest's JSON body from the digest of that body: the
+/// digest is the last field, so the body is the file without it, byte for byte.
+const DIGEST_FIELD: &str = ",\n  \"digest\": \"";
+
+impl Manifest {
+    /// The bytes stored in `actions/`: the manifest's pretty JSON with one last field,
+    /// `"digest"`, the blake3 of the JSON without that field.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut body = serde_json::to_vec_pretty(self)?;
+        let digest = blake3::hash(&body).to_hex();
+        // `body` ends with "\n}": insert the field before the closing brace.
+        body.truncate(body.len() - 2);
+        body.extend_from_slice(format!("{DIGEST_FIELD}{digest}\"\n}}").as_bytes());
+        Ok(body)
+    }
+
+    /// Parses stored bytes, checking the digest: a manifest edited after it was written
+    /// (a metric, an artifact hash, even its formatting) is an error.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+        let Some(at) = text.rfind(DIGEST_FIELD) else {
+            // Parse anyway, to say "invalid JSON" when that is the problem.
+            serde_json::from_str::<Manifest>(text).map_err(|err| format!("invalid JSON: {err}"))?;
+            return Err("it carries no digest of its content".into());
+        };
+        let (body_head, rest) = text.split_at(at);
+        let recorded = rest[DIGEST_FIELD.len()..].strip_suffix("\"\n}").unwrap_or_default();
+        let actual = blake3::hash(format!("{body_head}\n}}").as_bytes()).to_hex();
+        let manifest: Manifest = serde_json::from_str(text).map_err(|err| format!("invalid JSON: {err}"))?;
+        if recorded != actual.as_str() {
+            return Err("its content does not match its digest (edited after it was written)".into());
+        }
+        Ok(manifest)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ActionCache {
+    root: PathBuf,
     actions: PathBuf,
     last: PathBuf,
-    tmp: PathBuf,
     quarantine: PathBuf,
     store: Store,
 }
@@ -45,9 +86,9 @@ pub struct ActionCache {
 impl ActionCache {
     pub(crate) fn new(root: &Path, store: Store) -> ActionCache {
         ActionCache {
+            root: root.to_path_buf(),
             actions: root.join("actions"),
             last: root.join("last"),
-            tmp: root.join("tmp"),
             quarantine: root.join("quarantine"),
             store,
         }
@@ -61,11 +102,18 @@ impl ActionCache {
     /// The manifest stored under `key`, if it and every object it names are intact.
     pub fn get(&self, key: &StageKey) -> Option<Manifest> {
         let path = self.path(key);
-        let bytes = std::fs::read(&path).ok()?;
-        let manifest: Manifest = match serde_json::from_slice(&bytes) {
+        let bytes = match crate::fs::read(&self.root, &path) {
+            Ok(bytes) => bytes,
+            Err(err) if crate::fs::is_not_found(&err) => return None,
+            Err(err) => {
+                tracing::warn!(%err, "unreadable action entry, re-running its stage");
+                return None;
+            }
+        };
+        let manifest = match Manifest::decode(&bytes) {
             Ok(manifest) => manifest,
             Err(err) => {
-                tracing::warn!(path = %path.display(), %err, "unreadable action entry, re-running its stage");
+                tracing::warn!(path = %path.display(), %err, "corrupt action entry, re-running its stage");
                 self.quarantine_file(&path);
                 return None;
             }
@@ -90,21 +138,20 @@ impl ActionCache {
     /// anything aside: for readers that must not change the cache (`pipe diff`, `pipe
     /// verify`, `pipe gc`). A build uses [`ActionCache::get`].
     pub fn peek(&self, key: &StageKey) -> Option<Manifest> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+        let bytes = crate::fs::read(&self.root, &self.path(key)).ok()?;
+        let manifest = Manifest::decode(&bytes).ok()?;
         (manifest.key == *key && manifest.inputs.key() == *key).then_some(manifest)
     }
 
     /// Records a successful stage execution. Its objects must already be stored.
     pub fn put(&self, manifest: &Manifest) -> Result<(), CacheError> {
         for artifact in manifest.artifacts.values() {
-            if !self.store.path(&artifact.hash).exists() {
+            if self.store.path(&artifact.hash).symlink_metadata().is_err() {
                 return Err(CacheError::Missing { hash: artifact.hash.to_hex() });
             }
         }
-        let bytes = serde_json::to_vec_pretty(manifest)
-            .map_err(|source| CacheError::Json { path: self.path(&manifest.key), source })?;
-        write_atomic(&self.tmp, &self.path(&manifest.key), &bytes)?;
+        let bytes = manifest.encode().map_err(|source| CacheError::Json { path: self.path(&manifest.key), source })?;
+        write_atomic(&self.root, &self.path(&manifest.key), &bytes)?;
         self.set_last(manifest)
     }
 
@@ -113,18 +160,18 @@ impl ActionCache {
         let path = self.last.join(format!("{}.json", manifest.stage));
         let bytes = serde_json::to_vec_pretty(&manifest.inputs)
             .map_err(|source| CacheError::Json { path: path.clone(), source })?;
-        write_atomic(&self.tmp, &path, &bytes)
+        write_atomic(&self.root, &path, &bytes)
     }
 
     /// Key inputs of the latest build of `stage`, if any.
     pub fn last(&self, stage: &str) -> Option<KeyInputs> {
-        let bytes = std::fs::read(self.last.join(format!("{stage}.json"))).ok()?;
+        let bytes = crate::fs::read(&self.root, &self.last.join(format!("{stage}.json"))).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     fn quarantine_file(&self, path: &Path) {
         if let Some(name) = path.file_name() {
-            std::fs::rename(path, self.quarantine.join(name)).ok();
+            crate::fs::rename(&self.root, path, &self.quarantine.join(name)).ok();
         }
     }
 }
@@ -178,6 +225,30 @@ mod tests {
         cache.actions().put(&manifest).unwrap();
         let path = cache.actions().path(&manifest.key);
         std::fs::write(&path, b"{ not json").unwrap();
+        assert!(cache.actions().get(&manifest.key).is_none());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn edited_manifest_is_corrupt() {
+        let dir = crate::store::tests::test_dir("action-edited");
+        let cache = Cache::open(&dir).unwrap();
+        let manifest = manifest(&cache, b"tensor bytes");
+        cache.actions().put(&manifest).unwrap();
+        let path = cache.actions().path(&manifest.key);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"digest\""), "{text}");
+        assert_eq!(Manifest::decode(text.as_bytes()), Ok(manifest.clone()));
+        // A metric edited by hand is not served.
+        std::fs::write(&path, text.replace("\"n_train\": 3.0", "\"n_train\": 4.0")).unwrap();
+        assert!(cache.actions().peek(&manifest.key).is_none());
+        assert!(cache.actions().get(&manifest.key).is_none());
+        assert!(!path.exists(), "moved to quarantine");
+        assert!(std::fs::read_dir(dir.join("quarantine")).unwrap().count() == 1);
+        // A manifest without a digest is not trusted either.
+        let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        value.as_object_mut().unwrap().remove("digest");
+        std::fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
         assert!(cache.actions().get(&manifest.key).is_none());
         std::fs::remove_dir_all(&dir).ok();
     }

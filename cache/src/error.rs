@@ -24,4 +24,15 @@ pub enum CacheError {
     BadDigest(String),
     #[error("run record {id} is unreadable ({reason}); `pipe fsck` moves it aside")]
     BadRun { id: u64, reason: String },
+    #[error(
+        "refusing to follow the symlink {link} -> {target}: pipe never reads or writes outside its cache \
+         directory; remove the link"
+    )]
+    Symlink { link: PathBuf, target: PathBuf },
+    #[error("{path} is outside the cache directory")]
+    Outside { path: PathBuf },
+    #[error("no space left on device while writing {path}")]
+    NoSpace { path: PathBuf },
+    #[error(transparent)]
+    Input(#[from] crate::InputError),
 }

@@ -72,15 +72,15 @@ pub fn fsck(cache: &Cache, _lock: &CacheLock) -> Result<FsckReport, CacheError> 
     let mut manifests: Vec<(PathBuf, Manifest)> = Vec::new();
     for path in shard_files(&root.join("actions"))? {
         report.actions += 1;
-        let key = action_key(&path);
+        let is_link = path.symlink_metadata().is_ok_and(|meta| !meta.file_type().is_file());
+        let key = action_key(&path).filter(|_| !is_link);
         let Some(key) = key else {
             let moved_to = move_aside(cache, &path, "stray")?;
             report.problems.push(Problem::StrayFile { path, moved_to });
             continue;
         };
-        let parsed = std::fs::read(&path)
-            .map_err(|err| err.to_string())
-            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).map_err(|err| format!("invalid JSON: {err}")));
+        let parsed =
+            crate::fs::read(root, &path).map_err(|err| err.to_string()).and_then(|bytes| Manifest::decode(&bytes));
         let manifest = match parsed {
             Ok(manifest) => manifest,
             Err(reason) => {
@@ -120,7 +120,8 @@ pub fn fsck(cache: &Cache, _lock: &CacheLock) -> Result<FsckReport, CacheError> 
     let mut corrupt: BTreeSet<ArtifactHash> = BTreeSet::new();
     for path in shard_files(&root.join("objects"))? {
         report.objects += 1;
-        let Some(hash) = object_hash(&path) else {
+        let is_link = path.symlink_metadata().is_ok_and(|meta| !meta.file_type().is_file());
+        let Some(hash) = object_hash(&path).filter(|_| !is_link) else {
             let moved_to = move_aside(cache, &path, "stray")?;
             report.problems.push(Problem::StrayFile { path, moved_to });
             continue;
@@ -187,8 +188,10 @@ pub(crate) fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
         Err(err) => return Err(io(dir)(err)),
     };
     for entry in entries {
-        let path = entry.map_err(io(dir))?.path();
-        if path.is_dir() {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        // Never descend through a link: it is listed (and moved aside) as a stray file.
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
             for inner in std::fs::read_dir(&path).map_err(io(&path))? {
                 files.push(inner.map_err(io(&path))?.path());
             }
@@ -221,7 +224,7 @@ fn move_aside(cache: &Cache, path: &Path, what: &str) -> Result<PathBuf, CacheEr
     cache.stats().forget(path);
     let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let to = cache.root().join("quarantine").join(format!("{what}-{name}.{}", std::process::id()));
-    std::fs::rename(path, &to).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
+    crate::fs::rename(cache.root(), path, &to)?;
     Ok(to)
 }
 
@@ -296,6 +299,15 @@ pub(crate) mod tests {
         assert!(cache.actions().peek(&bad.key).is_none(), "the entry that named it is gone");
         assert_eq!(cache.actions().get(&good.key), Some(good.clone()), "intact entries stay");
         assert!(fsck(&cache, &lock).unwrap().problems.is_empty(), "a second pass finds nothing");
+
+        // A metric edited inside a manifest: the digest no longer matches.
+        let path = cache.actions().path(&good.key);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"secs\": 0.1", "\"secs\": 0.2")).unwrap();
+        let report = fsck(&cache, &lock).unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].to_string().contains("does not match its digest"), "{}", report.problems[0]);
+        let good = manifest(&cache, "a", b"alpha");
 
         std::fs::write(cache.actions().path(&good.key), b"{ not json").unwrap();
         let report = fsck(&cache, &lock).unwrap();

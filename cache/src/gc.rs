@@ -9,6 +9,12 @@
 //! it and recording its manifest.
 //! Removal order is runs, then action entries, then objects, so a crash part-way
 //! never leaves a manifest naming a missing object.
+//!
+//! A complete action entry (intact manifest, every object present) that no run record
+//! names at all, kept or not, is what a build interrupted before it recorded its run
+//! leaves: its finished stages. Such an entry younger than the retention window
+//! ([`DEFAULT_RETENTION`], or [`gc_retaining`]'s parameter) is kept with its objects,
+//! so the next build does not redo them. Entries of runs that `--keep-runs` forgets go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -20,6 +26,9 @@ use crate::{ArtifactHash, Cache, CacheError, CacheLock, Manifest, StageKey};
 /// Temp files younger than this may belong to a process that does not take the lock
 /// (`pipe diff` writing its plot), so gc leaves them.
 const TMP_GRACE: Duration = Duration::from_secs(3600);
+
+/// How long gc keeps complete action entries that no run record names (7 days).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
@@ -67,8 +76,20 @@ impl GcReport {
     }
 }
 
-/// Collects garbage; call with the cache lock held (the lock is the proof).
-pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcReport, CacheError> {
+/// Collects garbage with the default retention window; call with the cache lock held
+/// (the lock is the proof).
+pub fn gc(cache: &Cache, lock: &CacheLock, options: &GcOptions) -> Result<GcReport, CacheError> {
+    gc_retaining(cache, lock, options, DEFAULT_RETENTION)
+}
+
+/// Collects garbage, keeping complete action entries no run names that are younger
+/// than `retention`.
+pub fn gc_retaining(
+    cache: &Cache,
+    _lock: &CacheLock,
+    options: &GcOptions,
+    retention: Duration,
+) -> Result<GcReport, CacheError> {
     let root = cache.root();
     let runs = cache.runs();
     let ids = runs.ids();
@@ -94,15 +115,23 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
         }
     }
 
+    // Keys named by the runs that are forgotten now: their entries go, young or not.
+    let mut forgotten: BTreeSet<StageKey> = BTreeSet::new();
+    for &id in removed {
+        if let Ok(run) = runs.load(id) {
+            forgotten.extend(run.stages.iter().filter_map(|stage| stage.key));
+        }
+    }
     for &id in removed {
         let path = runs.path(id);
         report.removed_runs.push((id, file_len(&path)));
-        remove(&path, options.dry_run)?;
+        remove(root, &path, options.dry_run)?;
     }
     if !options.dry_run {
         runs.rewrite_index(&records)?;
     }
 
+    let now = SystemTime::now();
     let mut names: BTreeMap<ArtifactHash, Vec<String>> = BTreeMap::new();
     for path in shard_files(&root.join("actions"))? {
         // Files not named like an entry are fsck's business.
@@ -111,23 +140,39 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
             report.kept_actions += 1;
             continue;
         }
-        let manifest: Option<Manifest> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let manifest: Option<Manifest> = crate::fs::read(root, &path).ok().and_then(|b| Manifest::decode(&b).ok());
+        let young = std::fs::symlink_metadata(&path)
+            .ok()
+            .and_then(|meta| meta.modified().ok())
+            .and_then(|modified| now.duration_since(modified).ok())
+            .is_some_and(|age| age < retention);
+        if let Some(manifest) = manifest.as_ref().filter(|manifest| {
+            young
+                && !forgotten.contains(&key)
+                && manifest.artifacts.values().all(|artifact| cache.store().path(&artifact.hash).is_file())
+        }) {
+            // The finished stages of a build that never recorded its run.
+            report.kept_actions += 1;
+            objects.extend(manifest.artifacts.values().map(|artifact| artifact.hash));
+            continue;
+        }
         if let Some(manifest) = &manifest {
             for (name, artifact) in &manifest.artifacts {
                 names.entry(artifact.hash).or_default().push(format!("{}/{name}", manifest.stage));
             }
         }
         report.actions.push(FreedAction { key, stage: manifest.map(|m| m.stage), bytes: file_len(&path) });
-        remove(&path, options.dry_run)?;
+        remove(root, &path, options.dry_run)?;
     }
     // `last/<stage>.json` naming a removed entry would make `pipe status` call the
     // stage damaged; without it the stage reads as never built, which it now is.
     let removed_keys: BTreeSet<StageKey> = report.actions.iter().map(|action| action.key).collect();
     for entry in std::fs::read_dir(root.join("last")).into_iter().flatten().flatten() {
         let path = entry.path();
-        let last: Option<crate::KeyInputs> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let last: Option<crate::KeyInputs> =
+            crate::fs::read(root, &path).ok().and_then(|b| serde_json::from_slice(&b).ok());
         if last.is_some_and(|inputs| removed_keys.contains(&inputs.key())) {
-            remove(&path, options.dry_run)?;
+            remove(root, &path, options.dry_run)?;
         }
     }
 
@@ -139,13 +184,16 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
         }
         let names = names.remove(&hash).unwrap_or_default();
         report.objects.push(FreedObject { hash, bytes: file_len(&path), names });
-        remove(&path, options.dry_run)?;
+        remove(root, &path, options.dry_run)?;
     }
 
-    let now = SystemTime::now();
     for (dir, grace) in [("quarantine", Duration::ZERO), ("tmp", TMP_GRACE)] {
+        if crate::fs::guard(root, &root.join(dir)).is_err() {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
         for entry in entries.flatten() {
+            // `DirEntry::metadata` does not follow links: a link is removed, never its target.
             let Ok(meta) = entry.metadata() else { continue };
             let age = meta.modified().ok().and_then(|modified| now.duration_since(modified).ok());
             if age.is_none_or(|age| age < grace) {
@@ -154,8 +202,11 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
             report.scratch_bytes += if meta.is_dir() { dir_len(&entry.path()) } else { meta.len() };
             if !options.dry_run {
                 let path = entry.path();
-                let result = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-                result.map_err(|source| CacheError::Io { path, source })?;
+                if meta.is_dir() {
+                    crate::fs::remove_tree(root, &path)?;
+                } else {
+                    crate::fs::remove_file(root, &path)?;
+                }
             }
         }
     }
@@ -163,7 +214,7 @@ pub fn gc(cache: &Cache, _lock: &CacheLock, options: &GcOptions) -> Result<GcRep
 }
 
 fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |meta| meta.len())
+    std::fs::symlink_metadata(path).map_or(0, |meta| meta.len())
 }
 
 fn dir_len(path: &Path) -> u64 {
@@ -179,15 +230,11 @@ fn dir_len(path: &Path) -> u64 {
         .sum()
 }
 
-fn remove(path: &Path, dry_run: bool) -> Result<(), CacheError> {
+fn remove(root: &Path, path: &Path, dry_run: bool) -> Result<(), CacheError> {
     if dry_run {
         return Ok(());
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(CacheError::Io { path: path.to_path_buf(), source }),
-    }
+    crate::fs::remove_file(root, path)
 }
 
 #[cfg(test)]
@@ -262,6 +309,34 @@ mod tests {
         gc(&cache, &lock, &GcOptions { keep_runs: Some(0), dry_run: false }).unwrap();
         assert_eq!(cache.actions().last("train"), None);
         assert!(crate::fsck::shard_files(&dir.join("objects")).unwrap().is_empty());
+        drop(lock);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn gc_keeps_young_entries_of_an_interrupted_build() {
+        let dir = crate::store::tests::test_dir("gc-retention");
+        let cache = Cache::open(&dir).unwrap();
+        let recorded = manifest(&cache, "data", b"dataset");
+        record(&cache, 1, &[&recorded]);
+        // A build killed before it recorded its run: two finished stages, no record.
+        let finished = manifest(&cache, "train", b"weights of a run that was killed");
+        let finished_too = manifest(&cache, "eval", b"metrics of a run that was killed");
+        let lock = cache.lock().unwrap();
+
+        let report = gc(&cache, &lock, &GcOptions::default()).unwrap();
+        assert!(report.actions.is_empty() && report.objects.is_empty(), "{report:?}");
+        for kept in [&recorded, &finished, &finished_too] {
+            assert_eq!(cache.actions().get(&kept.key).as_ref(), Some(kept), "{}", kept.stage);
+        }
+        // An incomplete entry (its object gone) is garbage, young or not.
+        std::fs::remove_file(cache.store().path(&finished_too.artifacts["out.txt"].hash)).unwrap();
+        let report = gc(&cache, &lock, &GcOptions::default()).unwrap();
+        assert_eq!(report.actions.iter().map(|a| a.key).collect::<Vec<_>>(), [finished_too.key]);
+        // Past the retention window it goes too.
+        let report = gc_retaining(&cache, &lock, &GcOptions::default(), Duration::ZERO).unwrap();
+        assert_eq!(report.actions.iter().map(|a| a.key).collect::<Vec<_>>(), [finished.key]);
+        assert_eq!(cache.actions().get(&recorded.key), Some(recorded));
         drop(lock);
         std::fs::remove_dir_all(&dir).ok();
     }

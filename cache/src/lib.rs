@@ -24,8 +24,10 @@
 mod action;
 mod digest;
 mod error;
+mod fs;
 mod fsck;
 mod gc;
+mod input;
 mod key;
 mod lock;
 mod out;
@@ -39,7 +41,8 @@ pub use action::{ActionCache, ArtifactRef, Manifest, Metrics};
 pub use digest::{ArtifactHash, StageKey};
 pub use error::CacheError;
 pub use fsck::{fsck, FsckReport, Problem};
-pub use gc::{gc, FreedAction, FreedObject, GcOptions, GcReport};
+pub use gc::{gc, gc_retaining, FreedAction, FreedObject, GcOptions, GcReport, DEFAULT_RETENTION};
+pub use input::{check_regular, open_input, read_input, read_input_text, InputError};
 pub use key::{value_text, KeyInputs, KnobValueText};
 pub use lock::CacheLock;
 pub use out::OutDir;
@@ -60,12 +63,16 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens (creating if needed) the cache directory at `root`.
+    /// Opens (creating if needed) the cache directory at `root`. A symlink planted
+    /// where `pipe` reads or writes by name (`out/`, `quarantine/`, the lock,
+    /// `runs/index.jsonl`, a shard directory, `out/diff`, ...) is refused with
+    /// [`CacheError::Symlink`]: nothing is read or written through it.
     pub fn open(root: impl Into<PathBuf>) -> Result<Cache, CacheError> {
         let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io { path: root.clone(), source })?;
+        fs::check_tree(&root)?;
         for sub in ["objects", "actions", "last", "out", "runs", "quarantine", "tmp"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir, source })?;
+            fs::create_dirs(&root, &root.join(sub))?;
         }
         let stats = std::sync::Arc::new(StatCache::load(&root));
         let store = Store::new(&root, stats);
@@ -85,9 +92,15 @@ impl Cache {
         &self.actions
     }
 
-    /// Takes the exclusive cache lock, waiting for another `pipe` process if needed.
+    /// Takes the exclusive cache lock, waiting for another `pipe` process if needed,
+    /// then removes the temp files of processes that died writing (kill -9, a full disk).
     pub fn lock(&self) -> Result<CacheLock, CacheError> {
-        CacheLock::acquire(&self.root.join("lock"))
+        let lock = CacheLock::acquire(&self.root, &self.root.join("lock"))?;
+        let removed = fs::sweep_dead_temps(&self.root);
+        if removed > 0 {
+            tracing::info!(removed, "removed temp files left by dead processes");
+        }
+        Ok(lock)
     }
 
     pub fn out(&self) -> OutDir {
@@ -112,25 +125,49 @@ impl Cache {
     pub fn queue(&self) -> ActionQueue {
         ActionQueue::new(&self.root)
     }
+
+    /// Writes `bytes` atomically to `relative` inside the cache (`out/diff/x.svg`,
+    /// `report/index.html`), never through a symlink, and returns the full path. For
+    /// files the CLI writes beside the store.
+    pub fn write_file(&self, relative: &Path, bytes: &[u8]) -> Result<PathBuf, CacheError> {
+        let path = self.root.join(relative);
+        fs::write_atomic(&self.root, &path, bytes)?;
+        Ok(path)
+    }
+
+    /// Creates `relative` (e.g. `tmp/verify-<pid>`) as a real directory inside the cache,
+    /// refusing symlinks on the way, and returns its path.
+    pub fn create_dir(&self, relative: &Path) -> Result<PathBuf, CacheError> {
+        let path = self.root.join(relative);
+        fs::create_dirs(&self.root, &path)?;
+        Ok(path)
+    }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in `tmp_dir`, fsync'd, then renamed.
-pub(crate) fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    use std::io::Write;
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CacheError::Io { path, source }
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+/// Writes `bytes` to `path` (inside the cache `root`) atomically; see [`fs::write_atomic`].
+pub(crate) fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    fs::write_atomic(root, path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_files_are_written_inside_the_cache_only() {
+        let root = store::tests::test_dir("write-file");
+        let cache = Cache::open(&root).unwrap();
+        let path = cache.write_file(Path::new("out/diff/overfit.curves.svg"), b"<svg/>").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"<svg/>");
+        let outside = root.with_extension("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::remove_dir_all(root.join("out/diff")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out/diff")).unwrap();
+        let err = cache.write_file(Path::new("out/diff/overfit.curves.svg"), b"<svg/>").unwrap_err();
+        assert!(err.to_string().contains("refusing to follow the symlink"), "{err}");
+        assert!(cache.write_file(Path::new("../escape.txt"), b"x").is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        std::fs::remove_dir_all(&outside).ok();
+        std::fs::remove_dir_all(&root).ok();
     }
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = tmp_dir.join(format!("{}-{n}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
 }

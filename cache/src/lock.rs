@@ -13,9 +13,10 @@ pub struct CacheLock {
 }
 
 impl CacheLock {
-    pub fn acquire(path: &Path) -> Result<CacheLock, CacheError> {
+    /// Locks `path`, the lock file inside the cache directory `root` (never through a link).
+    pub fn acquire(root: &Path, path: &Path) -> Result<CacheLock, CacheError> {
         let io = |source| CacheError::Io { path: path.to_path_buf(), source };
-        let file = File::options().create(true).truncate(false).write(true).open(path).map_err(io)?;
+        let file: File = crate::fs::open_lock(root, path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -90,7 +90,7 @@ impl Runs {
         let io = |source| CacheError::Io { path: path.clone(), source };
         let mut line = serde_json::to_vec(summary).map_err(|source| CacheError::Json { path: path.clone(), source })?;
         line.push(b'\n');
-        let mut file = std::fs::File::options().create(true).append(true).open(&path).map_err(io)?;
+        let mut file = crate::fs::open_append(self.root(), &path)?;
         // One write: concurrent readers see a whole line or none of it.
         file.write_all(&line).map_err(io)
     }
@@ -99,7 +99,9 @@ impl Runs {
     /// the records on disk: each one's `changed` is relative to the run listed before it.
     pub fn summaries(&self) -> Vec<RunSummary> {
         let mut indexed: BTreeMap<u64, RunSummary> = BTreeMap::new();
-        if let Ok(text) = std::fs::read_to_string(self.index_path()) {
+        let text =
+            crate::fs::read(self.root(), &self.index_path()).ok().and_then(|bytes| String::from_utf8(bytes).ok());
+        if let Some(text) = text {
             for line in text.lines() {
                 // A torn or unreadable line is rebuilt from its record below.
                 if let Ok(summary) = serde_json::from_str::<RunSummary>(line) {
@@ -143,7 +145,7 @@ impl Runs {
                 .map_err(|source| CacheError::Json { path: path.clone(), source })?;
             bytes.push(b'\n');
         }
-        write_atomic(self.tmp(), &path, &bytes)
+        write_atomic(self.root(), &path, &bytes)
     }
 }
 

@@ -35,20 +35,21 @@ pub struct RunRecord {
 #[derive(Debug, Clone)]
 pub struct Runs {
     dir: PathBuf,
-    tmp: PathBuf,
+    root: PathBuf,
 }
 
 impl Runs {
     pub(crate) fn new(root: &Path) -> Runs {
-        Runs { dir: root.join("runs"), tmp: root.join("tmp") }
+        Runs { dir: root.join("runs"), root: root.to_path_buf() }
     }
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub(crate) fn tmp(&self) -> &Path {
-        &self.tmp
+    /// The cache directory the runs live in.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The file of run `id`.
@@ -76,14 +77,14 @@ impl Runs {
     pub fn record(&self, run: &RunRecord) -> Result<(), CacheError> {
         let path = self.path(run.id);
         let bytes = serde_json::to_vec_pretty(run).map_err(|source| CacheError::Json { path: path.clone(), source })?;
-        write_atomic(&self.tmp, &path, &bytes)?;
+        write_atomic(&self.root, &path, &bytes)?;
         let previous = self.ids().into_iter().rfind(|id| *id < run.id).and_then(|id| self.load(id).ok());
         self.append_index(&crate::RunSummary::new(run, previous.as_ref()))
     }
 
     pub fn load(&self, id: u64) -> Result<RunRecord, CacheError> {
         let path = self.path(id);
-        let bytes = std::fs::read(&path).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+        let bytes = crate::fs::read(&self.root, &path)?;
         serde_json::from_slice(&bytes).map_err(|source| CacheError::Json { path, source })
     }
 }

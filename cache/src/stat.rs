@@ -22,7 +22,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct StatCache {
     path: PathBuf,
-    tmp: PathBuf,
+    root: PathBuf,
     entries: Mutex<BTreeMap<PathBuf, Entry>>,
     dirty: Mutex<bool>,
 }
@@ -40,9 +40,11 @@ fn stat(path: &Path) -> std::io::Result<(u64, i128, u64)> {
     Ok((meta.len(), mtime_ns, inode))
 }
 
-/// blake3 of a file's bytes, streamed.
+/// blake3 of a regular file's bytes, streamed. A FIFO or a device is refused
+/// ([`crate::InputError::NotRegular`]) instead of blocking or reading forever.
 pub fn hash_file(path: &Path) -> Result<ArtifactHash, CacheError> {
     let io = |source| CacheError::Io { path: path.to_path_buf(), source };
+    crate::check_regular(path)?;
     let mut hasher = blake3::Hasher::new();
     hasher.update_mmap(path).map_err(io)?;
     Ok(ArtifactHash::from_bytes(*hasher.finalize().as_bytes()))
@@ -52,12 +54,13 @@ impl StatCache {
     pub(crate) fn load(root: &Path) -> StatCache {
         let path = root.join("stat-cache.json");
         let entries =
-            std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
-        StatCache { path, tmp: root.join("tmp"), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+            crate::fs::read(root, &path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        StatCache { path, root: root.to_path_buf(), entries: Mutex::new(entries), dirty: Mutex::new(false) }
     }
 
     /// The content hash of `path`, re-reading the file only when its stat changed.
     pub fn hash(&self, path: &Path) -> Result<ArtifactHash, CacheError> {
+        crate::check_regular(path)?;
         let (size, mtime_ns, inode) =
             stat(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
         let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -108,7 +111,7 @@ impl StatCache {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let bytes =
             serde_json::to_vec(&*entries).map_err(|source| CacheError::Json { path: self.path.clone(), source })?;
-        write_atomic(&self.tmp, &self.path, &bytes)?;
+        write_atomic(&self.root, &self.path, &bytes)?;
         *dirty = false;
         Ok(())
     }

@@ -9,15 +9,15 @@ use crate::{write_atomic, ArtifactHash, CacheError, StatCache};
 
 #[derive(Debug, Clone)]
 pub struct Store {
+    root: PathBuf,
     objects: PathBuf,
-    tmp: PathBuf,
     quarantine: PathBuf,
     stats: Arc<StatCache>,
 }
 
 impl Store {
     pub(crate) fn new(root: &Path, stats: Arc<StatCache>) -> Store {
-        Store { objects: root.join("objects"), tmp: root.join("tmp"), quarantine: root.join("quarantine"), stats }
+        Store { root: root.to_path_buf(), objects: root.join("objects"), quarantine: root.join("quarantine"), stats }
     }
 
     pub(crate) fn stats(&self) -> &StatCache {
@@ -38,10 +38,10 @@ impl Store {
             return Ok(hash);
         }
         let path = self.path(&hash);
-        if path.exists() {
+        if path.symlink_metadata().is_ok() {
             self.quarantine(&hash)?;
         }
-        write_atomic(&self.tmp, &path, bytes)?;
+        write_atomic(&self.root, &path, bytes)?;
         set_read_only(&path)?;
         self.stats.remember(&path, hash);
         Ok(hash)
@@ -50,12 +50,10 @@ impl Store {
     /// Reads an object and checks its bytes against its name.
     pub fn get(&self, hash: &ArtifactHash) -> Result<Vec<u8>, CacheError> {
         let path = self.path(hash);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match crate::fs::read(&self.root, &path) {
             Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CacheError::Missing { hash: hash.to_hex() })
-            }
-            Err(source) => return Err(CacheError::Io { path, source }),
+            Err(err) if crate::fs::is_not_found(&err) => return Err(CacheError::Missing { hash: hash.to_hex() }),
+            Err(err) => return Err(err),
         };
         let actual = ArtifactHash::of(&bytes);
         if actual != *hash {
@@ -69,6 +67,9 @@ impl Store {
     /// stat is unchanged since it was last verified is trusted without re-reading.
     pub fn verify(&self, hash: &ArtifactHash) -> bool {
         let path = self.path(hash);
+        if crate::fs::guard(&self.root, &path).is_err() {
+            return false;
+        }
         if self.stats.unchanged(&path, hash) {
             return true;
         }
@@ -81,7 +82,8 @@ impl Store {
 
     /// Re-reads the object and checks it, ignoring what the stat cache remembers.
     pub fn verify_deep(&self, hash: &ArtifactHash) -> bool {
-        crate::hash_file(&self.path(hash)).is_ok_and(|actual| actual == *hash)
+        let path = self.path(hash);
+        crate::fs::guard(&self.root, &path).is_ok() && crate::hash_file(&path).is_ok_and(|actual| actual == *hash)
     }
 
     /// Moves a (corrupt) object aside so it can be inspected and is never served.
@@ -89,17 +91,17 @@ impl Store {
         let from = self.path(hash);
         self.stats.forget(&from);
         let to = self.quarantine.join(format!("{}.{}", hash.to_hex(), std::process::id()));
-        match std::fs::rename(&from, &to) {
+        match crate::fs::rename(&self.root, &from, &to) {
             Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CacheError::Io { path: from, source }),
+            Err(err) if crate::fs::is_not_found(&err) => Ok(()),
+            Err(err) => Err(err),
         }
     }
 }
 
 fn set_read_only(path: &Path) -> Result<(), CacheError> {
     let io = |source| CacheError::Io { path: path.to_path_buf(), source };
-    let mut permissions = std::fs::metadata(path).map_err(io)?.permissions();
+    let mut permissions = std::fs::symlink_metadata(path).map_err(io)?.permissions();
     permissions.set_readonly(true);
     std::fs::set_permissions(path, permissions).map_err(io)
 }

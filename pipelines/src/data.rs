@@ -48,6 +48,15 @@ pub enum DataError {
     BadSplit(Vec<f64>),
     #[error("the split leaves no training examples")]
     EmptyTrain,
+    #[error(
+        "data.split = {fractions:?} leaves no validation examples ({pool} examples to split): \
+         raise the validation fraction or add data"
+    )]
+    EmptyVal { fractions: Vec<f64>, pool: usize },
+    #[error("the dataset has no features (every example is empty)")]
+    NoFeatures,
+    #[error("{0}")]
+    Config(#[from] workspace::ConfigError),
     #[error("dataset artifact: {0}")]
     Artifact(#[from] TensorFileError),
     #[error("{0}")]
@@ -55,10 +64,13 @@ pub enum DataError {
 }
 
 /// The content fingerprint of a source: what identifies the dataset in stage keys.
-/// Files are hashed through the stat cache, so an untouched dataset is not re-read.
+/// It covers every file the loader reads ([`Source::files`], the list the loader's
+/// reader is limited to), an optional file's absence included, and whatever else
+/// decides the loader's output ([`Source::identity_extras`]). Files are hashed through
+/// the stat cache, so an untouched dataset is not re-read.
 pub fn fingerprint(source: &Source, stats: &StatCache) -> Result<ArtifactHash, DataError> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"pipe-dataset-v1\n");
+    hasher.update(b"pipe-dataset-v2\n");
     match source {
         Source::Digits => {
             let raw = source.load(&SourceOptions::default())?;
@@ -71,13 +83,28 @@ pub fn fingerprint(source: &Source, stats: &StatCache) -> Result<ArtifactHash, D
             }
         }
         _ => {
-            for (name, path) in source.files()? {
-                let hash = stats.hash(&path)?;
-                hasher.update(format!("{name}={hash}\n").as_bytes());
+            for file in source.files()? {
+                let hash = match stats.hash(&file.path) {
+                    Ok(hash) => hash.to_hex(),
+                    Err(err) if file.optional && is_not_found(&err) => "absent".to_string(),
+                    Err(err) => return Err(err.into()),
+                };
+                hasher.update(format!("{}={hash}\n", file.name).as_bytes());
+            }
+            for extra in source.identity_extras() {
+                hasher.update(format!("{extra}\n").as_bytes());
             }
         }
     }
     Ok(ArtifactHash::from_bytes(*hasher.finalize().as_bytes()))
+}
+
+fn is_not_found(err: &cache::CacheError) -> bool {
+    match err {
+        cache::CacheError::Input(input) => input.is_not_found(),
+        cache::CacheError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 /// One split: features, labels and each example's index in the raw dataset.
@@ -198,6 +225,7 @@ pub fn split(raw: &RawDataset, fractions: &[f64], seed: u64) -> Result<[Vec<u32>
     if fractions.len() != 3 || (fractions.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
         return Err(DataError::BadSplit(fractions.to_vec()));
     }
+    let requested = fractions.to_vec();
     // A declared test split (IDX t10k, CIFAR test_batch) is kept as the test split;
     // the rest is split into train and val in the ratio of the first two fractions.
     let pool_end = raw.test_start.unwrap_or(raw.len());
@@ -238,6 +266,9 @@ pub fn split(raw: &RawDataset, fractions: &[f64], seed: u64) -> Result<[Vec<u32>
     if parts[0].is_empty() {
         return Err(DataError::EmptyTrain);
     }
+    if parts[1].is_empty() {
+        return Err(DataError::EmptyVal { fractions: requested, pool: pool_end });
+    }
     Ok(parts)
 }
 
@@ -249,8 +280,11 @@ pub fn prepare(
     seed: u64,
     normalize: &str,
 ) -> Result<Prepared, DataError> {
-    let [train, val, test] = split(raw, fractions, seed)?;
     let d = raw.n_features();
+    if d == 0 || raw.x.len() != raw.len() * d {
+        return Err(DataError::NoFeatures);
+    }
+    let [train, val, test] = split(raw, fractions, seed)?;
     let gather = |indices: Vec<u32>| Split {
         x: indices.iter().flat_map(|&i| raw.x[i as usize * d..(i as usize + 1) * d].iter().copied()).collect(),
         y: indices.iter().map(|&i| raw.y[i as usize]).collect(),
@@ -350,5 +384,77 @@ mod tests {
         let decoded = Prepared::decode(&data.encode().unwrap()).unwrap();
         assert_eq!(decoded, data);
         assert_eq!(data.encode().unwrap(), decoded.encode().unwrap(), "encoding is deterministic");
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    //! Every file a loader reads is in the dataset fingerprint: editing, adding or
+    //! removing each one changes it.
+    use super::*;
+    use crate::sources::fixtures::*;
+    use std::path::Path;
+
+    fn fp(source: &Source, cache: &cache::Cache) -> Option<ArtifactHash> {
+        fingerprint(source, cache.stats()).ok()
+    }
+
+    /// Edits (same size, new bytes, so only the hash can tell), removes and restores
+    /// each file; returns how many files were checked.
+    fn check_each_file(source: &Source, cache: &cache::Cache) -> usize {
+        let base = fp(source, cache).expect("fixture fingerprints");
+        let files = source.files().unwrap();
+        for file in &files {
+            let Ok(original) = std::fs::read(&file.path) else { continue };
+            let mut edited = original.clone();
+            let last = edited.len() - 1;
+            edited[last] ^= 0x01;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::fs::write(&file.path, &edited).unwrap();
+            assert_ne!(fp(source, cache), Some(base), "editing {} changes the fingerprint", file.name);
+            std::fs::remove_file(&file.path).unwrap();
+            assert_ne!(fp(source, cache), Some(base), "removing {} changes it (or fails)", file.name);
+            std::fs::write(&file.path, &original).unwrap();
+            assert_eq!(fp(source, cache), Some(base), "restoring {} restores it", file.name);
+        }
+        files.len()
+    }
+
+    fn add_changes(source: &Source, cache: &cache::Cache, path: &Path, bytes: &[u8]) {
+        let before = fp(source, cache);
+        std::fs::write(path, bytes).unwrap();
+        assert_ne!(fp(source, cache), before, "adding {} changes the fingerprint", path.display());
+    }
+
+    #[test]
+    fn fingerprint_covers_every_file_the_loaders_read() {
+        let dir = temp_dir("fingerprint");
+        let cache = cache::Cache::open(dir.join(".pipe")).unwrap();
+
+        let idx = Source::Idx(dir.join("idx"));
+        write_all(&dir.join("idx"), &idx_files(6));
+        add_changes(&idx, &cache, &dir.join("idx/classes.txt"), b"a\nb\nc\n");
+        assert_eq!(check_each_file(&idx, &cache), 5, "four IDX files and classes.txt");
+        // The loader reads classes.txt: the names it gives are in the key.
+        assert_eq!(idx.load(&SourceOptions::default()).unwrap().class_names, ["a", "b", "c"]);
+
+        let cifar = Source::Cifar10(dir.join("cifar"));
+        write_all(&dir.join("cifar"), &cifar_files(1));
+        add_changes(&cifar, &cache, &dir.join("cifar/batches.meta.txt"), b"0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n");
+        assert_eq!(check_each_file(&cifar, &cache), 7, "six batches and batches.meta.txt");
+
+        let csv = Source::Csv(dir.join("data.csv"));
+        std::fs::write(dir.join("data.csv"), csv_text(9)).unwrap();
+        assert_eq!(check_each_file(&csv, &cache), 1);
+
+        let images = Source::Images(dir.join("pictures"));
+        for (name, bytes) in image_fixture() {
+            write_all(&dir.join("pictures"), &[(name.as_str(), bytes)]);
+        }
+        assert_eq!(check_each_file(&images, &cache), 6);
+        add_changes(&images, &cache, &dir.join("pictures/cat/9.png"), &png_bytes(9, 6, 5));
+        std::fs::create_dir_all(dir.join("pictures/bird")).unwrap();
+        add_changes(&images, &cache, &dir.join("pictures/bird/0.png"), &png_bytes(1, 6, 5));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

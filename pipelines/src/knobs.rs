@@ -26,6 +26,9 @@ const BIG: i64 = 1_000_000_000;
 pub fn schema() -> Vec<KnobSpec> {
     use KnobKind::*;
     let prob = Float { min: 0.0, max: 1.0 };
+    // A decay rate of 1 never forgets (Adam's bias correction divides by zero; SGD
+    // momentum never damps): strictly below one.
+    let decay = Float { min: 0.0, max: 0.999999 };
     vec![
         KnobSpec::new(
             "data.source",
@@ -49,7 +52,7 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("data.csv.header", Bool, KnobValue::Bool(true), "csv: the first row names the columns"),
         KnobSpec::new(
             "data.images.size",
-            IntList { min: 1, max: 4096 },
+            IntList { min: 1, max: 1024 },
             KnobValue::IntList(vec![28, 28]),
             "images: every image is resized to [height, width]",
         ),
@@ -63,17 +66,17 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::choice(knob::MODEL_KIND, ModelKind::Mlp, "mlp or linear (softmax regression)"),
         KnobSpec::new(
             "model.hidden",
-            IntList { min: 1, max: 65_536 },
+            IntList { min: 1, max: 16_384 },
             KnobValue::IntList(vec![128, 128]),
             "hidden layer widths of the mlp",
         ),
         KnobSpec::choice(knob::MODEL_ACTIVATION, Activation::Relu, "hidden activation"),
         KnobSpec::choice(knob::TRAIN_OPTIMIZER, OptimizerName::Adam, "adam (weight_decay as an L2 penalty in the gradient), adamw (decoupled weight decay) or sgd"),
         KnobSpec::new("train.lr", Float { min: 0.0, max: 100.0 }, float(3e-4), "base learning rate (train.schedule scales it per step)"),
-        KnobSpec::new("train.beta1", prob, float(0.9), "adam beta1"),
-        KnobSpec::new("train.beta2", prob, float(0.999), "adam beta2"),
-        KnobSpec::new("train.eps", Float { min: 0.0, max: 1.0 }, float(1e-8), "adam epsilon"),
-        KnobSpec::new("train.momentum", prob, float(0.0), "sgd momentum (0: plain sgd)"),
+        KnobSpec::new("train.beta1", decay, float(0.9), "adam beta1"),
+        KnobSpec::new("train.beta2", decay, float(0.999), "adam beta2"),
+        KnobSpec::new("train.eps", Float { min: 1e-12, max: 1.0 }, float(1e-8), "adam epsilon"),
+        KnobSpec::new("train.momentum", decay, float(0.0), "sgd momentum (0: plain sgd)"),
         KnobSpec::new("train.weight_decay", Float { min: 0.0, max: 10.0 }, float(0.0), "weight decay: decoupled for adamw and sgd, an L2 penalty for adam"),
         KnobSpec::new("train.batch_size", Int { min: 1, max: 1_000_000 }, int(64), "examples per step"),
         KnobSpec::new("train.steps", Int { min: 1, max: BIG }, int(3000), "optimizer steps of the overfit stage"),

@@ -9,6 +9,7 @@ pub mod data;
 pub mod grad_deps;
 pub mod ids;
 pub mod inspect;
+pub mod kernels;
 pub mod knobs;
 pub mod model;
 pub mod plot;
@@ -62,22 +63,47 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// Content fingerprints of the external inputs named by `config` (files are hashed
-/// through the stat cache).
+/// through the stat cache). The data knobs that decide how those inputs are read are
+/// checked here first, with the `file:line:col` where they were set: channels other
+/// than 1 or 3, and a split with no validation fraction, are config errors.
 pub fn fingerprints(
     config: &Config,
     base_dir: &Path,
     stats: &StatCache,
 ) -> Result<BTreeMap<String, ArtifactHash>, data::DataError> {
+    if let Some(channels) = config.get("data.images.channels").and_then(|v| v.as_i64()) {
+        if channels != 1 && channels != 3 {
+            return Err(config
+                .error_at(
+                    "data.images.channels",
+                    format!("data.images.channels = {channels}: images are read as 1 (grayscale) or 3 (RGB) channels"),
+                    Some("data.images.channels = 1 or 3".into()),
+                )
+                .into());
+        }
+    }
+    if let Some(split) = config.get("data.split").and_then(|v| v.as_float_list()) {
+        if split.get(1).is_some_and(|val| *val <= 0.0) {
+            return Err(config
+                .error_at(
+                    "data.split",
+                    format!("data.split = {split:?} leaves no validation examples"),
+                    Some("every check that compares against validation needs some: for example data.split = [0.6, 0.2, 0.2]".into()),
+                )
+                .into());
+        }
+    }
     let source = source(config, base_dir)?;
     let human = match config.get("data.human_labels").and_then(|v| v.as_str()) {
         Some(file) if !file.is_empty() => {
             let path = base_dir.join(file);
-            if !path.is_file() {
+            if !path.exists() {
                 return Err(data::DataError::Source(sources::SourceError::File {
                     path,
                     message: "no such file (data.human_labels)".into(),
                 }));
             }
+            // A FIFO or a device is refused here ("not a regular file"), never read.
             stats.hash(&path)?
         }
         _ => ArtifactHash::of(b"no human labels"),

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod exec_action;
 pub mod fsck;
 pub mod gc;
+pub mod init;
 pub mod knobs;
 pub mod report;
 pub mod runs;

@@ -3,6 +3,7 @@
 
 mod data;
 mod engine;
+mod hardening;
 mod history;
 mod report;
 mod skeleton;

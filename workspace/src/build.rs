@@ -348,7 +348,10 @@ fn settled(db: &Database, instance: Instance, inputs: &KeyInputs, status: StageS
         if let Err(err) = engine.cache.out().materialize(&manifest) {
             tracing::warn!(%err, stage = %manifest.stage, "could not refresh .pipe/out");
         }
-        engine.cache.actions().set_last(&manifest).ok();
+        // `last/` explains staleness later; rewrite it (an fsync) only when it changed.
+        if engine.cache.actions().last(&manifest.stage).as_ref() != Some(inputs) {
+            engine.cache.actions().set_last(&manifest).ok();
+        }
     }
     StageReport {
         name: spec.name(),

@@ -3,6 +3,11 @@
 //! Every leaf of the file must be a known knob of the right type; an unknown key
 //! gets a "did you mean" suggestion, and every error names `file:line:col` and the
 //! dotted key. `--set KEY=VALUE` overrides go through the same validation.
+//!
+//! Bounded: a pipeline file is a regular file of at most [`MAX_FILE_BYTES`] (a FIFO or
+//! `/dev/zero` is refused before it is read), a list knob holds at most
+//! [`MAX_LIST_LEN`] values, and a key is quoted in an error only up to
+//! [`MAX_SHOWN_KEY`] characters.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +17,24 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::knob::{suggest, Float, KnobKind, KnobSpec, KnobValue};
+
+/// The largest pipeline file read (16 MiB; the full example is 6 KB).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// The most values a list knob holds (64 hidden layers, 64 overfit batch sizes).
+pub const MAX_LIST_LEN: usize = 64;
+
+/// Keys longer than this are shortened in messages.
+const MAX_SHOWN_KEY: usize = 80;
+
+/// `key`, shortened for a message when it is absurdly long.
+fn shown_key(key: &str) -> String {
+    if key.chars().count() <= MAX_SHOWN_KEY {
+        return key.to_string();
+    }
+    let head: String = key.chars().take(MAX_SHOWN_KEY).collect();
+    format!("{head}... ({} bytes)", key.len())
+}
 
 /// A config error, printed as `file:line:col: message` plus an optional help line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +65,9 @@ pub struct Config {
     pub values: BTreeMap<&'static str, KnobValue>,
     /// Knobs that were not left at their default: `file:line` or `--set`.
     pub origins: BTreeMap<&'static str, String>,
+    /// Where each knob not at its default was set, for errors: `file:line:col` or
+    /// `--set KEY=VALUE`.
+    pub locations: BTreeMap<&'static str, String>,
     pub file: Option<PathBuf>,
 }
 
@@ -51,13 +77,24 @@ impl Config {
         Config {
             values: schema.iter().map(|spec| (spec.name, spec.default.clone())).collect(),
             origins: BTreeMap::new(),
+            locations: BTreeMap::new(),
             file: None,
         }
     }
 
+    /// A config error about `key`, located where it was set (`default` when it was not).
+    pub fn error_at(&self, key: &str, message: impl Into<String>, help: Option<String>) -> ConfigError {
+        let location = self
+            .locations
+            .iter()
+            .find(|(name, _)| **name == key)
+            .map_or_else(|| "default".to_string(), |(_, location)| location.clone());
+        ConfigError { location, key: Some(key.to_string()), message: message.into(), help }
+    }
+
     /// Reads and validates a `pipe.toml`.
     pub fn load(schema: &[KnobSpec], path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        let text = cache::read_input_text(path, MAX_FILE_BYTES, "a pipeline file").map_err(|err| ConfigError {
             location: path.display().to_string(),
             key: None,
             message: format!("cannot read pipeline file: {err}"),
@@ -89,6 +126,7 @@ impl Config {
             let parsed = convert(spec, value.get_ref(), &location)?;
             config.values.insert(spec.name, parsed);
             config.origins.insert(spec.name, format!("{file}:{line}"));
+            config.locations.insert(spec.name, location);
         }
         Ok(config)
     }
@@ -96,7 +134,7 @@ impl Config {
     /// Applies one `KEY=VALUE` override. A value that is not valid TOML is read as
     /// a bare string, so `--set data.source=builtin:digits` works unquoted.
     pub fn set(&mut self, schema: &[KnobSpec], assignment: &str) -> Result<(), ConfigError> {
-        let location = format!("--set {assignment}");
+        let location = format!("--set {}", shown_key(assignment));
         let Some((key, raw)) = assignment.split_once('=') else {
             return Err(ConfigError {
                 location,
@@ -113,6 +151,7 @@ impl Config {
         };
         self.values.insert(spec.name, parsed);
         self.origins.insert(spec.name, "--set".into());
+        self.locations.insert(spec.name, location);
         Ok(())
     }
 
@@ -131,12 +170,13 @@ fn find_spec<'s>(schema: &'s [KnobSpec], key: &str, location: &str) -> Result<&'
         return Ok(spec);
     }
     let is_section = schema.iter().any(|spec| spec.name.starts_with(&format!("{key}.")));
+    let shown = shown_key(key);
     let message = if is_section {
-        format!("`{key}` is a section, not a value")
+        format!("`{shown}` is a section, not a value")
     } else {
         match suggest(key, schema.iter().map(|spec| spec.name)) {
-            Some(close) => format!("unknown key {key}, did you mean {close}?"),
-            None => format!("unknown key {key}"),
+            Some(close) => format!("unknown key {shown}, did you mean {close}?"),
+            None => format!("unknown key {shown}"),
         }
     };
     let section = key.rsplit_once('.').map_or("", |(section, _)| section);
@@ -147,7 +187,7 @@ fn find_spec<'s>(schema: &'s [KnobSpec], key: &str, location: &str) -> Result<&'
         .collect();
     let help = (!is_section && !siblings.is_empty() && !section.is_empty())
         .then(|| format!("known keys in [{section}]: {}", siblings.join(", ")));
-    Err(ConfigError { location: location.to_string(), key: Some(key.to_string()), message, help })
+    Err(ConfigError { location: location.to_string(), key: Some(shown), message, help })
 }
 
 fn flatten<'a, 'i>(table: &'a DeTable<'i>, prefix: &str, leaves: &mut Vec<(String, &'a Spanned<DeValue<'i>>)>) {
@@ -207,6 +247,12 @@ fn convert(spec: &KnobSpec, value: &DeValue<'_>, location: &str) -> Result<KnobV
                 Err(err)
             }
         }
+        KnobKind::IntList { .. } | KnobKind::FloatList { .. } if matches!(value, DeValue::Array(array) if array.len() > MAX_LIST_LEN) =>
+        {
+            let mut err = wrong(&found);
+            err.message = format!("`{}` holds {found}: at most {MAX_LIST_LEN} values", spec.name);
+            Err(err)
+        }
         KnobKind::IntList { min, max } => {
             let items: Vec<i64> = match value {
                 DeValue::Array(array) => array
@@ -238,11 +284,12 @@ fn convert(spec: &KnobSpec, value: &DeValue<'_>, location: &str) -> Result<KnobV
 
 fn describe_value(value: &DeValue<'_>) -> String {
     match value {
-        DeValue::String(s) => format!("string \"{s}\""),
+        DeValue::String(s) => format!("string \"{}\"", shown_key(s)),
         DeValue::Integer(i) => format!("integer {}", i.as_str()),
         DeValue::Float(f) => format!("float {}", f.as_str()),
         DeValue::Boolean(b) => format!("boolean {b}"),
         DeValue::Datetime(d) => format!("datetime {d}"),
+        DeValue::Array(array) if array.len() > MAX_LIST_LEN => format!("an array of {} values", array.len()),
         DeValue::Array(_) => "an array".into(),
         DeValue::Table(_) => "a table".into(),
     }
@@ -379,5 +426,45 @@ mod tests {
     #[test]
     fn float_format_is_stable() {
         assert_eq!(format_float(0.0003), "0.0003");
+    }
+
+    #[test]
+    fn huge_key_and_long_list_are_bounded() {
+        let started = std::time::Instant::now();
+        let key = "x".repeat(10 << 20);
+        let err = Config::parse(&schema(), &format!("[train]\n{key} = 1\n"), "pipe.toml").unwrap_err();
+        assert!(started.elapsed().as_secs_f64() < 2.0, "{:?}", started.elapsed());
+        assert_eq!(err.location, "pipe.toml:2:10485764");
+        assert!(err.message.starts_with("unknown key train.xxx") && err.message.len() < 200, "{}", err.message);
+        let mut config = Config::defaults(&schema());
+        let err = config.set(&schema(), &format!("{key}=1")).unwrap_err();
+        assert!(err.to_string().len() < 1000, "a --set is not echoed whole either");
+        let list = format!("checks.overfit_batch.size = [{}]\n", vec!["2"; 65].join(", "));
+        let err = Config::parse(&schema(), &list, "pipe.toml").unwrap_err();
+        assert!(err.message.contains("holds an array of 65 values: at most 64 values"), "{err}");
+        let list = format!("checks.overfit_batch.size = [{}]\n", vec!["2"; 64].join(", "));
+        assert!(Config::parse(&schema(), &list, "pipe.toml").is_ok());
+    }
+
+    #[test]
+    fn pipeline_file_must_be_a_bounded_regular_file() {
+        let err = Config::load(&schema(), Path::new("/dev/zero")).unwrap_err();
+        assert!(err.message.contains("not a regular file (a character device)"), "{err}");
+        let dir = std::env::temp_dir().join(format!("pipe-config-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("pipe.toml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let err = Config::load(&schema(), &big).unwrap_err();
+        assert!(err.message.contains("more than a pipeline file may hold"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn data_errors_point_at_where_the_knob_was_set() {
+        let mut config = Config::parse(&schema(), "\n[train]\nlr = 0.5\n", "pipe.toml").unwrap();
+        assert_eq!(config.error_at("train.lr", "too fast", None).location, "pipe.toml:3:6");
+        assert_eq!(config.error_at("train.steps", "x", None).location, "default");
+        config.set(&schema(), "train.steps=7").unwrap();
+        assert_eq!(config.error_at("train.steps", "x", None).location, "--set train.steps=7");
     }
 }

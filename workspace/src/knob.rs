@@ -279,10 +279,22 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate to `name` if it is close enough to be a likely typo.
+///
+/// Bounded: the edit distance is at least the difference in length, so a candidate
+/// whose length differs by more than the limit is skipped without comparing, and a
+/// name of more than 256 bytes gets no suggestion at all (a 10 MB unknown key answers
+/// at once instead of filling a 10M x 20 table).
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // No knob, stage or choice is near this long.
+    const MAX_SUGGEST_LEN: usize = 256;
+    if name.len() > MAX_SUGGEST_LEN {
+        return None;
+    }
     let limit = (name.len() / 3).clamp(1, 4);
+    let length = name.chars().count();
     candidates
         .into_iter()
+        .filter(|candidate| candidate.chars().count().abs_diff(length) <= limit)
         .map(|candidate| (edit_distance(name, candidate), candidate))
         .filter(|(distance, _)| *distance <= limit)
         .min_by_key(|(distance, candidate)| (*distance, *candidate))

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError, VerdictStatus};
 
 use super::common::{json_bytes, Cx};
-use super::{dumb_baselines, flat, human_baseline, overfit, RecipeStage, Run};
+use super::{diagnosis, dumb_baselines, flat, human_baseline, overfit, RecipeStage, Run};
 use crate::ids::{knob, stage};
 
 pub struct BeatsBaselines;
@@ -19,6 +19,10 @@ pub struct Metrics {
     pub majority_val_acc: f64,
     pub linear_val_loss: f64,
     pub linear_val_acc: f64,
+    /// The model's training loss and its loss at step 0, and `train.lr`, for the hint.
+    pub model_train_loss: f64,
+    pub model_init_loss: f64,
+    pub lr: f64,
     /// Only when `data.human_labels` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub human_acc: Option<f64>,
@@ -30,9 +34,9 @@ impl RecipeStage for BeatsBaselines {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::BEATS_BASELINES,
-            version: 1,
+            version: 2,
             doc: "the trained model against the dumb (and human) baselines on validation",
-            knobs: vec![],
+            knobs: vec![knob::TRAIN_LR],
             checks: vec![knob::DUMB_BASELINES_FAIL],
             upstream: vec![stage::DUMB_BASELINES, stage::HUMAN_BASELINE, stage::OVERFIT],
             fingerprints: vec![],
@@ -41,6 +45,7 @@ impl RecipeStage for BeatsBaselines {
     }
 
     fn run(&self, cx: &Cx<'_, '_>) -> Result<Run<Metrics>, ExecError> {
+        let lr = cx.f64(knob::TRAIN_LR)?;
         let model: overfit::Metrics = cx.upstream_metrics(stage::OVERFIT)?;
         let dumb: dumb_baselines::Metrics = cx.upstream_metrics(stage::DUMB_BASELINES)?;
         let human: human_baseline::Metrics = cx.upstream_metrics(stage::HUMAN_BASELINE)?;
@@ -51,6 +56,9 @@ impl RecipeStage for BeatsBaselines {
             majority_val_acc: dumb.majority_val_acc,
             linear_val_loss: dumb.linear_val_loss,
             linear_val_acc: dumb.linear_val_acc,
+            model_train_loss: model.train_loss,
+            model_init_loss: model.first_train_loss,
+            lr,
             human_acc: if human.provided == 1.0 { human.human_acc } else { None },
         };
         // The artifact is the flat metric map (sorted names), as it always was.
@@ -74,10 +82,13 @@ impl RecipeStage for BeatsBaselines {
                     value: model,
                     expected: base,
                     message: format!(
-                        "validation loss {model:.4} (acc {:.4}) vs the {baseline} baseline's {base:.4} (acc {base_acc:.4})",
+                        "validation loss {model:.4} (acc {:.4}), want below the {baseline} baseline's {base:.4} (acc {base_acc:.4})",
                         m.model_val_acc
                     ),
-                    hint: (!pass).then(|| "the model does not beat a dumb baseline: do the labels depend on the inputs? is the model learning the training split at all?".to_string()),
+                    hint: (!pass).then(|| {
+                        diagnosis::likely_cause(m.lr, m.model_init_loss, Some(m.model_train_loss), model)
+                            .unwrap_or_else(|| "the model does not beat a dumb baseline on validation and does not fit its training split either: do the labels depend on the inputs? check what enters the net and the loss".to_string())
+                    }),
                 }
             })
             .collect())

@@ -10,6 +10,7 @@ pub mod batch_preview;
 pub mod beats_baselines;
 pub mod common;
 pub mod data;
+pub mod diagnosis;
 pub mod dumb_baselines;
 pub mod flat;
 pub mod grad_deps;

@@ -6,7 +6,7 @@ use serde_json::json;
 use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError};
 
 use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS};
-use super::{flat, RecipeStage, Run};
+use super::{diagnosis, flat, RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
 use crate::train::{evaluate, Batches, SplitTensors, Trainer};
@@ -19,6 +19,10 @@ pub struct Metrics {
     pub real_val_acc: f64,
     pub zero_val_loss: f64,
     pub zero_val_acc: f64,
+    /// The loss the recipe's init starts from: the entropy of the training labels.
+    pub label_entropy: f64,
+    /// `train.lr`, for the hint.
+    pub lr: f64,
 }
 
 impl RecipeStage for ZeroInputBaseline {
@@ -27,7 +31,7 @@ impl RecipeStage for ZeroInputBaseline {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::ZERO_INPUT_BASELINE,
-            version: 1,
+            version: 2,
             doc: "the same short training on real and on all-zero inputs",
             knobs: knobs(&[&MODEL_KNOBS, &OPTIM_KNOBS, &[knob::TRAIN_BATCH_SIZE, knob::ZERO_INPUT_STEPS]]),
             checks: vec![knob::ZERO_INPUT_MARGIN],
@@ -47,21 +51,32 @@ impl RecipeStage for ZeroInputBaseline {
         let zero = (train.zeroed().map_err(err("zeros"))?, val.zeroed().map_err(err("zeros"))?);
         let (zero_val_loss, zero_val_acc) = train_and_evaluate(cx, &data, &zero, steps, steps, "zero")?;
         cx.exec.progress.end();
-        let metrics = Metrics { real_val_loss, real_val_acc, zero_val_loss, zero_val_acc };
+        let label_entropy = data.train_priors().iter().filter(|p| **p > 0.0).map(|p| -p * p.ln()).sum();
+        let lr = cx.f64(knob::TRAIN_LR)?;
+        let metrics = Metrics { real_val_loss, real_val_acc, zero_val_loss, zero_val_acc, label_entropy, lr };
         let report = json!({ "steps": steps, "results": flat::to_map(&metrics)? });
         Ok(Run { artifacts: vec![("baseline.json".into(), json_bytes(&report)?)], metrics })
     }
 
     fn judge(&self, m: &Metrics, checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
         let (real, zero, margin) = (m.real_val_loss, m.zero_val_loss, checks.f64(knob::ZERO_INPUT_MARGIN)?);
-        Ok(vec![verdict(
+        let mut verdict = verdict(
             "zero_input_baseline",
             zero - real >= margin,
             zero - real,
             margin,
-            format!("validation loss {real:.4} on real inputs vs {zero:.4} on all-zero inputs"),
+            format!(
+                "validation loss {real:.4} on real inputs vs {zero:.4} on all-zero inputs: real inputs must be at \
+                 least {margin} lower"
+            ),
             "the model does not use its inputs: check what enters the net (normalisation, a detached or zeroed tensor, shuffled labels)",
-        )])
+        );
+        if verdict.hint.is_some() {
+            if let Some(cause) = diagnosis::likely_cause(m.lr, m.label_entropy, None, real) {
+                verdict.hint = Some(cause);
+            }
+        }
+        Ok(vec![verdict])
     }
 }
 
