@@ -67,6 +67,14 @@ pub mod knob {
         DUMB_BASELINES_FAIL = "checks.dumb_baselines.fail",
         GRAD_DEPS_SAMPLES = "checks.grad_deps.samples",
         DYNAMICS_SIZE = "checks.dynamics.size",
+        TRAIN_NESTEROV = "train.nesterov",
+        TRAIN_SCHEDULE = "train.schedule",
+        TRAIN_WARMUP_STEPS = "train.warmup_steps",
+        TRAIN_STEP_EVERY = "train.step_every",
+        TRAIN_STEP_GAMMA = "train.step_gamma",
+        TRAIN_MIN_LR_RATIO = "train.min_lr_ratio",
+        LR_SCHEDULE_MIN_RATIO = "checks.lr_schedule.min_ratio",
+        LR_SCHEDULE_BY_FRACTION = "checks.lr_schedule.by_fraction",
     });
 }
 

@@ -512,8 +512,10 @@ fn pictures(data: &Prepared, views: &[View<'_>], outliers: &[Outlier], suspects:
     let std: Vec<f32> =
         total.iter().zip(&total_sq).map(|(s, sq)| ((sq / n) - (s / n).powi(2)).max(0.0).sqrt() as f32).collect();
     let max_std = std.iter().copied().fold(0f32, f32::max).max(1e-6);
-    let std_rows = vec![("PIXEL STD".to_string(), vec![std.as_slice()])];
-    files.push(("pixel_std.png".to_string(), render::grid(&std_rows, shape, Scale { low: 0.0, high: max_std }, 1)));
+    let std_tile = [(std.as_slice(), "pixel std".to_string())];
+    let std_scale = Scale { low: 0.0, high: max_std };
+    let std_png = render::heatmap_tiles(&std_tile, shape, std_scale, render::ColorMap::Sequential, 1, 200, "std");
+    files.push(("pixel_std.png".to_string(), std_png));
 
     // Thumbnails of the top outliers and label-noise suspects.
     let find = |e: &ExampleRef| views.iter().find(|v| v.name == e.split).map(|v| row_of(v, e.index));

@@ -7,7 +7,7 @@ use workspace::{Float, KnobKind, KnobSpec, KnobValue};
 use crate::ids::knob;
 use crate::model::{Activation, ModelKind};
 use crate::stages::data::Normalize;
-use crate::train::OptimizerName;
+use crate::train::{OptimizerName, ScheduleName};
 
 fn float(v: f64) -> KnobValue {
     KnobValue::Float(Float(v))
@@ -71,13 +71,13 @@ pub fn schema() -> Vec<KnobSpec> {
             "hidden layer widths of the mlp",
         ),
         KnobSpec::choice(knob::MODEL_ACTIVATION, Activation::Relu, "hidden activation"),
-        KnobSpec::choice(knob::TRAIN_OPTIMIZER, OptimizerName::Adam, "adam (AdamW form) or sgd"),
-        KnobSpec::new("train.lr", Float { min: 0.0, max: 100.0 }, float(3e-4), "learning rate, constant"),
+        KnobSpec::choice(knob::TRAIN_OPTIMIZER, OptimizerName::Adam, "adam (weight_decay as an L2 penalty in the gradient), adamw (decoupled weight decay) or sgd"),
+        KnobSpec::new("train.lr", Float { min: 0.0, max: 100.0 }, float(3e-4), "base learning rate (train.schedule scales it per step)"),
         KnobSpec::new("train.beta1", decay, float(0.9), "adam beta1"),
         KnobSpec::new("train.beta2", decay, float(0.999), "adam beta2"),
         KnobSpec::new("train.eps", Float { min: 1e-12, max: 1.0 }, float(1e-8), "adam epsilon"),
-        KnobSpec::new("train.momentum", decay, float(0.0), "sgd momentum"),
-        KnobSpec::new("train.weight_decay", Float { min: 0.0, max: 10.0 }, float(0.0), "decoupled weight decay"),
+        KnobSpec::new("train.momentum", decay, float(0.0), "sgd momentum (0: plain sgd)"),
+        KnobSpec::new("train.weight_decay", Float { min: 0.0, max: 10.0 }, float(0.0), "weight decay: decoupled for adamw and sgd, an L2 penalty for adam"),
         KnobSpec::new("train.batch_size", Int { min: 1, max: 1_000_000 }, int(64), "examples per step"),
         KnobSpec::new("train.steps", Int { min: 1, max: BIG }, int(3000), "optimizer steps of the overfit stage"),
         KnobSpec::new("train.seed", Int { min: 0, max: i64::MAX }, int(0), "seed of init and shuffles"),
@@ -159,5 +159,23 @@ pub fn schema() -> Vec<KnobSpec> {
             "validation examples whose predicted probabilities are recorded at each evaluation",
         ),
         KnobSpec::new("checks.overfit.min_train_acc", prob, float(0.99), "pass when final training accuracy >= this"),
+        // Optimizers and schedules (issue 9).
+        KnobSpec::new("train.nesterov", Bool, KnobValue::Bool(false), "sgd: Nesterov momentum"),
+        KnobSpec::choice(
+            knob::TRAIN_SCHEDULE,
+            ScheduleName::Constant,
+            "learning-rate schedule of the overfit stage: constant, step (x step_gamma every step_every steps) or cosine (down to min_lr_ratio)",
+        ),
+        KnobSpec::new("train.warmup_steps", Int { min: 0, max: BIG }, int(0), "linear warmup steps before the schedule (0: none)"),
+        KnobSpec::new("train.step_every", Int { min: 1, max: BIG }, int(1000), "step schedule: steps between decays"),
+        KnobSpec::new("train.step_gamma", prob, float(0.1), "step schedule: factor applied at each decay"),
+        KnobSpec::new("train.min_lr_ratio", prob, float(0.0), "cosine schedule: final rate as a fraction of train.lr"),
+        KnobSpec::new(
+            "checks.lr_schedule.min_ratio",
+            prob,
+            float(0.1),
+            "overfit: warn when the schedule takes the rate below this fraction of train.lr ...",
+        ),
+        KnobSpec::new("checks.lr_schedule.by_fraction", prob, float(0.5), "overfit: ... before this fraction of training"),
     ]
 }

@@ -1,4 +1,4 @@
-//! Training curves as a hand-written SVG: two runs overlaid (A solid blue family, B
+//! Training curves as a hand-written SVG (axes and ticks from [`crate::render::Axis`]): two runs overlaid (A solid blue family, B
 //! orange), loss on a log axis and accuracy on a linear one, train solid and
 //! validation dashed. Deterministic bytes for the same inputs, so the plot is an
 //! ordinary content-addressed artifact.
@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::Value;
+
+use crate::render::Axis;
 
 /// Curves of one side: evaluation steps and the series read from a `metrics.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,77 +41,6 @@ const PANEL_W: f64 = 380.0;
 const PANEL_H: f64 = 280.0;
 const COLORS: [&str; 2] = ["#1f77b4", "#ff7f0e"];
 
-struct Axis {
-    min: f64,
-    max: f64,
-    log: bool,
-}
-
-impl Axis {
-    fn fit(values: impl Iterator<Item = f64>, log: bool) -> Axis {
-        let values: Vec<f64> = values.filter(|v| v.is_finite() && (!log || *v > 0.0)).collect();
-        let (mut min, mut max) =
-            values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        if !min.is_finite() {
-            (min, max) = if log { (0.1, 1.0) } else { (0.0, 1.0) };
-        }
-        if log {
-            (min, max) = (min.log10().floor(), max.log10().ceil());
-        }
-        if max <= min {
-            max = min + 1.0;
-        }
-        Axis { min, max, log }
-    }
-
-    /// 0..1 along the axis, `None` for a value a log axis cannot show.
-    fn frac(&self, value: f64) -> Option<f64> {
-        let v = if self.log {
-            if value <= 0.0 {
-                return None;
-            }
-            value.log10()
-        } else {
-            value
-        };
-        value.is_finite().then(|| (v - self.min) / (self.max - self.min))
-    }
-
-    fn ticks(&self) -> Vec<(f64, String)> {
-        if self.log {
-            return (self.min as i32..=self.max as i32).map(|e| (10f64.powi(e), format!("1e{e}"))).collect();
-        }
-        let step = nice_step((self.max - self.min) / 5.0);
-        let mut ticks = Vec::new();
-        let mut tick = (self.min / step).ceil() * step;
-        while tick <= self.max + step * 1e-9 {
-            ticks.push((tick, trim(tick)));
-            tick += step;
-        }
-        ticks
-    }
-}
-
-fn nice_step(raw: f64) -> f64 {
-    let magnitude = 10f64.powf(raw.log10().floor());
-    let mantissa = raw / magnitude;
-    magnitude
-        * if mantissa <= 1.0 {
-            1.0
-        } else if mantissa <= 2.0 {
-            2.0
-        } else if mantissa <= 5.0 {
-            5.0
-        } else {
-            10.0
-        }
-}
-
-fn trim(value: f64) -> String {
-    let text = format!("{value:.4}");
-    text.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -139,7 +70,7 @@ pub fn overlay_svg(title: &str, sides: [(&str, Option<&Curves>); 2]) -> String {
             .filter_map(|(_, c)| *c)
             .flat_map(|c| names.iter().filter_map(|n| c.series.get(*n)).flatten().flatten().copied())
             .collect::<Vec<f64>>();
-        let y_axis = Axis::fit(values.into_iter(), log);
+        let y_axis = Axis::fit(values, log);
         panel(&mut svg, label, left, &x_axis, &y_axis, &names, &sides);
     }
     // Legend: one entry per side and line style.
@@ -178,8 +109,8 @@ fn panel(
         svg,
         r##"<rect x="{left}" y="{top}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#888"/>"##
     );
-    for (value, text) in x_axis.ticks() {
-        let Some(f) = x_axis.frac(value) else { continue };
+    for (value, text) in &x_axis.ticks {
+        let Some(f) = x_axis.frac(*value) else { continue };
         let x = x_of(f);
         let _ = writeln!(
             svg,
@@ -189,8 +120,8 @@ fn panel(
             top + PANEL_H + 18.0
         );
     }
-    for (value, text) in y_axis.ticks() {
-        let Some(f) = y_axis.frac(value) else { continue };
+    for (value, text) in &y_axis.ticks {
+        let Some(f) = y_axis.frac(*value) else { continue };
         let y = y_of(f);
         let _ = writeln!(
             svg,
@@ -258,7 +189,7 @@ mod tests {
         // 4 series per side; B's train loss is split in two by its missing point.
         assert_eq!(svg.matches("<polyline").count(), 9);
         assert_eq!(svg.matches(r#"data-series="train_loss""#).count(), 3);
-        assert!(svg.contains("(log scale)") && svg.contains(">1e-1<"));
+        assert!(svg.contains("(log scale)") && svg.contains(">0.1<") && svg.contains(">0.5<"));
         assert_eq!(svg, overlay_svg("run 1 vs run <2>", [("A: run 1", Some(&a)), ("B: run 2", Some(&b))]));
         let one_side = overlay_svg("t", [("A", Some(&a)), ("B", None)]);
         assert!(one_side.contains("(no curves)"));

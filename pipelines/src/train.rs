@@ -1,10 +1,16 @@
-//! The training loop's parts: seeded batches, an optimizer with every parameter
-//! explicit, one step with a non-finite guard, and full-split evaluation.
+//! The training loop's parts: seeded batches, optimizers (Adam, AdamW, SGD with
+//! momentum or Nesterov) with every parameter explicit, learning-rate schedules as
+//! pure functions of the step, one step with a non-finite guard, and full-split
+//! evaluation.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer as _, ParamsAdamW};
+
+mod schedule;
+
+pub use schedule::{Schedule, ScheduleKind, ScheduleName};
 
 use crate::data::Split;
 use crate::model::{accuracy, cross_entropy, Model};
@@ -22,29 +28,38 @@ pub enum TrainError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptimizerName {
     Adam,
+    AdamW,
     Sgd,
 }
 
 impl workspace::ChoiceKnob for OptimizerName {
-    const OPTIONS: &'static [&'static str] = &["adam", "sgd"];
+    const OPTIONS: &'static [&'static str] = &["adam", "adamw", "sgd"];
 
     fn from_index(index: usize) -> OptimizerName {
-        [OptimizerName::Adam, OptimizerName::Sgd][index]
+        [OptimizerName::Adam, OptimizerName::AdamW, OptimizerName::Sgd][index]
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OptimizerKind {
-    /// Adam with decoupled weight decay (AdamW); `weight_decay = 0` is plain Adam.
+    /// Adam (Kingma and Ba); `weight_decay` is an L2 penalty added to the gradient
+    /// before the moments, as in PyTorch's `Adam`.
     Adam { beta1: f64, beta2: f64, eps: f64 },
-    /// SGD with heavy-ball momentum and decoupled weight decay.
-    Sgd { momentum: f64 },
+    /// AdamW (Loshchilov and Hutter): `weight_decay` shrinks the weights directly,
+    /// `p *= 1 - lr_t * weight_decay`, outside the moments.
+    AdamW { beta1: f64, beta2: f64, eps: f64 },
+    /// SGD with momentum (PyTorch's form: `buf = momentum * buf + g`, the first
+    /// step `buf = g`), the update `buf`, or `g + momentum * buf` with Nesterov;
+    /// `weight_decay` decoupled, `p *= 1 - lr_t * weight_decay`.
+    Sgd { momentum: f64, nesterov: bool },
 }
 
-/// Every optimizer knob, explicit: nothing is left to a library default.
+/// Every optimizer knob, explicit: nothing is left to a library default (candle's
+/// `ParamsAdamW::default()` would decay weights by 0.01).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimSpec {
     pub kind: OptimizerKind,
+    /// The base learning rate; a [`Schedule`] scales it per step.
     pub lr: f64,
     pub weight_decay: f64,
 }
@@ -125,11 +140,13 @@ struct FusedAdam {
     vars: Vec<Var>,
     /// First and second moments, one pair per parameter.
     moments: Vec<Mutex<(Vec<f32>, Vec<f32>)>>,
-    lr: f64,
     beta1: f64,
     beta2: f64,
     eps: f64,
-    weight_decay: f64,
+    /// L2 penalty added to the gradient (Adam).
+    l2: f64,
+    /// Decoupled decay of the weights (AdamW).
+    decoupled: f64,
     step: usize,
 }
 
@@ -141,7 +158,10 @@ struct AdamUpdate<'a> {
     beta1: f32,
     beta2: f32,
     eps: f32,
+    /// Multiplies the weights before the update (AdamW's decoupled decay; 1 for Adam).
     decay: f32,
+    /// Adam's L2 penalty: `g + l2 * p` enters the moments.
+    l2: f32,
     scale_m: f32,
     scale_v: f32,
 }
@@ -189,13 +209,26 @@ impl InplaceOp2 for AdamUpdate<'_> {
             return Ok(());
         }
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = (f64::from(sum_sq), None);
-        // The formula and operation order of candle-nn's AdamW, in f32.
-        for (((p, &g), m), v) in params[p0..p1].iter_mut().zip(&grads[g0..g1]).zip(m.iter_mut()).zip(v.iter_mut()) {
+        // The formula and operation order of candle-nn's AdamW, in f32. Without an L2
+        // penalty the loop is exactly the one before Adam and AdamW were told apart,
+        // so the default configuration keeps its bytes.
+        let update = |p: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
             *m = *m * self.beta1 + g * (1.0 - self.beta1);
             *v = *v * self.beta2 + g * g * (1.0 - self.beta2);
             let m_hat = *m * self.scale_m;
             let v_hat = *v * self.scale_v;
             *p = *p * self.decay - m_hat / (v_hat.sqrt() + self.eps) * self.lr;
+        };
+        let lanes = params[p0..p1].iter_mut().zip(&grads[g0..g1]).zip(m.iter_mut()).zip(v.iter_mut());
+        if self.l2 == 0.0 {
+            for (((p, &g), m), v) in lanes {
+                update(p, g, m, v);
+            }
+        } else {
+            for (((p, &g), m), v) in lanes {
+                let g = g + self.l2 * *p;
+                update(p, g, m, v);
+            }
         }
         Ok(())
     }
@@ -204,7 +237,7 @@ impl InplaceOp2 for AdamUpdate<'_> {
 impl FusedAdam {
     /// One update; returns the squared gradient norm per parameter, or the name of
     /// the first parameter whose gradient was not finite (nothing after it updated).
-    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<Vec<f64>, TrainError> {
+    fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<Vec<f64>, TrainError> {
         self.step += 1;
         let t = self.step as f64;
         let mut norms = Vec::with_capacity(self.vars.len());
@@ -217,11 +250,12 @@ impl FusedAdam {
             let update = AdamUpdate {
                 moments,
                 seen: &seen,
-                lr: self.lr as f32,
+                lr: lr as f32,
                 beta1: self.beta1 as f32,
                 beta2: self.beta2 as f32,
                 eps: self.eps as f32,
-                decay: (1.0 - self.lr * self.weight_decay) as f32,
+                decay: (1.0 - lr * self.decoupled) as f32,
+                l2: self.l2 as f32,
                 scale_m: (1.0 / (1.0 - self.beta1.powf(t))) as f32,
                 scale_v: (1.0 / (1.0 - self.beta2.powf(t))) as f32,
             };
@@ -236,10 +270,44 @@ impl FusedAdam {
     }
 }
 
+/// SGD's state: one momentum buffer per parameter.
+struct Sgd {
+    vars: Vec<Var>,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: f64,
+    buffers: Vec<Option<Tensor>>,
+}
+
+impl Sgd {
+    /// One SGD update of `var` by `grad` at rate `lr` (see [`OptimizerKind::Sgd`]).
+    fn update(&self, var: &Var, grad: &Tensor, buffer: &mut Option<Tensor>, lr: f64) -> candle_core::Result<()> {
+        let step = if self.momentum > 0.0 {
+            let next = match buffer.take() {
+                Some(previous) => ((previous * self.momentum)? + grad)?,
+                None => grad.clone(),
+            };
+            let step = if self.nesterov { (grad + (&next * self.momentum)?)? } else { next.clone() };
+            *buffer = Some(next);
+            step
+        } else {
+            grad.clone()
+        };
+        let decayed = (var.as_tensor() * (1.0 - lr * self.weight_decay))?;
+        var.set(&(decayed - (&step * lr)?)?)
+    }
+}
+
 enum Optimizer {
     FusedAdam(FusedAdam),
-    Adam(AdamW),
-    Sgd { vars: Vec<Var>, lr: f64, momentum: f64, weight_decay: f64, velocity: Vec<Option<Tensor>> },
+    /// candle-nn's AdamW with weight decay set explicitly; `l2` is Adam's penalty,
+    /// added to the gradients before the step.
+    Adam {
+        inner: AdamW,
+        vars: Vec<Var>,
+        l2: f64,
+    },
+    Sgd(Sgd),
 }
 
 /// Takes optimizer steps on a model.
@@ -247,44 +315,85 @@ pub struct Trainer<'m> {
     model: &'m dyn Model,
     optimizer: Optimizer,
     names: Vec<String>,
+    base_lr: f64,
+    schedule: Schedule,
+    /// Steps of the whole run, for schedules that depend on it (cosine).
+    total_steps: usize,
     pub step: usize,
+    /// The learning rate of the last step taken.
+    pub lr: f64,
     /// Gradient L2 norm per parameter at the last step (in `parameters()` order).
     pub grad_norms: Vec<f64>,
 }
 
 impl<'m> Trainer<'m> {
+    /// A trainer at a constant learning rate.
     pub fn new(model: &'m dyn Model, spec: &OptimSpec) -> Result<Trainer<'m>, TrainError> {
-        Trainer::build(model, spec, true)
+        Trainer::build(model, spec, Schedule::constant(), 0, true)
     }
 
-    fn build(model: &'m dyn Model, spec: &OptimSpec, allow_fused: bool) -> Result<Trainer<'m>, TrainError> {
+    /// A trainer whose rate at step `t` is `spec.lr * schedule.factor(t, total_steps)`.
+    pub fn with_schedule(
+        model: &'m dyn Model,
+        spec: &OptimSpec,
+        schedule: Schedule,
+        total_steps: usize,
+    ) -> Result<Trainer<'m>, TrainError> {
+        Trainer::build(model, spec, schedule, total_steps, true)
+    }
+
+    fn build(
+        model: &'m dyn Model,
+        spec: &OptimSpec,
+        schedule: Schedule,
+        total_steps: usize,
+        allow_fused: bool,
+    ) -> Result<Trainer<'m>, TrainError> {
         let (names, vars): (Vec<String>, Vec<Var>) = model.parameters().into_iter().unzip();
         let on_cpu = allow_fused && vars.iter().all(|var| var.device().is_cpu());
+        let wd = spec.weight_decay;
         let optimizer = match spec.kind {
-            OptimizerKind::Adam { beta1, beta2, eps } if on_cpu => Optimizer::FusedAdam(FusedAdam {
-                names: names.clone(),
-                moments: vars.iter().map(|_| Mutex::default()).collect(),
-                vars,
-                lr: spec.lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay: spec.weight_decay,
-                step: 0,
-            }),
-            OptimizerKind::Adam { beta1, beta2, eps } => Optimizer::Adam(AdamW::new(
-                vars,
-                ParamsAdamW { lr: spec.lr, beta1, beta2, eps, weight_decay: spec.weight_decay },
-            )?),
-            OptimizerKind::Sgd { momentum } => Optimizer::Sgd {
-                velocity: vec![None; vars.len()],
-                vars,
-                lr: spec.lr,
-                momentum,
-                weight_decay: spec.weight_decay,
-            },
+            OptimizerKind::Adam { beta1, beta2, eps } | OptimizerKind::AdamW { beta1, beta2, eps } => {
+                let (l2, decoupled) =
+                    if matches!(spec.kind, OptimizerKind::Adam { .. }) { (wd, 0.0) } else { (0.0, wd) };
+                if on_cpu {
+                    Optimizer::FusedAdam(FusedAdam {
+                        names: names.clone(),
+                        moments: vars.iter().map(|_| Mutex::default()).collect(),
+                        vars,
+                        beta1,
+                        beta2,
+                        eps,
+                        l2,
+                        decoupled,
+                        step: 0,
+                    })
+                } else {
+                    let params = ParamsAdamW { lr: spec.lr, beta1, beta2, eps, weight_decay: decoupled };
+                    Optimizer::Adam { inner: AdamW::new(vars.clone(), params)?, vars, l2 }
+                }
+            }
+            OptimizerKind::Sgd { momentum, nesterov } => {
+                Optimizer::Sgd(Sgd { buffers: vec![None; vars.len()], vars, momentum, nesterov, weight_decay: wd })
+            }
         };
-        Ok(Trainer { model, optimizer, names, step: 0, grad_norms: Vec::new() })
+        Ok(Trainer {
+            model,
+            optimizer,
+            names,
+            base_lr: spec.lr,
+            schedule,
+            total_steps,
+            step: 0,
+            lr: spec.lr,
+            grad_norms: Vec::new(),
+        })
+    }
+
+    /// The learning rate step `step` uses: a pure function of the schedule, the
+    /// step and the run's length, so a run resumed at step k continues exactly.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        self.schedule.lr(self.base_lr, step, self.total_steps)
     }
 
     /// One optimizer step on `(x, y)`; returns the batch loss before the step.
@@ -294,18 +403,31 @@ impl<'m> Trainer<'m> {
         if !value.is_finite() {
             return Err(TrainError::NonFinite { step: self.step, tensor: "loss".into(), value });
         }
+        let lr = self.lr_at(self.step);
         match &mut self.optimizer {
             Optimizer::FusedAdam(adam) => {
-                let squared = adam.step(&loss.backward()?)?;
+                let squared = adam.step(&loss.backward()?, lr)?;
                 self.grad_norms = squared.into_iter().map(f64::sqrt).collect();
             }
             // On accelerators: no per-step read-back of gradients (it would sync the
             // device every step); a non-finite gradient shows in the next step's loss.
-            Optimizer::Adam(adam) => adam.backward_step(&loss)?,
-            Optimizer::Sgd { vars, lr, momentum, weight_decay, velocity } => {
+            Optimizer::Adam { inner, vars, l2 } => {
+                let mut grads = loss.backward()?;
+                if *l2 != 0.0 {
+                    for var in vars.iter() {
+                        if let Some(grad) = grads.remove(var) {
+                            grads.insert(var, (grad + (var.as_tensor() * *l2)?)?);
+                        }
+                    }
+                }
+                inner.set_learning_rate(lr);
+                inner.step(&grads)?;
+            }
+            Optimizer::Sgd(sgd) => {
                 let grads = loss.backward()?;
                 self.grad_norms.clear();
-                for ((var, velocity), name) in vars.iter().zip(velocity.iter_mut()).zip(&self.names) {
+                let mut buffers = std::mem::take(&mut sgd.buffers);
+                for ((var, buffer), name) in sgd.vars.iter().zip(buffers.iter_mut()).zip(&self.names) {
                     let Some(grad) = grads.get(var) else { continue };
                     let sum_sq = grad.sqr()?.sum_all()?.to_scalar::<f32>()?;
                     if !sum_sq.is_finite() {
@@ -316,16 +438,12 @@ impl<'m> Trainer<'m> {
                         });
                     }
                     self.grad_norms.push((sum_sq as f64).sqrt());
-                    let update = match velocity.take() {
-                        Some(v) if *momentum > 0.0 => ((v * *momentum)? + grad)?,
-                        _ => grad.clone(),
-                    };
-                    let decayed = (var.as_tensor() * (1.0 - *lr * *weight_decay))?;
-                    var.set(&(decayed - (&update * *lr)?)?)?;
-                    *velocity = Some(update);
+                    sgd.update(var, grad, buffer, lr)?;
                 }
+                sgd.buffers = buffers;
             }
         }
+        self.lr = lr;
         self.step += 1;
         Ok(value)
     }
@@ -351,21 +469,21 @@ mod tests {
         Mlp::new(&spec, &Init::Naive, 4, &Device::Cpu).unwrap()
     }
 
-    #[test]
-    fn fused_adam_matches_candle_adamw() {
+    fn batch() -> (Tensor, Tensor) {
         let x = Tensor::from_vec((0..24).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), (4, 6), &Device::Cpu)
             .unwrap();
-        let y = Tensor::from_vec(vec![0u32, 2, 1, 2], 4, &Device::Cpu).unwrap();
-        let spec = OptimSpec {
-            kind: OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
-            lr: 1e-2,
-            weight_decay: 0.1,
-        };
+        (x, Tensor::from_vec(vec![0u32, 2, 1, 2], 4, &Device::Cpu).unwrap())
+    }
+
+    /// The fused CPU path against candle-nn's AdamW (Adam's L2 added to its gradients).
+    fn fused_matches_reference(kind: OptimizerKind, schedule: Schedule) {
+        let (x, y) = batch();
+        let spec = OptimSpec { kind, lr: 1e-2, weight_decay: 0.1 };
         let (fused, reference) = (model(), model());
-        let mut fused_trainer = Trainer::build(&fused, &spec, true).unwrap();
-        let mut reference_trainer = Trainer::build(&reference, &spec, false).unwrap();
+        let mut fused_trainer = Trainer::build(&fused, &spec, schedule, 50, true).unwrap();
+        let mut reference_trainer = Trainer::build(&reference, &spec, schedule, 50, false).unwrap();
         assert!(matches!(fused_trainer.optimizer, Optimizer::FusedAdam(_)));
-        assert!(matches!(reference_trainer.optimizer, Optimizer::Adam(_)));
+        assert!(matches!(reference_trainer.optimizer, Optimizer::Adam { .. }));
         for _ in 0..50 {
             let a = fused_trainer.step(&x, &y).unwrap();
             let b = reference_trainer.step(&x, &y).unwrap();
@@ -379,11 +497,87 @@ mod tests {
     }
 
     #[test]
+    fn fused_adamw_matches_candle_adamw() {
+        fused_matches_reference(OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, Schedule::constant());
+    }
+
+    #[test]
+    fn fused_adam_with_l2_matches_candle_with_l2_gradients() {
+        fused_matches_reference(OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, Schedule::constant());
+    }
+
+    #[test]
+    fn fused_adam_follows_the_schedule_like_candle() {
+        let schedule = Schedule { kind: ScheduleKind::Cosine { min_ratio: 0.1 }, warmup_steps: 5 };
+        fused_matches_reference(OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, schedule);
+    }
+
+    #[test]
+    fn adam_and_adamw_differ_only_with_weight_decay() {
+        let (x, y) = batch();
+        let run = |kind: OptimizerKind, weight_decay: f64| {
+            let m = model();
+            let mut trainer = Trainer::new(&m, &OptimSpec { kind, lr: 1e-2, weight_decay }).unwrap();
+            for _ in 0..5 {
+                trainer.step(&x, &y).unwrap();
+            }
+            m.parameters()
+                .iter()
+                .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let adam = OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+        let adamw = OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+        assert_eq!(run(adam.clone(), 0.0), run(adamw.clone(), 0.0), "no decay: the same bits");
+        assert_ne!(run(adam, 0.1), run(adamw, 0.1), "L2 and decoupled decay are different optimizers");
+    }
+
+    #[test]
+    fn sgd_momentum_and_nesterov_by_hand() {
+        // Constant gradient 1 on a weight at 0, lr 0.1, momentum 0.9.
+        let run = |nesterov: bool| {
+            let var = Var::from_slice(&[0f32], 1, &Device::Cpu).unwrap();
+            let sgd = Sgd { vars: vec![], momentum: 0.9, nesterov, weight_decay: 0.0, buffers: vec![] };
+            let grad = Tensor::from_slice(&[1f32], 1, &Device::Cpu).unwrap();
+            let mut buffer = None;
+            let mut values = Vec::new();
+            for _ in 0..2 {
+                sgd.update(&var, &grad, &mut buffer, 0.1).unwrap();
+                values.push(var.as_tensor().to_vec1::<f32>().unwrap()[0]);
+            }
+            values
+        };
+        // Heavy ball: buf 1 then 1.9; p = -0.1, then -0.29.
+        let plain = run(false);
+        assert!((plain[0] + 0.1).abs() < 1e-6 && (plain[1] + 0.29).abs() < 1e-6, "{plain:?}");
+        // Nesterov: step g + 0.9 buf = 1.9 then 2.71; p = -0.19, then -0.461.
+        let nesterov = run(true);
+        assert!((nesterov[0] + 0.19).abs() < 1e-6 && (nesterov[1] + 0.461).abs() < 1e-6, "{nesterov:?}");
+    }
+
+    #[test]
+    fn trainer_reports_the_scheduled_rate_of_each_step() {
+        let (x, y) = batch();
+        let m = model();
+        let spec =
+            OptimSpec { kind: OptimizerKind::Sgd { momentum: 0.0, nesterov: false }, lr: 0.1, weight_decay: 0.0 };
+        let schedule = Schedule { kind: ScheduleKind::Step { every: 2, gamma: 0.5 }, warmup_steps: 0 };
+        let mut trainer = Trainer::with_schedule(&m, &spec, schedule, 6).unwrap();
+        let mut rates = Vec::new();
+        for _ in 0..6 {
+            trainer.step(&x, &y).unwrap();
+            rates.push(trainer.lr);
+        }
+        assert_eq!(rates, [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]);
+    }
+
+    #[test]
     fn non_finite_loss_stops_training() {
         let m = model();
         let x = Tensor::from_vec(vec![f32::MAX; 6], (1, 6), &Device::Cpu).unwrap();
         let y = Tensor::from_vec(vec![0u32], 1, &Device::Cpu).unwrap();
-        let spec = OptimSpec { kind: OptimizerKind::Sgd { momentum: 0.0 }, lr: 0.1, weight_decay: 0.0 };
+        let spec =
+            OptimSpec { kind: OptimizerKind::Sgd { momentum: 0.0, nesterov: false }, lr: 0.1, weight_decay: 0.0 };
         let mut trainer = Trainer::new(&m, &spec).unwrap();
         assert!(matches!(trainer.step(&x, &y), Err(TrainError::NonFinite { step: 0, .. })));
     }

@@ -23,7 +23,9 @@ fn clean_digits_pass_every_skeleton_check_and_write_the_plots() {
     assert_eq!(run.stage("human_baseline")["metrics"]["provided"], 0.0);
     assert!(run.stage("human_baseline")["verdicts"].as_array().unwrap().is_empty());
     let overfit = run.stage("overfit");
-    for name in ["curves.svg", "layers.svg", "dynamics.svg", "dynamics.json", "first_layer.png", "layers.json"] {
+    for name in
+        ["curves.svg", "layers.svg", "dynamics.svg", "dynamics.json", "first_layer.png", "layers.json", "lr.svg"]
+    {
         let path = overfit["artifacts"][name]["path"].as_str().unwrap_or_else(|| panic!("{name} missing"));
         let bytes = std::fs::read(path).unwrap();
         if name.ends_with(".svg") {
@@ -40,6 +42,14 @@ fn clean_digits_pass_every_skeleton_check_and_write_the_plots() {
     assert_eq!(dynamics["probs"].as_array().unwrap().len(), 16);
     assert_eq!(dynamics["step"], serde_json::json!([0, 750, 1500, 2250, 3000]));
     assert_eq!(dynamics["probs"][0].as_array().unwrap().len(), 5, "one distribution per evaluation");
+    // The learning rate of every step, constant by default.
+    let metrics: Value =
+        serde_json::from_slice(&std::fs::read(overfit["artifacts"]["metrics.json"]["path"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let lr = metrics["lr"].as_array().unwrap();
+    assert_eq!(lr.len(), 3000);
+    assert!(lr.iter().all(|v| v.as_f64() == Some(3e-4)));
+    assert_eq!(verdict(&run, "overfit", "lr_schedule")["status"], "pass");
     let grad_deps = run.stage("grad_deps");
     assert_eq!(grad_deps["metrics"]["n_probes"], 4.0);
     assert!(grad_deps["artifacts"]["grad_deps.png"].is_object());

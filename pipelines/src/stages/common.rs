@@ -9,7 +9,9 @@ use workspace::{ChoiceKnob, ExecContext, ExecError, KnobId, StageId, Verdict, Ve
 use crate::data::{self, Prepared};
 use crate::ids::{knob, stage};
 use crate::model::{Activation, Init, Mlp, MlpSpec, ModelKind};
-use crate::train::{OptimSpec, OptimizerKind, OptimizerName, SplitTensors, TrainError};
+use crate::train::{
+    OptimSpec, OptimizerKind, OptimizerName, Schedule, ScheduleKind, ScheduleName, SplitTensors, TrainError,
+};
 
 /// What a stage's `run` sees: the engine's context and the device to train on.
 pub struct Cx<'a, 'b> {
@@ -153,12 +155,27 @@ impl Cx<'_, '_> {
         let (lr, weight_decay) = (self.f64(knob::TRAIN_LR)?, self.f64(knob::TRAIN_WEIGHT_DECAY)?);
         let (beta1, beta2, eps) =
             (self.f64(knob::TRAIN_BETA1)?, self.f64(knob::TRAIN_BETA2)?, self.f64(knob::TRAIN_EPS)?);
-        let momentum = self.f64(knob::TRAIN_MOMENTUM)?;
+        let (momentum, nesterov) = (self.f64(knob::TRAIN_MOMENTUM)?, self.bool(knob::TRAIN_NESTEROV)?);
         let kind = match name {
             OptimizerName::Adam => OptimizerKind::Adam { beta1, beta2, eps },
-            OptimizerName::Sgd => OptimizerKind::Sgd { momentum },
+            OptimizerName::AdamW => OptimizerKind::AdamW { beta1, beta2, eps },
+            OptimizerName::Sgd => OptimizerKind::Sgd { momentum, nesterov },
         };
         Ok(OptimSpec { kind, lr, weight_decay })
+    }
+
+    /// The learning-rate schedule knobs, all read whatever `train.schedule` is.
+    pub fn schedule(&self) -> Result<Schedule, ExecError> {
+        let name: ScheduleName = self.choice(knob::TRAIN_SCHEDULE)?;
+        let warmup_steps = self.count(knob::TRAIN_WARMUP_STEPS)?;
+        let (every, gamma) = (self.count(knob::TRAIN_STEP_EVERY)?, self.f64(knob::TRAIN_STEP_GAMMA)?);
+        let min_ratio = self.f64(knob::TRAIN_MIN_LR_RATIO)?;
+        let kind = match name {
+            ScheduleName::Constant => ScheduleKind::Constant,
+            ScheduleName::Step => ScheduleKind::Step { every, gamma },
+            ScheduleName::Cosine => ScheduleKind::Cosine { min_ratio },
+        };
+        Ok(Schedule { kind, warmup_steps })
     }
 }
 
@@ -166,7 +183,7 @@ impl Cx<'_, '_> {
 pub const MODEL_KNOBS: [KnobId; 3] = [knob::MODEL_KIND, knob::MODEL_HIDDEN, knob::MODEL_ACTIVATION];
 
 /// The knobs [`Cx::optim`] and [`Cx::seed`] read.
-pub const OPTIM_KNOBS: [KnobId; 8] = [
+pub const OPTIM_KNOBS: [KnobId; 9] = [
     knob::TRAIN_OPTIMIZER,
     knob::TRAIN_LR,
     knob::TRAIN_BETA1,
@@ -175,6 +192,16 @@ pub const OPTIM_KNOBS: [KnobId; 8] = [
     knob::TRAIN_MOMENTUM,
     knob::TRAIN_WEIGHT_DECAY,
     knob::TRAIN_SEED,
+    knob::TRAIN_NESTEROV,
+];
+
+/// The knobs [`Cx::schedule`] reads (only the `overfit` stage follows a schedule).
+pub const SCHEDULE_KNOBS: [KnobId; 5] = [
+    knob::TRAIN_SCHEDULE,
+    knob::TRAIN_WARMUP_STEPS,
+    knob::TRAIN_STEP_EVERY,
+    knob::TRAIN_STEP_GAMMA,
+    knob::TRAIN_MIN_LR_RATIO,
 ];
 
 /// Concatenated knob groups for a spec.

@@ -9,7 +9,7 @@ use super::common::{err, json_bytes, knobs, verdict, Cx, MODEL_KNOBS};
 use super::{RecipeStage, Run};
 use crate::grad_deps::check;
 use crate::ids::{knob, stage};
-use crate::render::{tiles, Scale};
+use crate::render::{matrix_heatmap, ColorMap, Scale};
 use crate::rng::Rng;
 use crate::train::Batches;
 
@@ -28,7 +28,7 @@ impl RecipeStage for GradDeps {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::GRAD_DEPS,
-            version: 1,
+            version: 2,
             doc: "backprop from one example's outputs to the inputs: no other example may receive gradient",
             knobs: knobs(&[&MODEL_KNOBS, &[knob::TRAIN_SEED, knob::TRAIN_BATCH_SIZE, knob::GRAD_DEPS_SAMPLES]]),
             checks: vec![],
@@ -59,9 +59,10 @@ impl RecipeStage for GradDeps {
         let rows: Vec<Vec<f32>> =
             probes.iter().map(|p| p.gradient_per_example.iter().map(|&g| g as f32).collect()).collect();
         let max = rows.iter().flatten().fold(0f32, |m, &v| m.max(v)).max(1e-12);
-        let cells: Vec<(&[f32], String)> =
-            rows.iter().zip(&probes).map(|(r, p)| (r.as_slice(), format!("example {}", p.example))).collect();
-        let picture = tiles(&cells, &[1, batch], Scale { low: 0.0, high: max }, 1);
+        let cells: Vec<(String, &[f32])> =
+            rows.iter().zip(&probes).map(|(r, p)| (format!("example {}", p.example), r.as_slice())).collect();
+        let scale = Scale { low: 0.0, high: max };
+        let picture = matrix_heatmap(&cells, scale, ColorMap::Sequential, "batch example", "gradient");
         let report = json!({
             "note": "the sum of one example's outputs is back-propagated to the batch input; only that example may receive gradient. Layers that mix the batch by design run in evaluation mode for this check.",
             "batch_size": batch,

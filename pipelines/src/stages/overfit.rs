@@ -2,6 +2,11 @@
 //! splits every `train.eval_every` steps; writes the checkpoint, the curves, the
 //! per-layer health and the prediction dynamics of fixed validation examples.
 //!
+//! The learning rate follows `train.schedule`; the rate each step used is recorded
+//! (`lr` in `metrics.json`, `lr.svg`), and the `lr_schedule` verdict warns when the
+//! schedule drives the rate towards zero early (the recipe's "do not trust learning
+//! rate decay defaults").
+//!
 //! Phases: [`train`] (the loop) feeds a [`Recorder`] (series at each evaluation);
 //! then [`charts`], [`checkpoint`] and [`first_layer`] turn the result into files.
 
@@ -10,16 +15,18 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError};
+use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError, VerdictStatus};
 
-use super::common::{choice_name, err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS};
+use super::common::{
+    choice_name, err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS, SCHEDULE_KNOBS,
+};
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
 use crate::model::{Activation, Mlp, Model};
-use crate::render::{charts_svg, is_image, tiles, Scale, Series as Curve, PALETTE};
+use crate::render::{charts_svg, heatmap_tiles, is_image, ColorMap, Panel, Scale, Series as Curve, PALETTE};
 use crate::tensors::TensorFile;
-use crate::train::{evaluate, Batches, SplitTensors, Trainer};
+use crate::train::{evaluate, Batches, Schedule, ScheduleKind, SplitTensors, Trainer};
 
 pub struct Overfit;
 
@@ -32,6 +39,35 @@ pub struct Metrics {
     pub val_loss: f64,
     pub val_acc: f64,
     pub steps: f64,
+    /// The schedule as numbers (`schedule`: 0 constant, 1 step, 2 cosine), so that
+    /// `lr_schedule` can evaluate it for any threshold without retraining.
+    pub schedule: f64,
+    pub warmup_steps: f64,
+    pub step_every: f64,
+    pub step_gamma: f64,
+    pub min_lr_ratio: f64,
+}
+
+impl Metrics {
+    fn record_schedule(&mut self, schedule: &Schedule) {
+        self.warmup_steps = schedule.warmup_steps as f64;
+        match schedule.kind {
+            ScheduleKind::Constant => self.schedule = 0.0,
+            ScheduleKind::Step { every, gamma } => {
+                (self.schedule, self.step_every, self.step_gamma) = (1.0, every as f64, gamma);
+            }
+            ScheduleKind::Cosine { min_ratio } => (self.schedule, self.min_lr_ratio) = (2.0, min_ratio),
+        }
+    }
+
+    fn schedule(&self) -> Schedule {
+        let kind = match self.schedule as u8 {
+            1 => ScheduleKind::Step { every: self.step_every as usize, gamma: self.step_gamma },
+            2 => ScheduleKind::Cosine { min_ratio: self.min_lr_ratio },
+            _ => ScheduleKind::Constant,
+        };
+        Schedule { kind, warmup_steps: self.warmup_steps as usize }
+    }
 }
 
 impl RecipeStage for Overfit {
@@ -40,14 +76,20 @@ impl RecipeStage for Overfit {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::OVERFIT,
-            version: 3,
+            version: 4,
             doc: "train the configured model; full-split evaluations; checkpoint",
             knobs: knobs(&[
                 &MODEL_KNOBS,
                 &OPTIM_KNOBS,
+                &SCHEDULE_KNOBS,
                 &[knob::TRAIN_BATCH_SIZE, knob::TRAIN_STEPS, knob::TRAIN_EVAL_EVERY, knob::DYNAMICS_SIZE],
             ]),
-            checks: vec![knob::OVERFIT_MIN_DROP, knob::OVERFIT_MIN_TRAIN_ACC],
+            checks: vec![
+                knob::OVERFIT_MIN_DROP,
+                knob::OVERFIT_MIN_TRAIN_ACC,
+                knob::LR_SCHEDULE_MIN_RATIO,
+                knob::LR_SCHEDULE_BY_FRACTION,
+            ],
             upstream: vec![stage::DATA],
             fingerprints: vec![],
             device_dependent: true,
@@ -58,13 +100,16 @@ impl RecipeStage for Overfit {
         let data = cx.data()?;
         let steps = cx.count(knob::TRAIN_STEPS)?;
         let model = cx.recipe_model(&data)?;
-        let Recorded { series, layers, dynamics } = train(cx, &data, &model, steps)?;
-        let metrics = metrics(&series, steps)?;
+        let schedule = cx.schedule()?;
+        let Recorded { series, layers, dynamics } = train(cx, &data, &model, steps, schedule)?;
+        let mut metrics = metrics(&series, steps)?;
+        metrics.record_schedule(&schedule);
         let (curves, layer_chart, dynamics_chart) = charts(&data, &series, &layers, &dynamics);
         let mut artifacts = vec![
             ("checkpoint.safetensors".into(), checkpoint(cx, &data, &model)?),
             ("metrics.json".into(), json_bytes(&series_json(&series))?),
             ("curves.svg".into(), curves.into_bytes()),
+            ("lr.svg".into(), lr_chart(&series.lr).into_bytes()),
             ("layers.json".into(), json_bytes(&layers_json(&layers))?),
             ("layers.svg".into(), layer_chart.into_bytes()),
             ("dynamics.json".into(), json_bytes(&dynamics)?),
@@ -81,6 +126,7 @@ impl RecipeStage for Overfit {
         let drop = if first > 0.0 { 1.0 - last / first } else { 0.0 };
         let min_drop = checks.f64(knob::OVERFIT_MIN_DROP)?;
         let (acc, min_acc) = (m.train_acc, checks.f64(knob::OVERFIT_MIN_TRAIN_ACC)?);
+        let lr_schedule = lr_schedule_verdict(m, checks)?;
         Ok(vec![
             verdict(
                 "loss_decreased",
@@ -98,8 +144,31 @@ impl RecipeStage for Overfit {
                 format!("training accuracy {acc:.4}, want >= {min_acc}"),
                 "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden), or check the data",
             ),
+            lr_schedule,
         ])
     }
+}
+
+/// `lr_schedule`: warns when the schedule has taken the rate below `min_ratio` of
+/// `train.lr` before `by_fraction` of training (warmup excepted).
+fn lr_schedule_verdict(m: &Metrics, checks: &Checks<'_>) -> Result<Verdict, VerdictError> {
+    let min_ratio = checks.f64(knob::LR_SCHEDULE_MIN_RATIO)?;
+    let by_fraction = checks.f64(knob::LR_SCHEDULE_BY_FRACTION)?;
+    let lowest = m.schedule().lowest_before(by_fraction, m.steps as usize);
+    let pass = lowest >= min_ratio;
+    Ok(Verdict {
+        check: "lr_schedule".into(),
+        status: if pass { VerdictStatus::Pass } else { VerdictStatus::Warn },
+        value: lowest,
+        expected: min_ratio,
+        message: format!(
+            "the schedule takes the learning rate to {lowest:.3} of train.lr within the first {:.0}% of training, want >= {min_ratio}",
+            by_fraction * 100.0
+        ),
+        hint: (!pass).then(|| {
+            "the schedule is secretly driving your learning rate to zero: use train.schedule = \"constant\", or decay later (a larger train.step_every or train.min_lr_ratio)".to_string()
+        }),
+    })
 }
 
 /// Full-split loss and accuracy at each evaluation.
@@ -112,6 +181,8 @@ struct Series {
     val_acc: Vec<f64>,
     /// Mean mini-batch loss over each evaluation interval.
     batch_loss: Vec<f64>,
+    /// The learning rate of every step (`lr[t]` for step t), as the optimizer used it.
+    lr: Vec<f64>,
 }
 
 /// Per-layer health at each evaluation: activation statistics on a fixed probe
@@ -219,12 +290,18 @@ impl<'a> Recorder<'a> {
 
 /// The training loop: `steps` optimizer steps, an evaluation at step 0, every
 /// `train.eval_every` steps and at the end.
-fn train(cx: &Cx<'_, '_>, data: &Prepared, model: &Mlp, steps: usize) -> Result<Recorded, ExecError> {
+fn train(
+    cx: &Cx<'_, '_>,
+    data: &Prepared,
+    model: &Mlp,
+    steps: usize,
+    schedule: Schedule,
+) -> Result<Recorded, ExecError> {
     let eval_every = cx.count(knob::TRAIN_EVAL_EVERY)?;
     let batch_size = cx.count(knob::TRAIN_BATCH_SIZE)?;
     let (train, val) = (cx.tensors(data, &data.train)?, cx.tensors(data, &data.val)?);
     let mut recorder = Recorder::new(cx, data, model, (&train, &val))?;
-    let mut trainer = Trainer::new(model, &cx.optim()?).map_err(train_err)?;
+    let mut trainer = Trainer::with_schedule(model, &cx.optim()?, schedule, steps).map_err(train_err)?;
     let mut batches = Batches::new(&train, batch_size, cx.seed()?, "train");
     recorder.record(0, f64::NAN, &[])?;
     cx.exec.progress.begin(stage::OVERFIT.as_str(), steps as u64);
@@ -234,6 +311,7 @@ fn train(cx: &Cx<'_, '_>, data: &Prepared, model: &Mlp, steps: usize) -> Result<
         cx.exec.check_cancelled()?;
         let (x, y) = batches.next_batch().map_err(err("batch"))?;
         interval_loss += trainer.step(&x, &y).map_err(train_err)? as f64;
+        recorder.series.lr.push(trainer.lr);
         interval_steps += 1;
         if trainer.step % eval_every == 0 || trainer.step == steps {
             let grad_norms = trainer.grad_norms.clone();
@@ -292,6 +370,7 @@ fn metrics(series: &Series, steps: usize) -> Result<Metrics, ExecError> {
         val_loss: series.val_loss[last],
         val_acc: series.val_acc[last],
         steps: steps as f64,
+        ..Metrics::default()
     })
 }
 
@@ -309,6 +388,7 @@ fn series_json(series: &Series) -> serde_json::Value {
         "val_loss": series.val_loss,
         "val_acc": series.val_acc,
         "batch_loss": finite(&series.batch_loss),
+        "lr": series.lr,
     })
 }
 
@@ -330,31 +410,32 @@ fn curve(steps: &[usize], values: &[f64], name: &str, color: &'static str) -> Cu
 /// `curves.svg`, `layers.svg` and `dynamics.svg`.
 fn charts(data: &Prepared, series: &Series, layers: &LayerStats, dynamics: &Dynamics) -> (String, String, String) {
     let curves = charts_svg(&[
-        (
+        Panel::steps(
             "loss (full splits)",
+            "cross-entropy (nats)",
             vec![
                 curve(&series.step, &series.train_loss, "train", PALETTE[0]),
                 curve(&series.step, &series.val_loss, "val", PALETTE[1]),
             ],
-            true,
-        ),
-        (
+        )
+        .log_y(),
+        Panel::steps(
             "accuracy (full splits)",
+            "accuracy",
             vec![
                 curve(&series.step, &series.train_acc, "train", PALETTE[0]),
                 curve(&series.step, &series.val_acc, "val", PALETTE[1]),
             ],
-            false,
         ),
     ]);
     let per_layer = |map: &BTreeMap<String, Vec<f64>>| -> Vec<Curve> {
         map.iter().enumerate().map(|(i, (name, v))| curve(&layers.step, v, name, PALETTE[i % PALETTE.len()])).collect()
     };
     let layer_chart = charts_svg(&[
-        ("activation std (probe batch)", per_layer(&layers.activation_std), false),
-        ("dead units (share)", per_layer(&layers.dead_share), false),
-        ("weight norm", per_layer(&layers.weight_norm), false),
-        ("gradient norm", per_layer(&layers.grad_norm), true),
+        Panel::steps("activation std (probe batch)", "std", per_layer(&layers.activation_std)),
+        Panel::steps("dead units", "share of units", per_layer(&layers.dead_share)),
+        Panel::steps("weight norm", "L2 norm", per_layer(&layers.weight_norm)),
+        Panel::steps("gradient norm (last step)", "L2 norm", per_layer(&layers.grad_norm)).log_y(),
     ]);
     let class_name = |l: u32| data.meta.class_names.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
     let true_prob: Vec<Curve> = dynamics
@@ -368,8 +449,11 @@ fn charts(data: &Prepared, series: &Series, layers: &LayerStats, dynamics: &Dyna
             points: dynamics.step.iter().zip(probs).map(|(&s, p)| (s as f64, p[label as usize] as f64)).collect(),
         })
         .collect();
-    let dynamics_chart =
-        charts_svg(&[("probability of the true class, tracked validation examples", true_prob, false)]);
+    let dynamics_chart = charts_svg(&[Panel::steps(
+        "probability of the true class, tracked validation examples",
+        "p(true class)",
+        true_prob,
+    )]);
     (curves, layer_chart, dynamics_chart)
 }
 
@@ -405,5 +489,76 @@ fn first_layer(data: &Prepared, model: &Mlp) -> Result<Option<Vec<u8>>, ExecErro
     let rows: Vec<Vec<f32>> = weights.to_vec2().map_err(err("weights"))?;
     let bound = rows.iter().flatten().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let cells: Vec<(&[f32], String)> = rows.iter().enumerate().map(|(i, r)| (r.as_slice(), format!("{i}"))).collect();
-    Ok(Some(tiles(&cells, &data.meta.shape, Scale { low: -bound, high: bound }, 16)))
+    let scale = Scale { low: -bound, high: bound };
+    Ok(Some(heatmap_tiles(&cells, &data.meta.shape, scale, ColorMap::Diverging, 16, 64, "weight")))
+}
+
+/// `lr.svg`: the learning rate of every step (at most about 2,000 points drawn).
+fn lr_chart(lr: &[f64]) -> String {
+    let stride = lr.len().div_ceil(2000).max(1);
+    let mut points: Vec<(f64, f64)> = lr.iter().enumerate().step_by(stride).map(|(t, &v)| (t as f64, v)).collect();
+    if let (Some(&last), true) = (lr.last(), !lr.len().saturating_sub(1).is_multiple_of(stride)) {
+        points.push(((lr.len() - 1) as f64, last));
+    }
+    let line = Curve { name: "learning rate".into(), color: PALETTE[0], points };
+    charts_svg(&[Panel::steps("learning rate used at each step", "learning rate", vec![line])])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use workspace::{KnobId, KnobValue};
+
+    use super::*;
+
+    fn judge_schedule(schedule: Schedule, steps: usize) -> Verdict {
+        let mut metrics = Metrics { steps: steps as f64, ..Metrics::default() };
+        metrics.record_schedule(&schedule);
+        let values: BTreeMap<KnobId, KnobValue> = crate::knobs::schema()
+            .iter()
+            .filter(|spec| Overfit.spec().checks.iter().any(|id| id.as_str() == spec.name))
+            .map(|spec| (KnobId(spec.name), spec.default.clone()))
+            .collect();
+        let verdicts = Overfit.judge(&metrics, &Checks::new(stage::OVERFIT, &values)).unwrap();
+        verdicts.into_iter().find(|v| v.check == "lr_schedule").unwrap()
+    }
+
+    #[test]
+    fn a_schedule_that_decays_early_trips_lr_schedule() {
+        // x0.1 every 500 of 3000 steps: 0.01 of the base rate before half-way.
+        let early =
+            judge_schedule(Schedule { kind: ScheduleKind::Step { every: 500, gamma: 0.1 }, warmup_steps: 0 }, 3000);
+        assert_eq!(early.status, VerdictStatus::Warn, "{early:?}");
+        assert!(early.hint.unwrap().contains("secretly driving your learning rate to zero"));
+        // Cosine to zero is at half the rate half-way: fine.
+        let cosine =
+            judge_schedule(Schedule { kind: ScheduleKind::Cosine { min_ratio: 0.0 }, warmup_steps: 100 }, 3000);
+        assert_eq!(cosine.status, VerdictStatus::Pass, "{cosine:?}");
+        let constant = judge_schedule(Schedule::constant(), 3000);
+        assert_eq!((constant.status, constant.value), (VerdictStatus::Pass, 1.0));
+    }
+
+    #[test]
+    fn schedule_survives_the_metrics_round_trip() {
+        for schedule in [
+            Schedule::constant(),
+            Schedule { kind: ScheduleKind::Step { every: 7, gamma: 0.3 }, warmup_steps: 2 },
+            Schedule { kind: ScheduleKind::Cosine { min_ratio: 0.05 }, warmup_steps: 0 },
+        ] {
+            let mut metrics = Metrics::default();
+            metrics.record_schedule(&schedule);
+            let flat = super::super::flat::to_map(&metrics).unwrap();
+            let back: Metrics = super::super::flat::from_map(&flat).unwrap();
+            assert_eq!(back.schedule(), schedule);
+        }
+    }
+
+    #[test]
+    fn lr_chart_draws_every_step_of_a_short_run() {
+        let lr: Vec<f64> = (0..10).map(|t| 0.1 * 0.5f64.powi(t / 3)).collect();
+        let svg = lr_chart(&lr);
+        assert!(svg.starts_with("<svg") && svg.contains("learning rate"));
+        assert_eq!(lr_chart(&vec![3e-4; 5000]), lr_chart(&vec![3e-4; 5000]), "deterministic");
+    }
 }

@@ -11,7 +11,7 @@ use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
 use crate::model::Model;
-use crate::render::{charts_svg, is_image, tiles, Scale, Series, PALETTE};
+use crate::render::{charts_svg, is_image, tiles_at, Panel, Scale, Series, PALETTE};
 use crate::train::{evaluate, SplitTensors, Trainer};
 
 pub struct OverfitBatch;
@@ -48,7 +48,7 @@ impl RecipeStage for OverfitBatch {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::OVERFIT_BATCH,
-            version: 2,
+            version: 3,
             doc: "overfit fixed tiny batches to near-zero loss",
             knobs: knobs(&[
                 &MODEL_KNOBS,
@@ -177,7 +177,7 @@ fn loss_chart(results: &[BatchResult]) -> String {
             points: r.losses.iter().enumerate().map(|(step, &loss)| (step as f64 + 1.0, loss)).collect(),
         })
         .collect();
-    charts_svg(&[("overfitting a fixed batch: loss per step", curves, true)])
+    charts_svg(&[Panel::steps("overfitting a fixed batch: loss per step", "batch loss (nats)", curves).log_y()])
 }
 
 /// The smallest batch as pictures, each labelled `label>prediction` (image data only).
@@ -191,5 +191,5 @@ fn batch_picture(data: &Prepared, results: &[BatchResult]) -> Option<Vec<u8>> {
         .enumerate()
         .map(|(i, e)| (&data.train.x[i * d..(i + 1) * d], format!("{}>{}", name(e.label), name(e.predicted))))
         .collect();
-    Some(tiles(&cells, &data.meta.shape, Scale { low: -3.0, high: 3.0 }, 8))
+    Some(tiles_at(&cells, &data.meta.shape, Scale { low: -3.0, high: 3.0 }, 8, 96))
 }
