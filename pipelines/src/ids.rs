@@ -67,6 +67,10 @@ pub mod knob {
         DUMB_BASELINES_FAIL = "checks.dumb_baselines.fail",
         GRAD_DEPS_SAMPLES = "checks.grad_deps.samples",
         DYNAMICS_SIZE = "checks.dynamics.size",
+        // The data audit's neighbour findings (issue 15).
+        INSPECT_FOLDS = "checks.inspect.folds",
+        INSPECT_NEAR_DUPLICATE_DISTANCE = "checks.inspect.near_duplicate_distance",
+        INSPECT_MAX_SELF_CONFIDENCE = "checks.inspect.max_self_confidence",
     });
 }
 

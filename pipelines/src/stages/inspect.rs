@@ -46,7 +46,7 @@ impl RecipeStage for Inspect {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::INSPECT,
-            version: 1,
+            version: 2,
             doc: "become one with the data: balance, duplicates, leakage, corrupt values, outliers, label noise, pictures",
             knobs: vec![
                 knob::INSPECT_TOP_K,
@@ -54,6 +54,9 @@ impl RecipeStage for Inspect {
                 knob::INSPECT_KNN_QUERIES,
                 knob::INSPECT_OUTLIER_Z,
                 knob::DATA_SEED,
+                knob::INSPECT_FOLDS,
+                knob::INSPECT_NEAR_DUPLICATE_DISTANCE,
+                knob::INSPECT_MAX_SELF_CONFIDENCE,
             ],
             checks: vec![
                 knob::INSPECT_MAX_IMBALANCE,
@@ -80,6 +83,10 @@ impl RecipeStage for Inspect {
             knn_queries: cx.count(knob::INSPECT_KNN_QUERIES)?,
             outlier_z: cx.f64(knob::INSPECT_OUTLIER_Z)?,
             seed: cx.int(knob::DATA_SEED)? as u64,
+            folds: cx.count(knob::INSPECT_FOLDS)?,
+            near_duplicate_distance: cx.f64(knob::INSPECT_NEAR_DUPLICATE_DISTANCE)?,
+            max_self_confidence: cx.f64(knob::INSPECT_MAX_SELF_CONFIDENCE)?,
+            embed_dims: crate::inspect::EMBED_DIMS,
         };
         let data = cx.data()?;
         let inspection = inspect(&data, &options).map_err(err("inspect"))?;
