@@ -15,6 +15,8 @@ pub mod fixtures;
 pub mod label_issues;
 pub mod near_duplicates;
 pub mod neighbours;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

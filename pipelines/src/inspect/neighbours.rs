@@ -99,8 +99,12 @@ pub fn search(embedding: &Tensor, search: &Search<'_>) -> Result<Found, candle_c
         let end = if start < search.n_train { (start + CHUNK).min(search.n_train) } else { (start + CHUNK).min(n) };
         let columns = if start < search.n_train { &train_t } else { &all_t };
         let dots = embedding.narrow(0, start, end - start)?.matmul(columns)?;
-        let dots = dots.flatten_all()?.to_vec1::<f32>()?;
-        let width = dots.len() / (end - start);
+        let (storage, layout) = dots.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Err(candle_core::Error::Msg("the audit's neighbour search runs on the CPU".into()));
+        };
+        let width = columns.dims2()?.1;
+        let dots = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + (end - start) * width];
         for (offset, row) in dots.chunks(width).enumerate() {
             let query = start + offset;
             let mut any = Best::new(search.k_any);
