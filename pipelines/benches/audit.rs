@@ -88,7 +88,8 @@ fn write_fixture(
         "n": data.train.len(), "d": d, "n_classes": data.n_classes(),
         "range": data.meta.value_range, "planted": positions, "ours": ours, "ours_secs": secs,
     });
-    let write = |ext: &str, bytes: &[u8]| std::fs::write(dir.join(format!("{name}.{ext}")), bytes).expect("fixture written");
+    let write =
+        |ext: &str, bytes: &[u8]| std::fs::write(dir.join(format!("{name}.{ext}")), bytes).expect("fixture written");
     write("x.f32", &x);
     write("y.u32", &y);
     write("json", meta.to_string().as_bytes());
@@ -188,6 +189,9 @@ fn main() {
     let in_train: BTreeSet<u32> = data.train.index.iter().copied().filter(|i| truth.contains(i)).collect();
     let found: BTreeSet<u32> = inspection.labels.issues.iter().map(|i| i.example.source_index).collect();
     let (recall, precision) = recall_precision(&found, &in_train);
+    if let Some(dir) = &out {
+        write_fixture(dir, "fashion-70k-1-3-0.02", &data, &in_train, &found, secs);
+    }
     println!(
         "audit/labels fashion-70k 1>3 rate 0.02: planted {}, flagged {}, recall {:.1}%, precision {:.1}%, {secs:.2} s",
         in_train.len(),

@@ -86,13 +86,12 @@ pub fn find(probabilities: &[Vec<f64>], labels: &[u32], n_classes: usize, filter
         counts[label as usize] += 1;
         sums[label as usize] += p[label as usize];
     }
-    let thresholds: Vec<f64> =
-        sums.iter().zip(&counts).map(|(s, &c)| if c > 0 { s / c as f64 } else { 1.0 }).collect();
+    let thresholds: Vec<f64> = sums.iter().zip(&counts).map(|(s, &c)| if c > 0 { s / c as f64 } else { 1.0 }).collect();
 
     // The confident joint: each example counts once, in the cell of the class with the
     // highest probability among those that clear their threshold.
     let mut joint = vec![vec![0u64; n_classes]; n_classes];
-        for (p, &label) in probabilities.iter().zip(labels) {
+    for (p, &label) in probabilities.iter().zip(labels) {
         let best = (0..n_classes)
             .filter(|&j| p[j] >= thresholds[j] - 1e-12)
             .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)));
@@ -115,15 +114,19 @@ pub fn find(probabilities: &[Vec<f64>], labels: &[u32], n_classes: usize, filter
         .zip(&counts)
         .map(|(row, &count)| row.iter().map(|v| if count > 0 { v / count as f64 } else { 0.0 }).collect())
         .collect();
-    let off_diagonal: f64 =
-        calibrated.iter().enumerate().map(|(i, row)| row.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v).sum::<f64>()).sum();
+    let off_diagonal: f64 = calibrated
+        .iter()
+        .enumerate()
+        .map(|(i, row)| row.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v).sum::<f64>())
+        .sum();
     let estimated_noise = off_diagonal / n.max(1) as f64;
 
     let mut issues: Vec<Issue> = (0..n)
         .filter_map(|i| {
             let given = labels[i] as usize;
             let p = &probabilities[i];
-            let suggested = (0..n_classes).filter(|&j| j != given).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))?;
+            let suggested =
+                (0..n_classes).filter(|&j| j != given).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))?;
             let confident = p[given] <= filter.max_self_confidence && p[suggested] >= filter.min_suggested_confidence;
             confident.then_some(Issue {
                 position: i,
@@ -164,7 +167,8 @@ mod tests {
             probabilities.push(vec![1.0 - p1, p1]);
             labels.push(label);
         }
-        let found = find(&probabilities, &labels, 2, &Filter { max_self_confidence: 0.3, min_suggested_confidence: 0.5 });
+        let found =
+            find(&probabilities, &labels, 2, &Filter { max_self_confidence: 0.3, min_suggested_confidence: 0.5 });
         assert_eq!(found.issues.iter().map(|i| i.position).collect::<Vec<_>>(), vec![0]);
         assert_eq!(found.issues[0].suggested, 1);
         assert!(found.confident_joint[0][1] >= 1);

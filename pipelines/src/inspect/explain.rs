@@ -145,7 +145,12 @@ pub fn confident_joint_svg(labels: &LabelAudit, names: &[String]) -> String {
     );
     for (j, name) in names.iter().enumerate().take(n) {
         let x = left + cell * (j as f64 + 0.5);
-        let _ = write!(svg, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, top - 8.0 - 12.0 * (j % 2) as f64, escape(name));
+        let _ = write!(
+            svg,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            top - 8.0 - 12.0 * (j % 2) as f64,
+            escape(name)
+        );
         let y = top + cell * (j as f64 + 0.5) + 4.0;
         let _ = write!(svg, r#"<text x="{:.1}" y="{y:.1}" text-anchor="end">{}</text>"#, left - 6.0, escape(name));
     }
@@ -155,7 +160,11 @@ pub fn confident_joint_svg(labels: &LabelAudit, names: &[String]) -> String {
             let share = count as f64 / total;
             let shade = if i == j { 255.0 - 80.0 * share } else { 255.0 - 255.0 * (share * 8.0).min(1.0) };
             let (x, y) = (left + cell * j as f64, top + cell * i as f64);
-            let fill = if i == j { format!("rgb({0:.0},{0:.0},255)", shade) } else { format!("rgb(255,{0:.0},{0:.0})", shade) };
+            let fill = if i == j {
+                format!("rgb({0:.0},{0:.0},255)", shade)
+            } else {
+                format!("rgb(255,{0:.0},{0:.0})", shade)
+            };
             let _ = write!(
                 svg,
                 r#"<rect x="{x:.1}" y="{y:.1}" width="{cell:.0}" height="{cell:.0}" fill="{fill}" stroke="white"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{count}</text>"#,

@@ -85,7 +85,8 @@ pub fn plant_copies(raw: &mut RawDataset, n: usize, levels: i64, seed: u64) -> V
     }
     x.extend_from_slice(&raw.x[test_start * d..]);
     y.extend_from_slice(&raw.y[test_start..]);
-    let pairs = originals.iter().enumerate().map(|(k, &o)| ((test_start + k) as u32, (o + originals.len()) as u32)).collect();
+    let pairs =
+        originals.iter().enumerate().map(|(k, &o)| ((test_start + k) as u32, (o + originals.len()) as u32)).collect();
     raw.x = x;
     raw.y = y;
     raw.test_start = Some(test_start + originals.len());

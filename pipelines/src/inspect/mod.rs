@@ -135,10 +135,16 @@ pub fn inspect(data: &Prepared, options: &InspectOptions) -> Result<Inspection, 
 
     let mut files = Vec::new();
     files.push(("histogram.svg".to_string(), histogram(&views[0], d).into_bytes()));
-    files.push(("confident_joint.svg".to_string(), explain::confident_joint_svg(&labels, &data.meta.class_names).into_bytes()));
+    files.push((
+        "confident_joint.svg".to_string(),
+        explain::confident_joint_svg(&labels, &data.meta.class_names).into_bytes(),
+    ));
     if is_image(&data.meta.shape) {
         files.extend(pictures(data, &views, &outliers));
-        let scale = Scale { low: data.meta.value_range.map_or(0.0, |r| r.0), high: data.meta.value_range.map_or(255.0, |r| r.1) };
+        let scale = Scale {
+            low: data.meta.value_range.map_or(0.0, |r| r.0),
+            high: data.meta.value_range.map_or(255.0, |r| r.1),
+        };
         let picture = explain::Picture { views: &views, shape: &data.meta.shape, scale, names: &data.meta.class_names };
         if let Some(png) = picture.label_issues(&labels.issues, options.top_k) {
             files.push(("suspects.png".to_string(), png));
@@ -233,7 +239,8 @@ fn neighbour_audit(
     let search = Search { n_train, fold: &fold, k_vote, k_any: NEAR_CANDIDATES };
     let found = neighbours::search(&embedding, &search)?;
     let audited = label_issues::audited_rows(n_train, options.knn_queries, options.seed);
-    let filter = Filter { max_self_confidence: options.max_self_confidence, min_suggested_confidence: MIN_SUGGESTED_CONFIDENCE };
+    let filter =
+        Filter { max_self_confidence: options.max_self_confidence, min_suggested_confidence: MIN_SUGGESTED_CONFIDENCE };
     let labels = label_issues::audit(&views[0], &found.votes, &audited, data.n_classes(), &filter);
     // Pictures compare unit-range values, vectors standardised ones.
     let unit = |v: f32| if v.is_finite() { v } else { 0.0 };
@@ -253,10 +260,18 @@ fn neighbour_audit(
 fn finite_range(views: &[View<'_>]) -> (f32, f32) {
     let finite = views.iter().flat_map(|v| v.raw.iter()).filter(|v| v.is_finite());
     let (low, high) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if low.is_finite() { (low, high) } else { (0.0, 1.0) }
+    if low.is_finite() {
+        (low, high)
+    } else {
+        (0.0, 1.0)
+    }
 }
 
-fn label_findings(labels: &LabelAudit, report: &mut serde_json::Map<String, Value>, metrics: &mut BTreeMap<String, f64>) {
+fn label_findings(
+    labels: &LabelAudit,
+    report: &mut serde_json::Map<String, Value>,
+    metrics: &mut BTreeMap<String, f64>,
+) {
     metrics.insert("n_suspects".into(), labels.issues.len() as f64);
     metrics.insert("suspect_share".into(), labels.issues.len() as f64 / labels.n_audited.max(1) as f64);
     metrics.insert("knn_queries".into(), labels.n_audited as f64);
