@@ -1,5 +1,6 @@
-//! `inspect`: become one with the data (balance, duplicates, leakage, corrupt values,
-//! outliers, label noise, pictures) and judge it against `checks.inspect.*`.
+//! `inspect`: become one with the data (balance, duplicates, near-duplicates, leakage,
+//! corrupt values, outliers, label issues by confident learning, pictures) and judge it
+//! against `checks.inspect.*`.
 
 use std::collections::BTreeMap;
 
@@ -120,11 +121,13 @@ impl RecipeStage for Inspect {
             value: share,
             expected: max_share,
             message: format!(
-                "{} of {} checked training examples disagree with most of their nearest neighbours",
+                "{} of {} training examples look mislabelled: most of their out-of-fold nearest neighbours carry one other label (confident learning)",
                 m.n_suspects.unwrap_or(f64::NAN),
                 m.knn_queries.unwrap_or(f64::NAN)
             ),
-            hint: (share > max_share).then(|| "look at suspects.png and label_noise in report.json".to_string()),
+            hint: (share > max_share).then(|| {
+                "look at suspects.png (each with its suggested label and neighbours), label_noise and label_issues in report.json".to_string()
+            }),
         });
         Ok(verdicts)
     }
