@@ -48,7 +48,7 @@ pub fn flat_features(spec: &EmbedSpec<'_>, raw: &[f32], standardised: &[f32]) ->
 /// Embeds `n` rows of `width` flat features: a (n, dims) tensor, the projection seeded
 /// by `spec.seed` (rows are kept as they are when already narrow).
 pub fn project(flat: Vec<f32>, n: usize, spec: &EmbedSpec<'_>) -> Result<Tensor, candle_core::Error> {
-    let width = if n == 0 { 0 } else { flat.len() / n };
+    let width = flat.len().checked_div(n).unwrap_or(0);
     let features = Tensor::from_vec(flat, (n, width), &Device::Cpu)?;
     if width <= spec.dims || n == 0 {
         return Ok(features);
