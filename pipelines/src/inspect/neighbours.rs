@@ -9,6 +9,7 @@
 //! they do not depend on how the matrix product was blocked or threaded.
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 /// One neighbour: its row and its Euclidean distance in the embedding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,6 +76,36 @@ impl Best {
 
 const CHUNK: usize = 128;
 
+/// One query's scan over its row of dot products: (vote list, any-split list).
+fn scan(
+    query: usize,
+    row: &[f32],
+    squared: &[f32],
+    search: &Search<'_>,
+    finish: &(dyn Fn(Best, usize) -> Vec<Neighbour> + Sync),
+) -> (Vec<Neighbour>, Vec<Neighbour>) {
+    let mut any = Best::new(search.k_any);
+    let is_train = query < search.n_train;
+    let mut vote = Best::new(if is_train { search.k_vote } else { 0 });
+    let own_fold = if is_train { search.fold[query] } else { u8::MAX };
+    let (mut any_bound, mut vote_bound) = (any.bound(), vote.bound());
+    for (j, (dot, sq)) in row.iter().zip(squared).enumerate() {
+        let key = sq - 2.0 * dot;
+        if key >= any_bound && key >= vote_bound || j == query {
+            continue;
+        }
+        if key < any_bound {
+            any.offer(key, j as u32);
+            any_bound = any.bound();
+        }
+        if is_train && key < vote_bound && search.fold[j] != own_fold {
+            vote.offer(key, j as u32);
+            vote_bound = vote.bound();
+        }
+    }
+    (finish(vote, query), finish(any, query))
+}
+
 /// Searches `embedding` (n rows, training split first) as `search` says.
 pub fn search(embedding: &Tensor, search: &Search<'_>) -> Result<Found, candle_core::Error> {
     let (n, dims) = embedding.dims2()?;
@@ -105,31 +136,17 @@ pub fn search(embedding: &Tensor, search: &Search<'_>) -> Result<Found, candle_c
         };
         let width = columns.dims2()?.1;
         let dots = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + (end - start) * width];
-        for (offset, row) in dots.chunks(width).enumerate() {
-            let query = start + offset;
-            let mut any = Best::new(search.k_any);
-            let is_train = query < search.n_train;
-            let mut vote = Best::new(if is_train { search.k_vote } else { 0 });
-            let own_fold = if is_train { search.fold[query] } else { u8::MAX };
-            let (mut any_bound, mut vote_bound) = (any.bound(), vote.bound());
-            for (j, (dot, sq)) in row.iter().zip(&squared).enumerate() {
-                let key = sq - 2.0 * dot;
-                if key >= any_bound && key >= vote_bound || j == query {
-                    continue;
-                }
-                if key < any_bound {
-                    any.offer(key, j as u32);
-                    any_bound = any.bound();
-                }
-                if is_train && key < vote_bound && search.fold[j] != own_fold {
-                    vote.offer(key, j as u32);
-                    vote_bound = vote.bound();
-                }
+        // Rows are independent and collected in order: the same lists on any pool size.
+        let lists: Vec<(Vec<Neighbour>, Vec<Neighbour>)> = dots
+            .par_chunks(width)
+            .enumerate()
+            .map(|(offset, row)| scan(start + offset, row, &squared, search, &finish))
+            .collect();
+        for (query, (vote, any)) in (start..end).zip(lists) {
+            if query < search.n_train {
+                found.votes.push(vote);
             }
-            if is_train {
-                found.votes.push(finish(vote, query));
-            }
-            found.nearest.push(finish(any, query));
+            found.nearest.push(any);
         }
         start = end;
     }
