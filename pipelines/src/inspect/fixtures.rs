@@ -98,7 +98,7 @@ pub fn prepare(raw: &RawDataset) -> Result<Prepared, DataError> {
     data::prepare(raw, "fixture", &FRACTIONS, 0, "standard")
 }
 
-/// Recall and precision of `found` against `truth`, restricted to `eligible`.
+/// Recall and precision of `found` against `truth` (precision 1 when nothing is found).
 pub fn recall_precision(found: &BTreeSet<u32>, truth: &BTreeSet<u32>) -> (f64, f64) {
     let hits = found.intersection(truth).count() as f64;
     (hits / truth.len().max(1) as f64, if found.is_empty() { 1.0 } else { hits / found.len() as f64 })
