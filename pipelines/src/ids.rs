@@ -75,6 +75,10 @@ pub mod knob {
         TRAIN_MIN_LR_RATIO = "train.min_lr_ratio",
         LR_SCHEDULE_MIN_RATIO = "checks.lr_schedule.min_ratio",
         LR_SCHEDULE_BY_FRACTION = "checks.lr_schedule.by_fraction",
+        // The data audit's neighbour findings (issue 15).
+        INSPECT_FOLDS = "checks.inspect.folds",
+        INSPECT_NEAR_DUPLICATE_DISTANCE = "checks.inspect.near_duplicate_distance",
+        INSPECT_MAX_SELF_CONFIDENCE = "checks.inspect.max_self_confidence",
     });
 }
 

@@ -83,12 +83,12 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("train.seed", Int { min: 0, max: i64::MAX }, int(0), "seed of init and shuffles"),
         KnobSpec::new("train.eval_every", Int { min: 1, max: BIG }, int(100), "steps between full-split evaluations"),
         KnobSpec::new("checks.inspect.top_k", Int { min: 1, max: 10_000 }, int(16), "inspect: outliers and suspects to list and render"),
-        KnobSpec::new("checks.inspect.knn_k", Int { min: 1, max: 100 }, int(5), "inspect: neighbours consulted per label-noise query"),
+        KnobSpec::new("checks.inspect.knn_k", Int { min: 1, max: 100 }, int(10), "inspect: out-of-fold neighbours voting on each training example's label"),
         KnobSpec::new(
             "checks.inspect.knn_queries",
             Int { min: 1, max: BIG },
-            int(5000),
-            "inspect: training examples checked for label noise (a seeded sample when there are more)",
+            int(1_000_000),
+            "inspect: training examples audited for label issues (a seeded sample when there are more)",
         ),
         KnobSpec::new("checks.inspect.outlier_z", Float { min: 0.0, max: 1e6 }, float(6.0), "inspect: robust z-score above which an example is an outlier"),
         KnobSpec::new("checks.inspect.max_imbalance", Float { min: 1.0, max: 1e12 }, float(5.0), "inspect: warn when the largest/smallest training class count exceeds this"),
@@ -177,5 +177,18 @@ pub fn schema() -> Vec<KnobSpec> {
             "overfit: warn when the schedule takes the rate below this fraction of train.lr ...",
         ),
         KnobSpec::new("checks.lr_schedule.by_fraction", prob, float(0.5), "overfit: ... before this fraction of training"),
+        KnobSpec::new("checks.inspect.folds", Int { min: 2, max: 50 }, int(5), "inspect: folds of the out-of-fold neighbour vote behind label issues"),
+        KnobSpec::new(
+            "checks.inspect.near_duplicate_distance",
+            Float { min: 0.0, max: 1e6 },
+            float(0.02),
+            "inspect: near-duplicates differ by at most this root-mean-square (share of the value range for images, standard deviations otherwise)",
+        ),
+        KnobSpec::new(
+            "checks.inspect.max_self_confidence",
+            prob,
+            float(0.2),
+            "inspect: a label issue's own label has at most this out-of-fold neighbour probability",
+        ),
     ]
 }

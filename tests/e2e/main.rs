@@ -1,6 +1,7 @@
 //! End-to-end tests: the built `pipe` binary on a copy of `examples/digits` with
 //! small budgets, asserting what a user sees (exit codes, JSON lines, files).
 
+mod audit;
 mod data;
 mod engine;
 mod hardening;

@@ -1,5 +1,6 @@
-//! `inspect`: become one with the data (balance, duplicates, leakage, corrupt values,
-//! outliers, label noise, pictures) and judge it against `checks.inspect.*`.
+//! `inspect`: become one with the data (balance, duplicates, near-duplicates, leakage,
+//! corrupt values, outliers, label issues by confident learning, pictures) and judge it
+//! against `checks.inspect.*`.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +55,9 @@ impl RecipeStage for Inspect {
                 knob::INSPECT_KNN_QUERIES,
                 knob::INSPECT_OUTLIER_Z,
                 knob::DATA_SEED,
+                knob::INSPECT_FOLDS,
+                knob::INSPECT_NEAR_DUPLICATE_DISTANCE,
+                knob::INSPECT_MAX_SELF_CONFIDENCE,
             ],
             checks: vec![
                 knob::INSPECT_MAX_IMBALANCE,
@@ -80,6 +84,10 @@ impl RecipeStage for Inspect {
             knn_queries: cx.count(knob::INSPECT_KNN_QUERIES)?,
             outlier_z: cx.f64(knob::INSPECT_OUTLIER_Z)?,
             seed: cx.int(knob::DATA_SEED)? as u64,
+            folds: cx.count(knob::INSPECT_FOLDS)?,
+            near_duplicate_distance: cx.f64(knob::INSPECT_NEAR_DUPLICATE_DISTANCE)?,
+            max_self_confidence: cx.f64(knob::INSPECT_MAX_SELF_CONFIDENCE)?,
+            embed_dims: crate::inspect::EMBED_DIMS,
         };
         let data = cx.data()?;
         let inspection = inspect(&data, &options).map_err(err("inspect"))?;
@@ -113,11 +121,13 @@ impl RecipeStage for Inspect {
             value: share,
             expected: max_share,
             message: format!(
-                "{} of {} checked training examples disagree with most of their nearest neighbours",
+                "{} of {} training examples look mislabelled: most of their out-of-fold nearest neighbours carry one other label (confident learning)",
                 m.n_suspects.unwrap_or(f64::NAN),
                 m.knn_queries.unwrap_or(f64::NAN)
             ),
-            hint: (share > max_share).then(|| "look at suspects.png and label_noise in report.json".to_string()),
+            hint: (share > max_share).then(|| {
+                "look at suspects.png (each with its suggested label and neighbours), label_noise and label_issues in report.json".to_string()
+            }),
         });
         Ok(verdicts)
     }

@@ -1,21 +1,35 @@
 //! Becoming one with the data: the `inspect` stage's findings. Every finding lists
 //! examples as (split, index in split, index in the source) so a person can look.
 //!
-//! Exact duplicates are found by hashing each example's bytes; near-duplicates by a
-//! coarse signature (downsampled to at most 8x8, quantised to 4 levels) that is
-//! hashed and grouped, never by comparing all pairs of raw floats; label-noise
-//! suspects by k nearest training neighbours in a seeded random projection, with
-//! distances from one matrix product per chunk of queries.
+//! Exact duplicates are found by hashing each example's bytes. Everything that needs
+//! neighbours shares one exact nearest-neighbour search in a fixed embedding
+//! (`embed.rs`, `neighbours.rs`): near-duplicates within and across splits
+//! (`near_duplicates.rs`) and label issues by confident learning on out-of-fold
+//! k-nearest-neighbour votes (`label_issues.rs`, `confident.rs`); `explain.rs` draws
+//! each finding with what explains it.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod confident;
+pub mod embed;
+mod explain;
+pub mod fixtures;
+pub mod label_issues;
+pub mod near_duplicates;
+pub mod neighbours;
+#[cfg(test)]
+mod tests;
 
-use candle_core::{Device, Tensor};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::data::{Prepared, Split};
-use crate::render::{self, image_dims, is_image, Scale};
-use crate::rng::Rng;
+use crate::render::{self, is_image, Scale};
+use confident::Filter;
+use embed::EmbedSpec;
+use label_issues::LabelAudit;
+use near_duplicates::NearDuplicate;
+use neighbours::Search;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InspectOptions {
@@ -24,7 +38,22 @@ pub struct InspectOptions {
     pub knn_queries: usize,
     pub outlier_z: f64,
     pub seed: u64,
+    /// Folds of the out-of-fold neighbour vote.
+    pub folds: usize,
+    /// Root-mean-square difference at or below which two examples are near-duplicates.
+    pub near_duplicate_distance: f64,
+    /// A label issue's own label has at most this out-of-fold probability.
+    pub max_self_confidence: f64,
+    /// Dimensions of the embedding (`EMBED_DIMS` in the stage).
+    pub embed_dims: usize,
 }
+
+/// Dimensions of the audit's embedding.
+pub const EMBED_DIMS: usize = 64;
+/// A label issue's suggested label holds at least this out-of-fold probability (a majority).
+pub const MIN_SUGGESTED_CONFIDENCE: f64 = 0.5;
+/// Nearest rows of any split kept per example as near-duplicate candidates.
+const NEAR_CANDIDATES: usize = 3;
 
 /// One example, as findings name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -39,6 +68,9 @@ pub struct ExampleRef {
 
 pub struct Inspection {
     pub report: Value,
+    /// The neighbour findings, typed (for tests and the benchmark).
+    pub labels: LabelAudit,
+    pub near_duplicates: Vec<NearDuplicate>,
     pub metrics: BTreeMap<String, f64>,
     /// Pictures: file name -> bytes.
     pub files: Vec<(String, Vec<u8>)>,
@@ -47,7 +79,7 @@ pub struct Inspection {
 /// Caps long lists in the report; the metrics hold the full counts.
 const MAX_LISTED: usize = 100;
 
-struct View<'a> {
+pub(crate) struct View<'a> {
     name: &'static str,
     split: &'a Split,
     /// Raw (un-normalised) values.
@@ -95,17 +127,33 @@ pub fn inspect(data: &Prepared, options: &InspectOptions) -> Result<Inspection, 
     report.insert("class_counts".into(), Value::Object(counts));
 
     duplicates(&views, d, &mut report, &mut metrics);
-    near_duplicates(&views, data, &mut report, &mut metrics);
     corrupt_values(&views, data, &mut report, &mut metrics);
     let outliers = outliers(&views, d, options, &mut report, &mut metrics);
-    let suspects = label_noise(&views[0], d, options, &mut report, &mut metrics)?;
+    let (labels, near) = neighbour_audit(&views, data, options)?;
+    label_findings(&labels, &mut report, &mut metrics);
+    near_duplicate_findings(&views, &near, &mut report, &mut metrics);
 
     let mut files = Vec::new();
     files.push(("histogram.svg".to_string(), histogram(&views[0], d).into_bytes()));
+    files.push((
+        "confident_joint.svg".to_string(),
+        explain::confident_joint_svg(&labels, &data.meta.class_names).into_bytes(),
+    ));
     if is_image(&data.meta.shape) {
-        files.extend(pictures(data, &views, &outliers, &suspects));
+        files.extend(pictures(data, &views, &outliers));
+        let scale = Scale {
+            low: data.meta.value_range.map_or(0.0, |r| r.0),
+            high: data.meta.value_range.map_or(255.0, |r| r.1),
+        };
+        let picture = explain::Picture { views: &views, shape: &data.meta.shape, scale, names: &data.meta.class_names };
+        if let Some(png) = picture.label_issues(&labels.issues, options.top_k) {
+            files.push(("suspects.png".to_string(), png));
+        }
+        if let Some(png) = picture.near_duplicates(&near, options.top_k) {
+            files.push(("near_duplicates.png".to_string(), png));
+        }
     }
-    Ok(Inspection { report: Value::Object(report), metrics, files })
+    Ok(Inspection { report: Value::Object(report), labels, near_duplicates: near, metrics, files })
 }
 
 fn duplicates(
@@ -160,92 +208,111 @@ fn duplicates(
     );
 }
 
-/// A coarse signature of an image: downsampled to at most 8x8 cells (channels
-/// averaged), each cell quantised to 4 levels over the data's range.
-fn image_signature(row: &[f32], shape: &[usize], low: f32, high: f32) -> [u8; 16] {
-    let (channels, height, width) = image_dims(shape);
-    let (cells_h, cells_w) = (height.min(8), width.min(8));
-    let mut levels = Vec::with_capacity(cells_h * cells_w);
-    for cy in 0..cells_h {
-        for cx in 0..cells_w {
-            let (y0, y1) = (cy * height / cells_h, ((cy + 1) * height / cells_h).max(cy * height / cells_h + 1));
-            let (x0, x1) = (cx * width / cells_w, ((cx + 1) * width / cells_w).max(cx * width / cells_w + 1));
-            let mut sum = 0f32;
-            let mut n = 0f32;
-            for c in 0..channels {
-                for y in y0..y1 {
-                    for x in x0..x1 {
-                        let v = row[c * height * width + y * width + x];
-                        if v.is_finite() {
-                            sum += v;
-                            n += 1.0;
-                        }
-                    }
-                }
-            }
-            let mean = if n > 0.0 { sum / n } else { low };
-            levels.push((((mean - low) / (high - low).max(1e-12)) * 4.0).clamp(0.0, 3.0) as u8);
-        }
-    }
-    digest(&levels)
-}
-
-/// A signature of a feature vector: each standardised feature rounded to 0.001
-/// standard deviations, so copies that differ only by rounding collide.
-fn vector_signature(standardised: &[f32]) -> [u8; 16] {
-    let levels: Vec<u8> = standardised
-        .iter()
-        .flat_map(|z| if z.is_finite() { ((z * 1000.0).round() as i32).to_le_bytes() } else { [0xff; 4] })
-        .collect();
-    digest(&levels)
-}
-
-fn digest(bytes: &[u8]) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&blake3::hash(bytes).as_bytes()[..16]);
-    key
-}
-
-fn near_duplicates(
+/// One neighbour search over every split, then the label audit (training split) and
+/// the near-duplicates (all splits) from its lists.
+fn neighbour_audit(
     views: &[View<'_>],
     data: &Prepared,
+    options: &InspectOptions,
+) -> Result<(LabelAudit, Vec<NearDuplicate>), candle_core::Error> {
+    let d = data.n_features();
+    let image = is_image(&data.meta.shape);
+    let range = data.meta.value_range.unwrap_or_else(|| finite_range(views));
+    let spec = EmbedSpec {
+        shape: &data.meta.shape,
+        unit_range: image.then_some(range),
+        dims: options.embed_dims,
+        seed: options.seed,
+    };
+    let n: usize = views.iter().map(|v| v.split.len()).sum();
+    let mut flat = Vec::new();
+    for view in views {
+        for index in 0..view.split.len() {
+            let span = index * d..(index + 1) * d;
+            flat.extend(embed::flat_features(&spec, &view.raw[span.clone()], &view.split.x[span]));
+        }
+    }
+    let embedding = embed::project(flat, n, &spec)?;
+    let n_train = views[0].split.len();
+    let fold = label_issues::folds(n_train, options.folds, options.seed);
+    let k_vote = options.knn_k.min(n_train.saturating_sub(n_train.div_ceil(options.folds.max(1))));
+    let search = Search { n_train, fold: &fold, k_vote, k_any: NEAR_CANDIDATES };
+    let found = neighbours::search(&embedding, &search)?;
+    let audited = label_issues::audited_rows(n_train, options.knn_queries, options.seed);
+    let filter =
+        Filter { max_self_confidence: options.max_self_confidence, min_suggested_confidence: MIN_SUGGESTED_CONFIDENCE };
+    let labels = label_issues::audit(&views[0], &found.votes, &audited, data.n_classes(), &filter);
+    // Pictures compare unit-range values, vectors standardised ones.
+    let unit = |v: f32| if v.is_finite() { v } else { 0.0 };
+    let scaled = |view: usize, index: usize| -> Vec<f32> {
+        let span = index * d..(index + 1) * d;
+        if image {
+            let width = (range.1 - range.0).max(1e-12);
+            views[view].raw[span].iter().map(|&v| unit((v - range.0) / width)).collect()
+        } else {
+            views[view].split.x[span].iter().map(|&v| unit(v)).collect()
+        }
+    };
+    let near = near_duplicates::find(views, &found.nearest, options.near_duplicate_distance, &scaled);
+    Ok((labels, near))
+}
+
+fn finite_range(views: &[View<'_>]) -> (f32, f32) {
+    let finite = views.iter().flat_map(|v| v.raw.iter()).filter(|v| v.is_finite());
+    let (low, high) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if low.is_finite() {
+        (low, high)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
+fn label_findings(
+    labels: &LabelAudit,
     report: &mut serde_json::Map<String, Value>,
     metrics: &mut BTreeMap<String, f64>,
 ) {
-    let d = data.n_features();
-    let (low, high) = data.meta.value_range.unwrap_or_else(|| {
-        let finite = views.iter().flat_map(|v| v.raw.iter()).filter(|v| v.is_finite());
-        finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
-    });
-    let image = is_image(&data.meta.shape);
-    let signature = |view: &View<'_>, index: usize| {
-        if image {
-            image_signature(&view.raw[index * d..(index + 1) * d], &data.meta.shape, low, high)
-        } else {
-            vector_signature(&view.split.x[index * d..(index + 1) * d])
-        }
-    };
-    let mut train: HashMap<[u8; 16], usize> = HashMap::new();
-    for index in 0..views[0].split.len() {
-        train.entry(signature(&views[0], index)).or_insert(index);
-    }
-    let mut pairs = Vec::new();
-    let mut n_other = 0usize;
-    for view in &views[1..] {
-        n_other += view.split.len();
-        for (index, row) in view.raw.chunks(d).enumerate() {
-            if let Some(&train_index) = train.get(&signature(view, index)) {
-                let exact = views[0].raw[train_index * d..(train_index + 1) * d] == *row;
-                if !exact {
-                    pairs.push((view.example(index), views[0].example(train_index)));
-                }
-            }
-        }
-    }
-    metrics.insert("n_near_duplicates".into(), pairs.len() as f64);
-    metrics.insert("near_duplicate_share".into(), pairs.len() as f64 / n_other.max(1) as f64);
-    let listed: Vec<Value> = pairs.iter().take(MAX_LISTED).map(|(a, b)| json!({ "example": a, "train": b })).collect();
-    report.insert("near_duplicates".into(), json!(listed));
+    metrics.insert("n_suspects".into(), labels.issues.len() as f64);
+    metrics.insert("suspect_share".into(), labels.issues.len() as f64 / labels.n_audited.max(1) as f64);
+    metrics.insert("knn_queries".into(), labels.n_audited as f64);
+    metrics.insert("estimated_noise_rate".into(), labels.estimated_noise);
+    report.insert("label_noise".into(), json!(labels.issues.iter().take(MAX_LISTED).collect::<Vec<_>>()));
+    report.insert(
+        "label_issues".into(),
+        json!({
+            "method": "confident learning on out-of-fold kNN votes: own label at most max_self_confidence, another label a majority",
+            "n_audited": labels.n_audited,
+            "n_issues": labels.issues.len(),
+            "thresholds": labels.thresholds,
+            "confident_joint": labels.confident_joint,
+            "noise_rate": labels.noise_rate,
+            "estimated_noise_rate": labels.estimated_noise,
+        }),
+    );
+}
+
+fn near_duplicate_findings(
+    views: &[View<'_>],
+    near: &[NearDuplicate],
+    report: &mut serde_json::Map<String, Value>,
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    // Val/test examples with a near copy in training (what inflates validation scores).
+    let leaking: BTreeSet<ExampleRef> =
+        near.iter().filter(|p| p.other.split == "train" && p.example.split != "train").map(|p| p.example).collect();
+    let n_other: usize = views[1..].iter().map(|v| v.split.len()).sum();
+    let (cross, within): (Vec<&NearDuplicate>, Vec<&NearDuplicate>) = near.iter().partition(|p| p.cross_split());
+    metrics.insert("n_near_duplicates".into(), leaking.len() as f64);
+    metrics.insert("near_duplicate_share".into(), leaking.len() as f64 / n_other.max(1) as f64);
+    metrics.insert("n_near_duplicate_pairs_cross".into(), cross.len() as f64);
+    metrics.insert("n_near_duplicate_pairs_within".into(), within.len() as f64);
+    report.insert(
+        "near_duplicates".into(),
+        json!({
+            "cross_split": cross.iter().take(MAX_LISTED).collect::<Vec<_>>(),
+            "within_split": within.iter().take(MAX_LISTED).collect::<Vec<_>>(),
+        }),
+    );
 }
 
 fn corrupt_values(
@@ -363,95 +430,6 @@ fn outliers(
     all
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Suspect {
-    pub example: ExampleRef,
-    /// Labels of its k nearest training neighbours, nearest first.
-    pub neighbour_labels: Vec<u32>,
-    /// The label most of them carry.
-    pub dominant_label: u32,
-    /// Share of neighbours that agree with the example's own label.
-    pub agreement: f64,
-}
-
-fn label_noise(
-    train: &View<'_>,
-    d: usize,
-    options: &InspectOptions,
-    report: &mut serde_json::Map<String, Value>,
-    metrics: &mut BTreeMap<String, f64>,
-) -> Result<Vec<Suspect>, candle_core::Error> {
-    let n = train.split.len();
-    let k = options.knn_k.min(n.saturating_sub(1));
-    if k == 0 {
-        report.insert("label_noise".into(), json!([]));
-        metrics.insert("suspect_share".into(), 0.0);
-        return Ok(Vec::new());
-    }
-    let device = Device::Cpu;
-    // Normalised features (NaN as 0), projected to 32 dims when wider.
-    let clean: Vec<f32> = train.split.x.iter().map(|v| if v.is_finite() { *v } else { 0.0 }).collect();
-    let mut features = Tensor::from_vec(clean, (n, d), &device)?;
-    if d > 64 {
-        let dims = 32;
-        let mut rng = Rng::new(options.seed, "inspect/projection");
-        let scale = 1.0 / (dims as f64).sqrt();
-        let projection: Vec<f32> = (0..d * dims).map(|_| (rng.normal() * scale) as f32).collect();
-        features = features.matmul(&Tensor::from_vec(projection, (d, dims), &device)?)?;
-    }
-    let squared = features.sqr()?.sum(1)?.to_vec1::<f32>()?;
-    let mut queries: Vec<usize> = (0..n).collect();
-    if n > options.knn_queries {
-        Rng::new(options.seed, "inspect/knn-queries").shuffle(&mut queries);
-        queries.truncate(options.knn_queries);
-        queries.sort_unstable();
-    }
-    let features_t = features.t()?.contiguous()?;
-    let mut suspects = Vec::new();
-    for chunk in queries.chunks(256) {
-        let index = Tensor::from_vec(chunk.iter().map(|&i| i as u32).collect::<Vec<_>>(), chunk.len(), &device)?;
-        let dots = features.index_select(&index, 0)?.matmul(&features_t)?.to_vec2::<f32>()?;
-        for (row, &query) in dots.iter().zip(chunk) {
-            // Squared distance up to the query's own norm, which does not change the order.
-            let mut nearest: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-            for (j, dot) in row.iter().enumerate() {
-                if j == query {
-                    continue;
-                }
-                let distance = squared[j] - 2.0 * dot;
-                if nearest.len() < k || distance < nearest[k - 1].0 {
-                    let at = nearest.partition_point(|&(dist, idx)| (dist, idx) < (distance, j));
-                    nearest.insert(at, (distance, j));
-                    nearest.truncate(k);
-                }
-            }
-            let labels: Vec<u32> = nearest.iter().map(|&(_, j)| train.split.y[j]).collect();
-            let own = train.split.y[query];
-            let agree = labels.iter().filter(|&&l| l == own).count();
-            let mut tally: BTreeMap<u32, usize> = BTreeMap::new();
-            labels.iter().for_each(|&l| *tally.entry(l).or_default() += 1);
-            let (dominant, dominant_count) = tally
-                .iter()
-                .max_by_key(|(label, count)| (**count, std::cmp::Reverse(**label)))
-                .map_or((own, 0), |(l, c)| (*l, *c));
-            if 2 * agree < k && dominant != own && 2 * dominant_count > k {
-                suspects.push(Suspect {
-                    example: train.example(query),
-                    neighbour_labels: labels,
-                    dominant_label: dominant,
-                    agreement: agree as f64 / k as f64,
-                });
-            }
-        }
-    }
-    metrics.insert("n_suspects".into(), suspects.len() as f64);
-    metrics.insert("suspect_share".into(), suspects.len() as f64 / queries.len().max(1) as f64);
-    metrics.insert("knn_queries".into(), queries.len() as f64);
-    suspects.sort_by(|a, b| a.agreement.total_cmp(&b.agreement).then(a.example.cmp(&b.example)));
-    report.insert("label_noise".into(), json!(suspects.iter().take(MAX_LISTED).collect::<Vec<_>>()));
-    Ok(suspects)
-}
-
 fn histogram(train: &View<'_>, _d: usize) -> String {
     let finite: Vec<f32> = train.raw.iter().copied().filter(|v| v.is_finite()).collect();
     let (low, high) = finite.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
@@ -466,7 +444,7 @@ fn histogram(train: &View<'_>, _d: usize) -> String {
     render::histogram_svg("training split: raw feature values", &edges, &counts)
 }
 
-fn pictures(data: &Prepared, views: &[View<'_>], outliers: &[Outlier], suspects: &[Suspect]) -> Vec<(String, Vec<u8>)> {
+fn pictures(data: &Prepared, views: &[View<'_>], outliers: &[Outlier]) -> Vec<(String, Vec<u8>)> {
     let d = data.n_features();
     let shape = &data.meta.shape;
     let (low, high) = data.meta.value_range.unwrap_or((0.0, 255.0));
@@ -517,7 +495,7 @@ fn pictures(data: &Prepared, views: &[View<'_>], outliers: &[Outlier], suspects:
     let std_png = render::heatmap_tiles(&std_tile, shape, std_scale, render::ColorMap::Sequential, 1, 200, "std");
     files.push(("pixel_std.png".to_string(), std_png));
 
-    // Thumbnails of the top outliers and label-noise suspects.
+    // Thumbnails of the top outliers.
     let find = |e: &ExampleRef| views.iter().find(|v| v.name == e.split).map(|v| row_of(v, e.index));
     let outlier_rows: Vec<(String, Vec<f32>)> = outliers
         .iter()
@@ -528,25 +506,6 @@ fn pictures(data: &Prepared, views: &[View<'_>], outliers: &[Outlier], suspects:
     let tiles: Vec<(&[f32], String)> = outlier_rows.iter().map(|(l, r)| (r.as_slice(), l.clone())).collect();
     if !tiles.is_empty() {
         files.push(("outliers.png".to_string(), render::tiles(&tiles, shape, scale, 4)));
-    }
-    let suspect_rows: Vec<(String, Vec<f32>)> = suspects
-        .iter()
-        .take(16)
-        .filter_map(|s| {
-            let label = |l: u32| names.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
-            let text = format!(
-                "{}:{} {} > {}",
-                s.example.split,
-                s.example.index,
-                label(s.example.label),
-                label(s.dominant_label)
-            );
-            find(&s.example).map(|row| (text, row))
-        })
-        .collect();
-    let tiles: Vec<(&[f32], String)> = suspect_rows.iter().map(|(l, r)| (r.as_slice(), l.clone())).collect();
-    if !tiles.is_empty() {
-        files.push(("suspects.png".to_string(), render::tiles(&tiles, shape, scale, 4)));
     }
     files
 }

@@ -1,0 +1,185 @@
+//! Confident learning (Northcutt, Jiang and Chuang, "Confident Learning: Estimating
+//! Uncertainty in Dataset Labels", JAIR 2021) over any out-of-fold predicted
+//! probabilities: per-class thresholds, the confident joint, its calibration to the
+//! label counts, the noise rate per (given, true) class pair, and the label issues
+//! ranked by self-confidence.
+//!
+//! This is the seam for a trained model's eyes: `find` takes probabilities from any
+//! source. The `inspect` stage feeds it out-of-fold k-nearest-neighbour votes in the
+//! fixed embedding (`votes_to_probabilities`); a later stage can feed it a trained
+//! network's out-of-fold softmax or kNN in its penultimate layer.
+//!
+//! Which examples are issues: cleanlab's default (`prune_by_noise_rate`) removes, for
+//! every off-diagonal cell (i, j) of the calibrated joint, that many examples labelled i
+//! with the largest margin p_j - p_i. On neighbour votes that both over- and
+//! under-flags: every natural confusion of two similar classes (shirt and T-shirt) fills
+//! the off-diagonal cells, which is disagreement, not error; and a flipped block votes
+//! for its own wrong label, so its members rarely clear the near-1 threshold of their
+//! true class and never enter the joint. We flag an example when its out-of-fold
+//! probability of its own label is at most `max_self_confidence` *and* one other label
+//! holds at least `min_suggested_confidence` (a majority of the voters agree on it):
+//! a confident contradiction. The joint, its calibration and the noise rates are
+//! cleanlab's, reported beside the issues.
+
+use serde::Serialize;
+
+/// The result of confident learning on `n` examples and `c` classes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfidentLearning {
+    /// Per class: the mean predicted probability of that class over examples labelled with it.
+    pub thresholds: Vec<f64>,
+    /// `joint[given][suggested]`: examples confidently counted in each cell.
+    pub confident_joint: Vec<Vec<u64>>,
+    /// `noise_rate[given][true]`: estimated share of examples labelled `given` whose
+    /// true class is `true` (rows sum to 1 where the class has examples).
+    pub noise_rate: Vec<Vec<f64>>,
+    /// Estimated share of all labels that are wrong (off-diagonal mass of the calibrated joint).
+    pub estimated_noise: f64,
+    /// The issues, most likely first (lowest self-confidence, then largest margin).
+    pub issues: Vec<Issue>,
+}
+
+/// One likely label error.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Issue {
+    /// Position among the examples given to `find`.
+    pub position: usize,
+    pub given: u32,
+    pub suggested: u32,
+    /// Predicted probability of the given label.
+    pub self_confidence: f64,
+    /// Predicted probability of the suggested label.
+    pub suggested_confidence: f64,
+}
+
+/// Knobs of the issue filter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Filter {
+    /// An issue's given label has at most this predicted probability.
+    pub max_self_confidence: f64,
+    /// An issue's suggested label has at least this predicted probability.
+    pub min_suggested_confidence: f64,
+}
+
+/// Out-of-fold class probabilities from neighbour labels: each of `labels` is one
+/// neighbour's label, weighted equally, plus `prior_weight` spread by the class priors
+/// (so no probability is exactly 0 and ties between classes break towards common ones).
+pub fn votes_to_probabilities(labels: &[u32], priors: &[f64], prior_weight: f64) -> Vec<f64> {
+    let mut p: Vec<f64> = priors.iter().map(|q| q * prior_weight).collect();
+    for &label in labels {
+        if let Some(slot) = p.get_mut(label as usize) {
+            *slot += 1.0;
+        }
+    }
+    let total: f64 = p.iter().sum();
+    p.iter_mut().for_each(|v| *v /= total.max(f64::MIN_POSITIVE));
+    p
+}
+
+/// Confident learning over `probabilities` (row `i` for example `i`, `n_classes` each)
+/// and the given `labels`.
+pub fn find(probabilities: &[Vec<f64>], labels: &[u32], n_classes: usize, filter: &Filter) -> ConfidentLearning {
+    let n = labels.len();
+    let mut counts = vec![0u64; n_classes];
+    let mut sums = vec![0f64; n_classes];
+    for (p, &label) in probabilities.iter().zip(labels) {
+        counts[label as usize] += 1;
+        sums[label as usize] += p[label as usize];
+    }
+    let thresholds: Vec<f64> = sums.iter().zip(&counts).map(|(s, &c)| if c > 0 { s / c as f64 } else { 1.0 }).collect();
+
+    // The confident joint: each example counts once, in the cell of the class with the
+    // highest probability among those that clear their threshold.
+    let mut joint = vec![vec![0u64; n_classes]; n_classes];
+    for (p, &label) in probabilities.iter().zip(labels) {
+        let best = (0..n_classes)
+            .filter(|&j| p[j] >= thresholds[j] - 1e-12)
+            .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)));
+        if let Some(j) = best {
+            joint[label as usize][j] += 1;
+        }
+    }
+
+    // Calibrated so each row sums to the class's label count.
+    let calibrated: Vec<Vec<f64>> = joint
+        .iter()
+        .zip(&counts)
+        .map(|(row, &count)| {
+            let total: u64 = row.iter().sum();
+            row.iter().map(|&v| if total > 0 { v as f64 / total as f64 * count as f64 } else { 0.0 }).collect()
+        })
+        .collect();
+    let noise_rate: Vec<Vec<f64>> = calibrated
+        .iter()
+        .zip(&counts)
+        .map(|(row, &count)| row.iter().map(|v| if count > 0 { v / count as f64 } else { 0.0 }).collect())
+        .collect();
+    let off_diagonal: f64 = calibrated
+        .iter()
+        .enumerate()
+        .map(|(i, row)| row.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v).sum::<f64>())
+        .sum();
+    let estimated_noise = off_diagonal / n.max(1) as f64;
+
+    let mut issues: Vec<Issue> = (0..n)
+        .filter_map(|i| {
+            let given = labels[i] as usize;
+            let p = &probabilities[i];
+            let suggested =
+                (0..n_classes).filter(|&j| j != given).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))?;
+            let confident = p[given] <= filter.max_self_confidence && p[suggested] >= filter.min_suggested_confidence;
+            confident.then_some(Issue {
+                position: i,
+                given: given as u32,
+                suggested: suggested as u32,
+                self_confidence: p[given],
+                suggested_confidence: p[suggested],
+            })
+        })
+        .collect();
+    issues.sort_by(|a, b| {
+        a.self_confidence
+            .total_cmp(&b.self_confidence)
+            .then(b.suggested_confidence.total_cmp(&a.suggested_confidence))
+            .then(a.position.cmp(&b.position))
+    });
+    ConfidentLearning { thresholds, confident_joint: joint, noise_rate, estimated_noise, issues }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_confidently_contradicted_example_is_an_issue_and_a_confusion_is_not() {
+        // Class 0 and 1, ten examples each; example 0 (labelled 0) looks like class 1;
+        // example 1 (labelled 0) is torn between both.
+        let mut probabilities = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..20 {
+            let label = (i >= 10) as u32;
+            let p1 = match i {
+                0 => 0.95,
+                1 => 0.5,
+                _ if label == 1 => 0.9,
+                _ => 0.1,
+            };
+            probabilities.push(vec![1.0 - p1, p1]);
+            labels.push(label);
+        }
+        let found =
+            find(&probabilities, &labels, 2, &Filter { max_self_confidence: 0.3, min_suggested_confidence: 0.5 });
+        assert_eq!(found.issues.iter().map(|i| i.position).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(found.issues[0].suggested, 1);
+        assert!(found.confident_joint[0][1] >= 1);
+        assert!(found.estimated_noise > 0.0 && found.estimated_noise < 0.2);
+    }
+
+    #[test]
+    fn votes_become_probabilities_that_sum_to_one() {
+        let p = votes_to_probabilities(&[1, 1, 0], &[0.5, 0.5], 0.0);
+        assert!((p[1] - 2.0 / 3.0).abs() < 1e-12);
+        let p = votes_to_probabilities(&[], &[0.25, 0.75], 1.0);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12 && p[1] > p[0]);
+    }
+}

@@ -1,0 +1,110 @@
+//! Label issues of the training split: out-of-fold k-nearest-neighbour votes in the
+//! fixed embedding become class probabilities, confident learning (`confident.rs`)
+//! picks the likely errors, and each one keeps the neighbours that outvoted it.
+
+use serde::Serialize;
+
+use super::confident::{self, ConfidentLearning, Filter};
+use super::neighbours::Neighbour;
+use super::{ExampleRef, View};
+use crate::rng::Rng;
+
+/// A neighbour as a finding shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NeighbourRef {
+    pub example: ExampleRef,
+    /// Euclidean distance in the audit's embedding.
+    pub distance: f64,
+}
+
+/// One likely label error, explained.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelIssue {
+    pub example: ExampleRef,
+    /// The label its out-of-fold neighbours point to.
+    pub suggested_label: u32,
+    /// Predicted probability of its own label.
+    pub self_confidence: f64,
+    /// Predicted probability of the suggested label.
+    pub suggested_confidence: f64,
+    /// Its nearest training neighbours from other folds (the voters), nearest first.
+    pub neighbours: Vec<NeighbourRef>,
+}
+
+/// The label audit: confident learning's tables and the explained issues.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelAudit {
+    /// Training examples audited (all of them, or a seeded sample of `knn_queries`).
+    pub n_audited: usize,
+    pub thresholds: Vec<f64>,
+    pub confident_joint: Vec<Vec<u64>>,
+    pub noise_rate: Vec<Vec<f64>>,
+    pub estimated_noise: f64,
+    pub issues: Vec<LabelIssue>,
+}
+
+/// Seeded fold of each of `n` training rows (balanced: sizes differ by at most one).
+pub fn folds(n: usize, n_folds: usize, seed: u64) -> Vec<u8> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed, "inspect/folds").shuffle(&mut order);
+    let mut fold = vec![0u8; n];
+    for (rank, &row) in order.iter().enumerate() {
+        fold[row] = (rank % n_folds.clamp(1, 255)) as u8;
+    }
+    fold
+}
+
+/// Seeded sample of at most `max` training rows, in row order.
+pub fn audited_rows(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    let mut rows: Vec<usize> = (0..n).collect();
+    if n > max {
+        Rng::new(seed, "inspect/knn-queries").shuffle(&mut rows);
+        rows.truncate(max);
+        rows.sort_unstable();
+    }
+    rows
+}
+
+/// Confident learning over the audited training rows' out-of-fold votes.
+pub(crate) fn audit(
+    train: &View<'_>,
+    votes: &[Vec<Neighbour>],
+    audited: &[usize],
+    n_classes: usize,
+    filter: &Filter,
+) -> LabelAudit {
+    let mut priors = vec![0f64; n_classes];
+    train.split.y.iter().for_each(|&y| priors[y as usize] += 1.0);
+    let total = priors.iter().sum::<f64>().max(1.0);
+    priors.iter_mut().for_each(|p| *p /= total);
+    let probabilities: Vec<Vec<f64>> = audited
+        .iter()
+        .map(|&row| {
+            let labels: Vec<u32> = votes[row].iter().map(|nb| train.split.y[nb.row as usize]).collect();
+            confident::votes_to_probabilities(&labels, &priors, PRIOR_WEIGHT)
+        })
+        .collect();
+    let labels: Vec<u32> = audited.iter().map(|&row| train.split.y[row]).collect();
+    let ConfidentLearning { thresholds, confident_joint, noise_rate, estimated_noise, issues } =
+        confident::find(&probabilities, &labels, n_classes, filter);
+    let issues = issues
+        .iter()
+        .map(|issue| {
+            let row = audited[issue.position];
+            LabelIssue {
+                example: train.example(row),
+                suggested_label: issue.suggested,
+                self_confidence: issue.self_confidence,
+                suggested_confidence: issue.suggested_confidence,
+                neighbours: votes[row]
+                    .iter()
+                    .map(|nb| NeighbourRef { example: train.example(nb.row as usize), distance: nb.distance })
+                    .collect(),
+            }
+        })
+        .collect();
+    LabelAudit { n_audited: audited.len(), thresholds, confident_joint, noise_rate, estimated_noise, issues }
+}
+
+/// Weight of the class priors in the vote, in neighbours.
+const PRIOR_WEIGHT: f64 = 0.5;

@@ -1,0 +1,128 @@
+//! The audit on generated fixtures with known answers (see `fixtures.rs`): flipped
+//! label blocks, noisy copies of test images, clean data; Fashion-MNIST cases run when
+//! Debian's `dataset-fashion-mnist` is installed.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::fixtures::{self, recall_precision};
+use super::{inspect, InspectOptions, Inspection, EMBED_DIMS};
+use crate::data::RawDataset;
+use crate::sources::{Source, SourceOptions};
+
+fn options() -> InspectOptions {
+    InspectOptions {
+        top_k: 16,
+        knn_k: 10,
+        knn_queries: 1_000_000,
+        outlier_z: 6.0,
+        seed: 0,
+        folds: 5,
+        near_duplicate_distance: 0.02,
+        max_self_confidence: 0.2,
+        embed_dims: EMBED_DIMS,
+    }
+}
+
+fn digits() -> RawDataset {
+    let raw = Source::Digits.load(&SourceOptions::default()).unwrap();
+    fixtures::subset(&raw, 10_000, 10_000, 0)
+}
+
+fn audit(raw: &RawDataset, options: &InspectOptions) -> (Inspection, crate::data::Prepared) {
+    let data = fixtures::prepare(raw).unwrap();
+    (inspect(&data, options).unwrap(), data)
+}
+
+/// Recall and precision of the label issues for one flipped block.
+fn label_case(base: &RawDataset, from: u32, to: u32, rate: f64, options: &InspectOptions) -> (f64, f64) {
+    let mut raw = base.clone();
+    let flipped = fixtures::flip_block(&mut raw, from, to, rate, 1);
+    let (inspection, data) = audit(&raw, options);
+    let truth: BTreeSet<u32> = data.train.index.iter().copied().filter(|i| flipped.contains(i)).collect();
+    let found: BTreeSet<u32> = inspection.labels.issues.iter().map(|i| i.example.source_index).collect();
+    assert!(!truth.is_empty());
+    recall_precision(&found, &truth)
+}
+
+/// Share of noisy copies found as near-duplicate pairs of their original.
+fn copy_recall(base: &RawDataset, n: usize, levels: i64) -> f64 {
+    let mut raw = base.clone();
+    let copies = fixtures::plant_copies(&mut raw, n, levels, 2);
+    let (inspection, _) = audit(&raw, &options());
+    let pairs: BTreeSet<(u32, u32)> = inspection
+        .near_duplicates
+        .iter()
+        .map(|p| (p.example.source_index.min(p.other.source_index), p.example.source_index.max(p.other.source_index)))
+        .collect();
+    copies.iter().filter(|&&(c, o)| pairs.contains(&(c.min(o), c.max(o)))).count() as f64 / n as f64
+}
+
+#[test]
+fn digits_flipped_blocks_are_found_with_few_false_alarms() {
+    let base = digits();
+    let (recall, precision) = label_case(&base, 1, 7, 0.1, &options());
+    assert!(recall >= 0.85 && precision >= 0.5, "1>7 at 10%: recall {recall}, precision {precision}");
+    let (recall, precision) = label_case(&base, 0, 6, 0.2, &options());
+    assert!(recall >= 0.6 && precision >= 0.5, "0>6 at 20%: recall {recall}, precision {precision}");
+    // A looser self-confidence bound catches more of a larger block.
+    let loose = InspectOptions { max_self_confidence: 0.3, ..options() };
+    let (recall, precision) = label_case(&base, 0, 6, 0.2, &loose);
+    assert!(recall >= 0.85 && precision >= 0.5, "0>6 at 20%, loose: recall {recall}, precision {precision}");
+}
+
+#[test]
+fn digits_noisy_copies_are_near_duplicates_and_clean_digits_have_none() {
+    let base = digits();
+    assert_eq!(copy_recall(&base, 25, 3), 1.0);
+    let (inspection, data) = audit(&base, &options());
+    assert!(inspection.near_duplicates.is_empty(), "{:?}", inspection.near_duplicates);
+    let share = inspection.labels.issues.len() as f64 / data.train.len() as f64;
+    assert!(share < 0.02, "clean digits: {share} of training examples flagged");
+    assert_eq!(inspection.metrics["suspect_share"], share);
+}
+
+#[test]
+fn the_audit_is_deterministic_and_explains_each_issue() {
+    let mut raw = digits();
+    fixtures::flip_block(&mut raw, 3, 8, 0.2, 1);
+    let (a, _) = audit(&raw, &options());
+    let (b, _) = audit(&raw, &options());
+    assert_eq!(a.report, b.report);
+    assert_eq!(a.files, b.files);
+    let names: Vec<&str> = a.files.iter().map(|(name, _)| name.as_str()).collect();
+    assert!(names.contains(&"suspects.png") && names.contains(&"confident_joint.svg"), "{names:?}");
+    for issue in &a.labels.issues {
+        assert_eq!(issue.neighbours.len(), 10);
+        assert_ne!(issue.suggested_label, issue.example.label);
+        assert!(issue.self_confidence <= 0.2 && issue.suggested_confidence >= 0.5);
+        // The voters are training examples of other folds, nearest first.
+        assert!(issue.neighbours.iter().all(|n| n.example.split == "train" && n.example.index != issue.example.index));
+        assert!(issue.neighbours.windows(2).all(|w| w[0].distance <= w[1].distance));
+    }
+    // The confident joint counts the flipped block under (8 given, 3 suggested).
+    assert!(a.labels.confident_joint[8][3] > 0, "{:?}", a.labels.confident_joint);
+    assert!(a.labels.noise_rate[8][3] > 0.0);
+}
+
+fn fashion() -> Option<RawDataset> {
+    let dir = Path::new("/usr/share/datasets/fashion-mnist");
+    if !dir.exists() {
+        eprintln!("skipped: {} not found (apt-get install dataset-fashion-mnist)", dir.display());
+        return None;
+    }
+    let raw = Source::Idx(dir.to_path_buf()).load(&SourceOptions::default()).unwrap();
+    Some(fixtures::subset(&raw, 400, 1000, 0))
+}
+
+#[test]
+fn fashion_flipped_blocks_and_noisy_copies() {
+    let Some(base) = fashion() else { return };
+    // Trouser labelled dress: measured recall 69%, precision 14% (the kNN vote on
+    // 3,000 training images is a weak classifier; see the audit bench).
+    let (recall, precision) = label_case(&base, 1, 3, 0.2, &options());
+    assert!(recall >= 0.6 && precision >= 0.12, "1>3 at 20%: recall {recall}, precision {precision}");
+    assert!(copy_recall(&base, 25, 3) >= 0.95);
+    let (inspection, _) = audit(&base, &options());
+    assert!(inspection.near_duplicates.is_empty(), "{:?}", &inspection.near_duplicates[..1]);
+}
