@@ -30,7 +30,14 @@ pub struct RunSummary {
     pub previous: Option<u64>,
     /// Knobs whose canonical value differs from `previous`'s: name -> [before, after].
     pub changed: BTreeMap<String, [Option<String>; 2]>,
+    /// The run's headline numbers: every metric named in [`HEADLINE_METRICS`] of a
+    /// stage that produced it in this run, as `stage/metric` (the last stage wins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headline: BTreeMap<String, f64>,
 }
+
+/// Metric names shown as a run's headline by `pipe runs` (generic names, no stage ids).
+pub const HEADLINE_METRICS: [&str; 2] = ["val_acc", "test_acc"];
 
 impl RunSummary {
     /// The summary of `run`, with its changes relative to `previous`.
@@ -42,7 +49,17 @@ impl RunSummary {
         let changed = previous.map_or_else(BTreeMap::new, |previous| {
             changed_knobs(&previous.config, &run.config).into_iter().map(|(name, a, b)| (name, [a, b])).collect()
         });
+        let mut headline = BTreeMap::new();
+        for stage in run.stages.iter().filter(|stage| stage.status == "ran" || stage.status == "cached") {
+            for name in HEADLINE_METRICS {
+                if let Some(value) = stage.metrics.get(name).filter(|value| value.is_finite()) {
+                    headline.retain(|key: &String, _| !key.ends_with(&format!("/{name}")));
+                    headline.insert(format!("{}/{name}", stage.stage), *value);
+                }
+            }
+        }
         RunSummary {
+            headline,
             id: run.id,
             started_unix_secs: run.started_unix_secs,
             targets: run.targets.clone(),

@@ -24,8 +24,8 @@ pub fn run(project: &Project, json: bool) -> Result<u8, Failure> {
     if !json {
         let _ = writeln!(
             out,
-            "{:>5}  {:<19}  {:<12}  {:<24}  changes since the run before",
-            "run", "started (UTC)", "targets", "stages"
+            "{:>5}  {:<19}  {:<12}  {:<24}  {:<26}  changes since the run before",
+            "run", "started (UTC)", "targets", "stages", "headline"
         );
     }
     let mut previous: Option<&cache::RunSummary> = None;
@@ -51,6 +51,7 @@ pub fn run(project: &Project, json: bool) -> Result<u8, Failure> {
                 "device": summary.device,
                 "stages": summary.stages,
                 "changed": changed,
+                "headline": summary.headline,
             });
             let _ = writeln!(out, "{line}");
         } else {
@@ -63,9 +64,19 @@ pub fn run(project: &Project, json: bool) -> Result<u8, Failure> {
                 (Some(_), true) => "(same config)".to_string(),
                 (Some(_), false) => changes.iter().map(|(n, a, b)| change_text(n, a, b)).collect::<Vec<_>>().join(", "),
             };
+            // `val 0.9750 test 0.9700`: the metric names without their `_acc`, stage left out.
+            let headline: Vec<String> = summary
+                .headline
+                .iter()
+                .map(|(key, value)| {
+                    let metric = key.rsplit('/').next().unwrap_or(key);
+                    format!("{} {value:.4}", metric.trim_end_matches("_acc"))
+                })
+                .collect();
+            let headline = if headline.is_empty() { "-".to_string() } else { format!("acc {}", headline.join(" ")) };
             let _ = writeln!(
                 out,
-                "{:>5}  {:<19}  {:<12}  {:<24}  {changes}",
+                "{:>5}  {:<19}  {:<12}  {:<24}  {headline:<26}  {changes}",
                 summary.id,
                 utc(summary.started_unix_secs),
                 summary.targets.join(","),
