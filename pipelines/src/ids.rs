@@ -67,6 +67,11 @@ pub mod knob {
         DUMB_BASELINES_FAIL = "checks.dumb_baselines.fail",
         GRAD_DEPS_SAMPLES = "checks.grad_deps.samples",
         DYNAMICS_SIZE = "checks.dynamics.size",
+        MODEL_CHANNELS = "model.channels",
+        MODEL_POOL_EVERY = "model.pool_every",
+        MODEL_DEPTH = "model.depth",
+        MODEL_WIDTH = "model.width",
+        EVALUATE_WORST = "checks.evaluate.worst",
     });
 }
 
@@ -86,5 +91,6 @@ pub mod stage {
         OVERFIT_BATCH = "overfit_batch",
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
+        EVALUATE = "evaluate",
     });
 }

@@ -10,7 +10,7 @@ pub mod grad_deps;
 pub mod ids;
 pub mod inspect;
 pub mod knobs;
-pub mod model;
+pub mod models;
 pub mod plot;
 pub mod render;
 pub mod rng;
@@ -18,6 +18,9 @@ pub mod sources;
 pub mod stages;
 pub mod tensors;
 pub mod train;
+
+/// The models' old path (`crate::model::Model`), kept for code written before the zoo.
+pub use models as model;
 
 use std::collections::BTreeMap;
 use std::path::Path;

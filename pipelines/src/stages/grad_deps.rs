@@ -28,7 +28,7 @@ impl RecipeStage for GradDeps {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::GRAD_DEPS,
-            version: 1,
+            version: 2,
             doc: "backprop from one example's outputs to the inputs: no other example may receive gradient",
             knobs: knobs(&[&MODEL_KNOBS, &[knob::TRAIN_SEED, knob::TRAIN_BATCH_SIZE, knob::GRAD_DEPS_SAMPLES]]),
             checks: vec![],
@@ -63,7 +63,9 @@ impl RecipeStage for GradDeps {
             rows.iter().zip(&probes).map(|(r, p)| (r.as_slice(), format!("example {}", p.example))).collect();
         let picture = tiles(&cells, &[1, batch], Scale { low: 0.0, high: max }, 1);
         let report = json!({
-            "note": "the sum of one example's outputs is back-propagated to the batch input; only that example may receive gradient. Layers that mix the batch by design run in evaluation mode for this check.",
+            "note": "the sum of one example's outputs is back-propagated to the batch input; only that example may receive gradient. Layers that mix the batch by design (batch norm) run in evaluation mode for this check.",
+            "mode": "eval",
+            "model": cx.model_spec(&data)?.kind_name(),
             "batch_size": batch,
             "probes": probes,
         });
@@ -85,7 +87,7 @@ impl RecipeStage for GradDeps {
             leaks,
             0.0,
             format!(
-                "{leaks} of {} probes leak gradient to other examples (or later positions); {} get none from their own input",
+                "{leaks} of {} probes leak gradient to other examples (or later positions); {} get none from their own input (model in evaluation mode: batch norm uses running statistics)",
                 m.n_probes, m.n_without_self_gradient
             ),
             "something mixes examples across the batch: look for a view/reshape/transpose on the batch dimension (grad_deps.json lists the probes)",

@@ -27,7 +27,7 @@ impl RecipeStage for ZeroInputBaseline {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::ZERO_INPUT_BASELINE,
-            version: 1,
+            version: 2,
             doc: "the same short training on real and on all-zero inputs",
             knobs: knobs(&[&MODEL_KNOBS, &OPTIM_KNOBS, &[knob::TRAIN_BATCH_SIZE, knob::ZERO_INPUT_STEPS]]),
             checks: vec![knob::ZERO_INPUT_MARGIN],
@@ -87,5 +87,6 @@ fn train_and_evaluate(
             cx.exec.progress.advance((offset + step) as u64, run);
         }
     }
+    model.set_training(false);
     evaluate(&model, val).map_err(err("evaluate"))
 }
