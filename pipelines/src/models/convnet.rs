@@ -25,7 +25,7 @@ pub struct ConvnetSpec {
 impl ConvnetSpec {
     /// Whether convolution `i` (0-based) is followed by a pool.
     fn pools_after(&self, i: usize) -> bool {
-        (i + 1) % self.pool_every.max(1) == 0
+        (i + 1).is_multiple_of(self.pool_every.max(1))
     }
 
     /// Features entering the head: last channels x the pooled height and width.

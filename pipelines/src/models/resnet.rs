@@ -34,7 +34,6 @@ struct ConvBn {
 }
 
 impl ConvBn {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         seed: u64,
         (name, bn_name): (String, String),
