@@ -128,7 +128,7 @@ fn diff_of_two_runs_shows_metric_deltas_curves_and_checkpoint_tensors() {
     let lines: Vec<&str> = runs.stdout.lines().skip(1).collect();
     assert_eq!(lines.len(), 2, "{}", runs.stdout);
     assert!(lines[0].trim_start().starts_with("1 ") && lines[0].contains("(first recorded run)"), "{}", lines[0]);
-    assert!(lines[1].contains("train.steps 600 -> 400") && lines[1].contains("2 ran, 9 cached"), "{}", lines[1]);
+    assert!(lines[1].contains("train.steps 600 -> 400") && lines[1].contains("3 ran, 9 cached"), "{}", lines[1]);
 
     let diff = report(&dir.run(&["diff", "@prev", "@latest", "--json"]));
     assert_eq!((&diff["a"]["run"], &diff["b"]["run"]), (&Value::from(1), &Value::from(2)));

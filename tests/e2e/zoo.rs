@@ -80,6 +80,14 @@ fn auto_convnet_is_thread_count_independent_and_evaluate_scores_the_test_split()
     });
     assert_eq!(last, expected, "{}", human.stdout);
     assert!(!one.stdout.contains("overfit: convnet"), "no headline text in --json");
+
+    // The report opens with the same headline.
+    let report = dir.run(&["report", "--cache-dir", "cache-1"]);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    let page = std::fs::read_to_string(report.stdout.trim()).unwrap();
+    let opening = format!("<p class=\"headline\"><strong>{expected}</strong></p>");
+    let (headline_at, scorecard_at) = (page.find(&opening), page.find("id=\"scorecard\""));
+    assert!(headline_at.is_some() && headline_at < scorecard_at, "{opening} opens the page");
 }
 
 #[test]
