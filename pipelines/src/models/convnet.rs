@@ -7,7 +7,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::layers::{conv2d, max_pool2d, Conv2dParams};
-use super::{layer_init, linear, normal, Activation, Init, Model};
+use super::{chunked, layer_init, linear, normal, Activation, Init, Model};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvnetSpec {
@@ -84,9 +84,17 @@ impl Convnet {
     }
 }
 
+#[cfg(test)]
+impl Convnet {
+    /// The forward pass without chunking, for comparison.
+    pub fn run_whole(&self, x: &Tensor) -> Tensor {
+        self.run(x, false).map(|(logits, _)| logits).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
 impl Model for Convnet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.run(x, false)?.0)
+        chunked(x, |part| Ok(self.run(part, false)?.0))
     }
 
     fn forward_traced(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, Tensor)>)> {

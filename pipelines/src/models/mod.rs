@@ -352,5 +352,23 @@ pub fn linear(x: &Tensor, weight: &Var, bias: &Var) -> Result<Tensor> {
     x.matmul(&weight.as_tensor().t()?)? + ones.matmul(&bias.as_tensor().unsqueeze(0)?)?
 }
 
+/// Rows per forward pass when a whole split is evaluated at once: a convolution's
+/// activations for 50,000 28x28 images would take gigabytes in one piece.
+pub const EVAL_CHUNK: usize = 1024;
+
+/// `forward` over `x` in pieces of [`EVAL_CHUNK`] rows, concatenated (each row's
+/// output depends on that row alone, so this is the same function).
+pub fn chunked(x: &Tensor, forward: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    if n <= EVAL_CHUNK {
+        return forward(x);
+    }
+    let parts = (0..n)
+        .step_by(EVAL_CHUNK)
+        .map(|start| forward(&x.narrow(0, start, EVAL_CHUNK.min(n - start))?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}
+
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::layers::{conv2d, BatchNorm2d, Conv2dParams};
-use super::{layer_init, linear, normal, Buffer, Init, Model};
+use super::{chunked, layer_init, linear, normal, Buffer, Init, Model};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResnetSpec {
@@ -131,7 +131,11 @@ impl Resnet {
 
 impl Model for Resnet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.run(x, false)?.0)
+        // Batch statistics in training mode need the whole batch at once.
+        if self.training.get() {
+            return Ok(self.run(x, false)?.0);
+        }
+        chunked(x, |part| Ok(self.run(part, false)?.0))
     }
 
     fn forward_traced(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, Tensor)>)> {

@@ -218,3 +218,15 @@ fn state_holds_buffers_and_round_trips_through_meta() {
         assert_eq!(diff, 0.0, "{}", spec.kind_name());
     }
 }
+
+#[test]
+fn chunked_evaluation_is_the_same_function() {
+    let spec = &specs(1)[2];
+    let model = spec.build(&recipe_init(), 2, &Device::Cpu).unwrap();
+    let x = images(EVAL_CHUNK + 76, 1).x;
+    let whole = model.forward(&x).unwrap();
+    let ModelSpec::Convnet(convnet) = spec else { unreachable!("specs()[2] is the convnet") };
+    let unchunked = Convnet::new(convnet, &recipe_init(), 2, &Device::Cpu).unwrap().run_whole(&x);
+    let diff = (whole - unchunked).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-6, "{diff}");
+}
