@@ -4,6 +4,8 @@
 //! 1->16, relu, conv 16->32, relu, maxpool, linear 512->10; with `[32, 64]`,
 //! `pool_every = 1` on 28x28 it is the Fashion-MNIST benchmark's 2-conv net.
 
+use std::cell::Cell;
+
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::layers::{conv2d, max_pool2d, Conv2dParams};
@@ -40,6 +42,8 @@ pub struct Convnet {
     spec: ConvnetSpec,
     convs: Vec<(String, Var, Var)>,
     head: (Var, Var),
+    /// Only whether evaluations may run in detached chunks: no layer behaves differently.
+    training: Cell<bool>,
 }
 
 impl Convnet {
@@ -63,7 +67,7 @@ impl Convnet {
             normal(seed, "fc.weight", &[spec.n_out, features], std, device)?,
             Var::from_vec(bias, spec.n_out, device)?,
         );
-        Ok(Convnet { spec: spec.clone(), convs, head })
+        Ok(Convnet { spec: spec.clone(), convs, head, training: Cell::new(true) })
     }
 
     fn run(&self, x: &Tensor, trace: bool) -> Result<(Tensor, Vec<(String, Tensor)>)> {
@@ -94,7 +98,7 @@ impl Convnet {
 
 impl Model for Convnet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        chunked(x, |part| Ok(self.run(part, false)?.0))
+        chunked(x, self.training.get(), |part| Ok(self.run(part, false)?.0))
     }
 
     fn forward_traced(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, Tensor)>)> {
@@ -110,6 +114,10 @@ impl Model for Convnet {
         params.push(("fc.weight".into(), self.head.0.clone()));
         params.push(("fc.bias".into(), self.head.1.clone()));
         params
+    }
+
+    fn set_training(&self, training: bool) {
+        self.training.set(training);
     }
 
     /// The first convolution's kernels, one `[c_in, 3, 3]` picture each.

@@ -356,16 +356,18 @@ pub fn linear(x: &Tensor, weight: &Var, bias: &Var) -> Result<Tensor> {
 /// activations for 50,000 28x28 images would take gigabytes in one piece.
 pub const EVAL_CHUNK: usize = 1024;
 
-/// `forward` over `x` in pieces of [`EVAL_CHUNK`] rows, concatenated (each row's
-/// output depends on that row alone, so this is the same function).
-pub fn chunked(x: &Tensor, forward: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+/// In evaluation mode, `forward` over `x` in pieces of [`EVAL_CHUNK`] rows,
+/// detached (no gradient graph keeps each piece's activations alive) and
+/// concatenated; each row's output depends on that row alone, so this is the same
+/// function. In training mode (gradients wanted) it is `forward(x)`.
+pub fn chunked(x: &Tensor, training: bool, forward: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let n = x.dim(0)?;
-    if n <= EVAL_CHUNK {
+    if training || n <= EVAL_CHUNK {
         return forward(x);
     }
     let parts = (0..n)
         .step_by(EVAL_CHUNK)
-        .map(|start| forward(&x.narrow(0, start, EVAL_CHUNK.min(n - start))?))
+        .map(|start| Ok(forward(&x.narrow(0, start, EVAL_CHUNK.min(n - start))?)?.detach()))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, 0)
 }

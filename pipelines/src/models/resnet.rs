@@ -132,10 +132,7 @@ impl Resnet {
 impl Model for Resnet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Batch statistics in training mode need the whole batch at once.
-        if self.training.get() {
-            return Ok(self.run(x, false)?.0);
-        }
-        chunked(x, |part| Ok(self.run(part, false)?.0))
+        chunked(x, self.training.get(), |part| Ok(self.run(part, false)?.0))
     }
 
     fn forward_traced(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, Tensor)>)> {

@@ -223,6 +223,7 @@ fn state_holds_buffers_and_round_trips_through_meta() {
 fn chunked_evaluation_is_the_same_function() {
     let spec = &specs(1)[2];
     let model = spec.build(&recipe_init(), 2, &Device::Cpu).unwrap();
+    model.set_training(false);
     let x = images(EVAL_CHUNK + 76, 1).x;
     let whole = model.forward(&x).unwrap();
     let ModelSpec::Convnet(convnet) = spec else { unreachable!("specs()[2] is the convnet") };
