@@ -193,6 +193,10 @@ pub fn render(page: &Page<'_>, load: &dyn Fn(&ArtifactHash) -> anyhow::Result<Ve
         escape(&targets)
     );
     let _ = writeln!(html, "<h1>pipe report: {}</h1>", escape(&targets));
+    let headline = crate::output::headline(page.reports, &|hash| load(hash).ok());
+    if let Some(line) = headline {
+        let _ = writeln!(html, "<p class=\"headline\"><strong>{}</strong></p>", escape(&line));
+    }
     let _ = writeln!(
         html,
         "<p class=\"muted\">pipeline <code>{}</code>, device <code>{}</code>, pipe {}; {} stage{}</p>",

@@ -147,6 +147,22 @@ impl Printer {
     }
 }
 
+/// The build's headline (`overfit: convnet, val acc 0.9213, test acc 0.9170 (10,000
+/// examples)`): the `headline.txt` artifact of the last stage that wrote one, so no
+/// stage is named here.
+pub fn headline(reports: &[StageReport], load: &dyn Fn(&cache::ArtifactHash) -> Option<Vec<u8>>) -> Option<String> {
+    let artifact = reports.iter().rev().find_map(|r| r.output.as_ref()?.artifacts.get("headline.txt"))?;
+    let text = String::from_utf8(load(&artifact.hash)?).ok()?;
+    Some(text.trim().to_string()).filter(|line| !line.is_empty())
+}
+
+/// Prints [`headline`] as the build's last line, when there is one.
+pub fn print_headline(reports: &[StageReport], load: &dyn Fn(&cache::ArtifactHash) -> Option<Vec<u8>>) {
+    if let Some(line) = headline(reports, load) {
+        say!("{line}");
+    }
+}
+
 /// Records the build as a run in the cache (for `pipe runs` / `pipe diff`). A no-op
 /// build (nothing ran or failed, and the newest run had the same config, device,
 /// targets and stage keys) is not recorded again: it would be a copy of that run.

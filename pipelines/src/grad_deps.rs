@@ -8,7 +8,7 @@
 use candle_core::{Result, Tensor, Var};
 use serde::Serialize;
 
-use crate::model::Model;
+use crate::models::Model;
 
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -86,7 +86,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::model::{Activation, Init, Mlp, MlpSpec};
+    use crate::models::{Activation, Init, Mlp, MlpSpec};
 
     fn batch(rows: usize, features: usize) -> Tensor {
         let values: Vec<f32> = (0..rows * features).map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0).collect();

@@ -79,6 +79,11 @@ pub mod knob {
         INSPECT_FOLDS = "checks.inspect.folds",
         INSPECT_NEAR_DUPLICATE_DISTANCE = "checks.inspect.near_duplicate_distance",
         INSPECT_MAX_SELF_CONFIDENCE = "checks.inspect.max_self_confidence",
+        MODEL_CHANNELS = "model.channels",
+        MODEL_POOL_EVERY = "model.pool_every",
+        MODEL_DEPTH = "model.depth",
+        MODEL_WIDTH = "model.width",
+        EVALUATE_WORST = "checks.evaluate.worst",
     });
 }
 
@@ -98,5 +103,6 @@ pub mod stage {
         OVERFIT_BATCH = "overfit_batch",
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
+        EVALUATE = "evaluate",
     });
 }

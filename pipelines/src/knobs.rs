@@ -5,7 +5,7 @@
 use workspace::{Float, KnobKind, KnobSpec, KnobValue};
 
 use crate::ids::knob;
-use crate::model::{Activation, ModelKind};
+use crate::models::{Activation, ModelKind};
 use crate::stages::data::Normalize;
 use crate::train::{OptimizerName, ScheduleName};
 
@@ -63,7 +63,11 @@ pub fn schema() -> Vec<KnobSpec> {
             text(""),
             "CSV of split,index,label from a second annotation (empty: no human baseline)",
         ),
-        KnobSpec::choice(knob::MODEL_KIND, ModelKind::Mlp, "mlp or linear (softmax regression)"),
+        KnobSpec::choice(
+            knob::MODEL_KIND,
+            ModelKind::Auto,
+            "mlp, linear (softmax regression), convnet, resnet, or auto: convnet for image data, mlp otherwise",
+        ),
         KnobSpec::new(
             "model.hidden",
             IntList { min: 1, max: 16_384 },
@@ -190,5 +194,16 @@ pub fn schema() -> Vec<KnobSpec> {
             float(0.2),
             "inspect: a label issue's own label has at most this out-of-fold neighbour probability",
         ),
+        // The model zoo (convnet, resnet) and the evaluate stage.
+        KnobSpec::new(
+            "model.channels",
+            IntList { min: 1, max: 4096 },
+            KnobValue::IntList(vec![16, 32]),
+            "convnet: output channels of each 3x3 convolution (padding 1)",
+        ),
+        KnobSpec::new("model.pool_every", Int { min: 1, max: 64 }, int(2), "convnet: a 2x2 max pool after every this many convolutions"),
+        KnobSpec::new("model.depth", Int { min: 1, max: 64 }, int(1), "resnet: basic blocks in each of its three stages"),
+        KnobSpec::new("model.width", Int { min: 1, max: 1024 }, int(16), "resnet: channels of the first stage (then 2x and 4x)"),
+        KnobSpec::new("checks.evaluate.worst", Int { min: 0, max: 10_000 }, int(16), "evaluate: highest-loss test examples to list and draw"),
     ]
 }

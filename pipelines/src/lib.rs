@@ -11,7 +11,7 @@ pub mod ids;
 pub mod inspect;
 pub mod kernels;
 pub mod knobs;
-pub mod model;
+pub mod models;
 pub mod plot;
 pub mod render;
 pub mod rng;
@@ -19,6 +19,9 @@ pub mod sources;
 pub mod stages;
 pub mod tensors;
 pub mod train;
+
+/// The models' old path (`crate::model::Model`), kept for code written before the zoo.
+pub use models as model;
 
 use std::collections::BTreeMap;
 use std::path::Path;

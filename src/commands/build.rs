@@ -51,6 +51,10 @@ pub fn run(
         scorecard::print(&reports);
     }
     printer.done(&reports, started.elapsed().as_secs_f64());
+    if !json {
+        // The line a person looks for first; in --json it is the evaluate stage's metrics.
+        output::print_headline(&reports, &|hash| session.cache.store().get(hash).ok());
+    }
     output::record_run(&session.cache, &targets, &session.config, &session.device, &reports);
     session.cache.save_stats().map_err(failed)?;
     Ok(if reports.iter().any(|r| r.bad_input) {

@@ -68,6 +68,7 @@ fn diff_of_configs_differing_in_one_knob_names_it_and_exactly_the_dependent_stag
         ("overfit_batch", "different"),
         ("overfit", "different"),
         ("beats_baselines", "not_built"),
+        ("evaluate", "not_built"),
     ]);
     let by_file = report(&dir.run(&["diff", "pipe.toml", "b.toml", "--json"]));
     let by_set = report(&dir.run(&["diff", ".", "--set", "train.lr=1e-3", "--json"]));
@@ -127,7 +128,7 @@ fn diff_of_two_runs_shows_metric_deltas_curves_and_checkpoint_tensors() {
     let lines: Vec<&str> = runs.stdout.lines().skip(1).collect();
     assert_eq!(lines.len(), 2, "{}", runs.stdout);
     assert!(lines[0].trim_start().starts_with("1 ") && lines[0].contains("(first recorded run)"), "{}", lines[0]);
-    assert!(lines[1].contains("train.steps 600 -> 400") && lines[1].contains("2 ran, 9 cached"), "{}", lines[1]);
+    assert!(lines[1].contains("train.steps 600 -> 400") && lines[1].contains("3 ran, 9 cached"), "{}", lines[1]);
     assert!(lines[1].contains("acc val 0."), "the run's headline metrics: {}", lines[1]);
     let json_runs = dir.run(&["runs", "--json"]);
     let headline = &json_runs.lines()[1]["headline"];
@@ -150,6 +151,7 @@ fn diff_of_two_runs_shows_metric_deltas_curves_and_checkpoint_tensors() {
             ("overfit_batch", "same"),
             ("overfit", "different"),
             ("beats_baselines", "different"),
+            ("evaluate", "different"),
         ])
     );
     assert_eq!(diff["stages"][9]["reasons"], serde_json::json!(["knob `train.steps` 600 -> 400"]));
@@ -322,8 +324,8 @@ fn gc_frees_unreferenced_objects_and_a_kept_run_rebuilds_nothing() {
     assert!(!freed.contains(&kept_checkpoint.as_str()) && !freed.contains(&dataset.as_str()), "{freed:?}");
     assert_eq!(
         gc["actions"].as_array().unwrap().len(),
-        4,
-        "the old zero_input_baseline, overfit_batch, overfit, beats_baselines"
+        5,
+        "the old zero_input_baseline, overfit_batch, overfit, beats_baselines, evaluate"
     );
     assert!(gc["freed_bytes"].as_u64().unwrap() > 100_000);
     assert!(!object_path(&dir, &old_checkpoint).exists());
@@ -332,8 +334,8 @@ fn gc_frees_unreferenced_objects_and_a_kept_run_rebuilds_nothing() {
     assert_eq!(runs.lines().iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), [2]);
 
     let again = dir.build(&["--set", "train.lr=1e-3"]);
-    assert_eq!((again.done()["ran"].as_u64(), again.done()["cached"].as_u64()), (Some(0), Some(11)));
+    assert_eq!((again.done()["ran"].as_u64(), again.done()["cached"].as_u64()), (Some(0), Some(12)));
     let rebuilt = dir.build(&[]);
-    assert_eq!(rebuilt.done()["ran"], 4, "the collected config re-runs what it does not share");
+    assert_eq!(rebuilt.done()["ran"], 5, "the collected config re-runs what it does not share");
     assert_eq!(rebuilt.hashes(), old.hashes());
 }

@@ -9,6 +9,7 @@ mod history;
 mod report;
 mod skeleton;
 mod support;
+mod zoo;
 
 use support::{stage_statuses, TestDir};
 
@@ -29,7 +30,7 @@ min_train_acc = 0.9
 "#;
 
 /// Stages of the `overfit` target.
-const OVERFIT_STAGES: i64 = 11;
+const OVERFIT_STAGES: i64 = 12;
 
 fn digits() -> TestDir {
     TestDir::with_pipeline(SMALL)
@@ -68,6 +69,7 @@ fn changing_lr_reruns_only_dependent_stages() {
             ("overfit_batch".into(), "ran".into()),
             ("overfit".into(), "ran".into()),
             ("beats_baselines".into(), "ran".into()),
+            ("evaluate".into(), "ran".into()),
         ]
     );
     // Same value written differently: same keys, nothing runs.
@@ -129,7 +131,7 @@ fn misspelt_key_exits_2_with_line_and_suggestion() {
     let run = dir.build(&[]);
     assert_eq!(run.code, 2);
     assert!(
-        run.stderr.contains("pipe.toml:2:8: `model.kind` expects one of \"mlp\", \"linear\", found integer 3"),
+        run.stderr.contains("pipe.toml:2:8: `model.kind` expects one of \"mlp\", \"linear\", \"convnet\", \"resnet\", \"auto\", found integer 3"),
         "{}",
         run.stderr
     );

@@ -253,8 +253,10 @@ fn scorecard_ends_build_and_show_and_a_failing_check_says_what_to_try() {
         human.stdout
     );
     let summary = format!("0 ran, {n_stages} cached, 0 failed; 1 check(s) failed");
-    assert!(out.last().unwrap().starts_with(&summary), "{}", human.stdout);
-    let block = &out[header + 1..out.len() - 1];
+    // The summary, then the evaluate stage's headline as the very last line.
+    assert!(out[out.len() - 2].starts_with(&summary), "{}", human.stdout);
+    assert!(out[out.len() - 1].starts_with("overfit: mlp, val acc "), "{}", human.stdout);
+    let block = &out[header + 1..out.len() - 2];
     for (stage, check, status) in &checks {
         let word = if status == "fail" { "FAIL" } else { status.as_str() };
         let found = block.iter().any(|line| {

@@ -20,9 +20,12 @@ pub struct Run {
 }
 
 impl TestDir {
-    /// A fresh directory with `examples/digits/pipe.toml` followed by `extra`.
+    /// A fresh directory with `examples/digits/pipe.toml` followed by `extra`, with
+    /// `model.kind = "mlp"` (the example's `auto` picks the convnet): these tests were
+    /// written for the MLP's speed and checkpoint; `zoo.rs` builds the other models.
     pub fn with_pipeline(extra: &str) -> TestDir {
         let base = std::fs::read_to_string(repo().join("examples/digits/pipe.toml")).unwrap();
+        let base = base.replace("\nkind = \"auto\"\n", "\nkind = \"mlp\"\n");
         // Drop the example's sections that `extra` redefines: TOML forbids a table twice.
         let redefined: Vec<&str> = extra.lines().filter(|l| l.starts_with('[')).collect();
         let mut text = String::new();

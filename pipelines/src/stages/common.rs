@@ -8,7 +8,7 @@ use workspace::{ChoiceKnob, ExecContext, ExecError, KnobId, StageId, Verdict, Ve
 
 use crate::data::{self, Prepared};
 use crate::ids::{knob, stage};
-use crate::model::{Activation, Init, Mlp, MlpSpec, ModelKind};
+use crate::models::{image_shape, Activation, ConvnetSpec, Init, MlpSpec, Model, ModelKind, ModelSpec, ResnetSpec};
 use crate::train::{
     OptimSpec, OptimizerKind, OptimizerName, Schedule, ScheduleKind, ScheduleName, SplitTensors, TrainError,
 };
@@ -120,8 +120,20 @@ impl Cx<'_, '_> {
             .map_err(|error| ExecError::Failed(format!("metrics of `{id}`: {error}")))
     }
 
-    /// The prepared dataset written by the `data` stage.
+    /// The prepared dataset written by the `data` stage, without its test split
+    /// (empty here): only `evaluate` scores the test split ([`Cx::data_with_test`]).
     pub fn data(&self) -> Result<Prepared, ExecError> {
+        let mut data = self.data_with_test(TestAccess::Withheld)?;
+        data.test = data::Split::default();
+        Ok(data)
+    }
+
+    /// The prepared dataset with its test split, saying why: `Audit` for the data
+    /// audit (leakage and duplicates across splits, human labels: no model sees
+    /// the examples), `Score` for `evaluate`. Every access is recorded for the
+    /// test that only `evaluate` scores the test split.
+    pub fn data_with_test(&self, access: TestAccess) -> Result<Prepared, ExecError> {
+        record_test_access(self.exec.spec.id, access);
         let bytes = self.exec.artifact(stage::DATA, "dataset.safetensors")?;
         Prepared::decode(&bytes).map_err(|error| ExecError::Failed(error.to_string()))
     }
@@ -130,23 +142,53 @@ impl Cx<'_, '_> {
         SplitTensors::new(split, data.n_features(), &self.device).map_err(err("tensors"))
     }
 
-    /// The model knobs (`model.kind`, `model.hidden`, `model.activation`), all read
-    /// whatever the kind, as the shape of the model for `data`.
-    pub fn mlp_spec(&self, data: &Prepared) -> Result<MlpSpec, ExecError> {
+    /// The model knobs (all read whatever the kind) resolved for `data`:
+    /// `auto` is `convnet` for image data and `mlp` otherwise.
+    pub fn model_spec(&self, data: &Prepared) -> Result<ModelSpec, ExecError> {
         let kind: ModelKind = self.choice(knob::MODEL_KIND)?;
         let hidden: Vec<usize> = self.int_list(knob::MODEL_HIDDEN)?.iter().map(|&w| w as usize).collect();
         let activation: Activation = self.choice(knob::MODEL_ACTIVATION)?;
-        let hidden = match kind {
-            ModelKind::Mlp => hidden,
-            ModelKind::Linear => Vec::new(),
+        let channels: Vec<usize> = self.int_list(knob::MODEL_CHANNELS)?.iter().map(|&c| c as usize).collect();
+        let pool_every = self.count(knob::MODEL_POOL_EVERY)?;
+        let (depth, width) = (self.count(knob::MODEL_DEPTH)?, self.count(knob::MODEL_WIDTH)?);
+        let (n_in, n_out) = (data.n_features(), data.n_classes());
+        let image = image_shape(&data.meta.shape);
+        let kind = match (kind, image) {
+            (ModelKind::Auto, Some(_)) => ModelKind::Convnet,
+            (ModelKind::Auto, None) => ModelKind::Mlp,
+            (kind, _) => kind,
         };
-        Ok(MlpSpec { n_in: data.n_features(), hidden, n_out: data.n_classes(), activation })
+        let need_image = |name: &str| {
+            ExecError::Failed(format!(
+                "model.kind = \"{name}\" needs image data ([C, H, W] or [H, W]), but examples have shape {:?}; try \"mlp\"",
+                data.meta.shape
+            ))
+        };
+        Ok(match kind {
+            ModelKind::Mlp | ModelKind::Auto => ModelSpec::Mlp(MlpSpec { n_in, hidden, n_out, activation }),
+            ModelKind::Linear => ModelSpec::Mlp(MlpSpec { n_in, hidden: Vec::new(), n_out, activation }),
+            ModelKind::Convnet => {
+                let (channels_in, height, width) = image.ok_or_else(|| need_image("convnet"))?;
+                ModelSpec::Convnet(ConvnetSpec { channels_in, height, width, channels, pool_every, n_out, activation })
+            }
+            ModelKind::Resnet => {
+                let (channels_in, height, image_width) = image.ok_or_else(|| need_image("resnet"))?;
+                ModelSpec::Resnet(ResnetSpec {
+                    channels_in,
+                    height,
+                    width: image_width,
+                    depth,
+                    width_base: width,
+                    n_out,
+                })
+            }
+        })
     }
 
     /// The configured model with the recipe's init (last-layer bias = log priors).
-    pub fn recipe_model(&self, data: &Prepared) -> Result<Mlp, ExecError> {
+    pub fn recipe_model(&self, data: &Prepared) -> Result<Box<dyn Model>, ExecError> {
         let log_priors = data.train_priors().iter().map(|p| p.max(1e-12).ln() as f32).collect();
-        Mlp::new(&self.mlp_spec(data)?, &Init::Recipe { log_priors }, self.seed()?, &self.device).map_err(err("init"))
+        self.model_spec(data)?.build(&Init::Recipe { log_priors }, self.seed()?, &self.device).map_err(err("init"))
     }
 
     /// The optimizer knobs, all read whatever `train.optimizer` is.
@@ -179,8 +221,16 @@ impl Cx<'_, '_> {
     }
 }
 
-/// The knobs [`Cx::mlp_spec`] reads.
-pub const MODEL_KNOBS: [KnobId; 3] = [knob::MODEL_KIND, knob::MODEL_HIDDEN, knob::MODEL_ACTIVATION];
+/// The knobs [`Cx::model_spec`] reads.
+pub const MODEL_KNOBS: [KnobId; 7] = [
+    knob::MODEL_KIND,
+    knob::MODEL_HIDDEN,
+    knob::MODEL_ACTIVATION,
+    knob::MODEL_CHANNELS,
+    knob::MODEL_POOL_EVERY,
+    knob::MODEL_DEPTH,
+    knob::MODEL_WIDTH,
+];
 
 /// The knobs [`Cx::optim`] and [`Cx::seed`] read.
 pub const OPTIM_KNOBS: [KnobId; 9] = [
@@ -207,4 +257,32 @@ pub const SCHEDULE_KNOBS: [KnobId; 5] = [
 /// Concatenated knob groups for a spec.
 pub fn knobs(groups: &[&[KnobId]]) -> Vec<KnobId> {
     groups.iter().flat_map(|group| group.iter().copied()).collect()
+}
+
+/// Why a stage reads the test split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestAccess {
+    /// The split is dropped before the stage sees it.
+    Withheld,
+    /// The data audit: compared with the other splits, never fed to a model.
+    Audit,
+    /// Scored by a trained model: `evaluate` alone.
+    Score,
+}
+
+#[cfg(test)]
+static TEST_ACCESS: std::sync::Mutex<Vec<(StageId, TestAccess)>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(test)]
+fn record_test_access(stage: StageId, access: TestAccess) {
+    TEST_ACCESS.lock().unwrap_or_else(|e| e.into_inner()).push((stage, access));
+}
+
+#[cfg(not(test))]
+fn record_test_access(_stage: StageId, _access: TestAccess) {}
+
+/// Every `(stage, access)` recorded in this test process so far.
+#[cfg(test)]
+pub fn test_accesses() -> Vec<(StageId, TestAccess)> {
+    TEST_ACCESS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }

@@ -8,7 +8,7 @@ use super::common::{err, json_bytes, train_err, Cx};
 use super::{flat, RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
-use crate::model::{Activation, Init, Mlp, MlpSpec};
+use crate::models::{Activation, Init, Mlp, MlpSpec};
 use crate::train::{evaluate, Batches, OptimSpec, OptimizerKind, Trainer};
 
 pub struct DumbBaselines;

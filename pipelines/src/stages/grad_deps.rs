@@ -64,7 +64,9 @@ impl RecipeStage for GradDeps {
         let scale = Scale { low: 0.0, high: max };
         let picture = matrix_heatmap(&cells, scale, ColorMap::Sequential, "batch example", "gradient");
         let report = json!({
-            "note": "the sum of one example's outputs is back-propagated to the batch input; only that example may receive gradient. Layers that mix the batch by design run in evaluation mode for this check.",
+            "note": "the sum of one example's outputs is back-propagated to the batch input; only that example may receive gradient. Layers that mix the batch by design (batch norm) run in evaluation mode for this check.",
+            "mode": "eval",
+            "model": cx.model_spec(&data)?.kind_name(),
             "batch_size": batch,
             "probes": probes,
         });
@@ -86,7 +88,7 @@ impl RecipeStage for GradDeps {
             leaks,
             0.0,
             format!(
-                "{leaks} of {} probes leak gradient to other examples (or later positions); {} get none from their own input",
+                "{leaks} of {} probes leak gradient to other examples (or later positions); {} get none from their own input (model in evaluation mode: batch norm uses running statistics)",
                 m.n_probes, m.n_without_self_gradient
             ),
             "something mixes examples across the batch: look for a view/reshape/transpose on the batch dimension (grad_deps.json lists the probes)",

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError};
 
-use super::common::{json_bytes, Cx};
+use super::common::{json_bytes, Cx, TestAccess};
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
@@ -54,7 +54,7 @@ impl RecipeStage for HumanBaseline {
                 metrics: Metrics { provided: 0.0, human_acc: None, n_human: None },
             });
         }
-        let data = cx.data()?;
+        let data = cx.data_with_test(TestAccess::Audit)?;
         let path = self.base_dir.join(file);
         let rows =
             read_human_labels(&path, &data.meta.class_names).map_err(|error| ExecError::BadInput(error.to_string()))?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use workspace::{Checks, ExecError, KnobId, StageSpec, Verdict, VerdictError, VerdictStatus};
 
-use super::common::{err, json_bytes, Cx};
+use super::common::{err, json_bytes, Cx, TestAccess};
 use super::{flat, RecipeStage, Run};
 use crate::ids::{knob, stage};
 use crate::inspect::{inspect, InspectOptions};
@@ -89,7 +89,7 @@ impl RecipeStage for Inspect {
             max_self_confidence: cx.f64(knob::INSPECT_MAX_SELF_CONFIDENCE)?,
             embed_dims: crate::inspect::EMBED_DIMS,
         };
-        let data = cx.data()?;
+        let data = cx.data_with_test(TestAccess::Audit)?;
         let inspection = inspect(&data, &options).map_err(err("inspect"))?;
         let metrics =
             flat::from_map(&inspection.metrics).map_err(|error| ExecError::Failed(format!("inspect: {error}")))?;

@@ -8,7 +8,7 @@ use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError};
 use super::common::{err, json_bytes, knobs, verdict, Cx, MODEL_KNOBS};
 use super::{RecipeStage, Run};
 use crate::ids::{knob, stage};
-use crate::model::{Init, Mlp};
+use crate::models::{Init, Model};
 use crate::train::evaluate;
 
 pub struct LossAtInit;
@@ -27,7 +27,7 @@ impl RecipeStage for LossAtInit {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::LOSS_AT_INIT,
-            version: 1,
+            version: 2,
             doc: "loss at init over the whole training split vs the label entropy",
             knobs: knobs(&[&MODEL_KNOBS, &[knob::TRAIN_SEED]]),
             checks: vec![knob::LOSS_AT_INIT_TOLERANCE],
@@ -41,8 +41,10 @@ impl RecipeStage for LossAtInit {
         let data = cx.data()?;
         let train = cx.tensors(&data, &data.train)?;
         let model = cx.recipe_model(&data)?;
+        model.set_training(false);
         let (loss, _) = evaluate(&model, &train).map_err(err("loss at init"))?;
-        let naive = Mlp::new(&cx.mlp_spec(&data)?, &Init::Naive, cx.seed()?, &cx.device).map_err(err("naive init"))?;
+        let naive = cx.model_spec(&data)?.build(&Init::Naive, cx.seed()?, &cx.device).map_err(err("naive init"))?;
+        naive.set_training(false);
         let (naive_loss, _) = evaluate(&naive, &train).map_err(err("naive loss"))?;
         let priors = data.train_priors();
         let entropy: f64 = priors.iter().filter(|p| **p > 0.0).map(|p| -p * p.ln()).sum();

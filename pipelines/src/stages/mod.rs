@@ -12,6 +12,7 @@ pub mod common;
 pub mod data;
 pub mod diagnosis;
 pub mod dumb_baselines;
+pub mod evaluate;
 pub mod flat;
 pub mod grad_deps;
 pub mod human_baseline;
@@ -111,6 +112,7 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(overfit_batch::OverfitBatch),
         entry(overfit::Overfit),
         entry(beats_baselines::BeatsBaselines),
+        entry(evaluate::Evaluate),
     ]
 }
 
@@ -132,11 +134,15 @@ pub fn targets() -> Vec<Target> {
         stage::OVERFIT_BATCH,
     ];
     let mut overfit = skeleton.clone();
-    overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES]);
+    overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES, stage::EVALUATE]);
     vec![
         Target { name: "inspect", doc: "become one with the data", stages: vec![stage::DATA, stage::INSPECT] },
         Target { name: "skeleton", doc: "end-to-end skeleton with dumb baselines", stages: skeleton },
-        Target { name: "overfit", doc: "skeleton, then overfit the training split", stages: overfit.clone() },
+        Target {
+            name: "overfit",
+            doc: "skeleton, then overfit the training split and score the test split",
+            stages: overfit.clone(),
+        },
         Target { name: "all", doc: "every stage", stages: overfit },
     ]
 }
@@ -189,6 +195,7 @@ mod tests {
                 "overfit_batch",
                 "overfit",
                 "beats_baselines",
+                "evaluate",
             ]
         );
         assert_eq!(ids, stage::ALL.iter().map(|id| id.as_str()).collect::<Vec<_>>());
@@ -303,6 +310,45 @@ mod tests {
                 assert!(read, "stage `{}` never reads its knob `{knob}`", stage.spec().id);
             }
         }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Puts an execution's artifacts in the store, as the engine would.
+    fn stored(store: &cache::Store, output: workspace::ExecOutput) -> StageOutput {
+        let artifacts = output
+            .artifacts
+            .iter()
+            .map(|(name, bytes)| {
+                let hash = store.put(bytes).unwrap();
+                (name.clone(), cache::ArtifactRef { hash, bytes: bytes.len() as u64 })
+            })
+            .collect();
+        StageOutput { artifacts, metrics: output.metrics }
+    }
+
+    #[test]
+    fn only_evaluate_scores_the_test_split() {
+        let root = std::env::temp_dir().join(format!("pipe-test-split-{}", std::process::id()));
+        let cache = cache::Cache::open(&root).unwrap();
+        let mut upstream = BTreeMap::new();
+        for stage in stages(Path::new(".")) {
+            let output = execute(stage.as_ref(), cache.store(), &upstream, None)
+                .unwrap_or_else(|error| panic!("stage `{}`: {error:?}", stage.spec().id));
+            upstream.insert(stage.spec().id, stored(cache.store(), output));
+        }
+        let evaluate = &upstream[&stage::EVALUATE].metrics;
+        assert!(evaluate["n_test"] > 0.0 && evaluate["test_acc"].is_finite(), "{evaluate:?}");
+        let accesses = common::test_accesses();
+        let readers = |wanted: common::TestAccess| -> BTreeSet<&str> {
+            accesses.iter().filter(|(_, access)| *access == wanted).map(|(id, _)| id.as_str()).collect()
+        };
+        assert_eq!(readers(common::TestAccess::Score), BTreeSet::from(["evaluate"]));
+        // The data audit compares the splits (human_baseline only with a labels file).
+        let audit = readers(common::TestAccess::Audit);
+        assert!(
+            audit.contains("inspect") && audit.is_subset(&BTreeSet::from(["human_baseline", "inspect"])),
+            "{audit:?}"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

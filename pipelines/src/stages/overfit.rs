@@ -17,13 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError, VerdictStatus};
 
-use super::common::{
-    choice_name, err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS, SCHEDULE_KNOBS,
-};
+use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS, SCHEDULE_KNOBS};
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
-use crate::model::{Activation, Mlp, Model};
+use crate::models::{self, Model};
 use crate::render::{charts_svg, heatmap_tiles, is_image, ColorMap, Panel, Scale, Series as Curve, PALETTE};
 use crate::tensors::TensorFile;
 use crate::train::{evaluate, Batches, Schedule, ScheduleKind, SplitTensors, Trainer};
@@ -219,7 +217,7 @@ struct Recorded {
 
 /// What one evaluation measures, and the series it appends to.
 struct Recorder<'a> {
-    model: &'a Mlp,
+    model: &'a dyn Model,
     train: &'a SplitTensors,
     val: &'a SplitTensors,
     /// A fixed batch for activation statistics.
@@ -237,7 +235,7 @@ impl<'a> Recorder<'a> {
     fn new(
         cx: &Cx<'_, '_>,
         data: &Prepared,
-        model: &'a Mlp,
+        model: &'a dyn Model,
         (train, val): (&'a SplitTensors, &'a SplitTensors),
     ) -> Result<Recorder<'a>, ExecError> {
         let probe = train.head(256).map_err(err("probe"))?;
@@ -263,7 +261,15 @@ impl<'a> Recorder<'a> {
     }
 
     /// One evaluation at `step`: full splits, layer health, tracked predictions.
+    /// Batch norm uses its running statistics here (evaluation mode), and trains on.
     fn record(&mut self, step: usize, batch_loss: f64, grad_norms: &[f64]) -> Result<(), ExecError> {
+        self.model.set_training(false);
+        let recorded = self.measure(step, batch_loss, grad_norms);
+        self.model.set_training(true);
+        recorded
+    }
+
+    fn measure(&mut self, step: usize, batch_loss: f64, grad_norms: &[f64]) -> Result<(), ExecError> {
         let (train_loss, train_acc) = evaluate(self.model, self.train).map_err(err("evaluate"))?;
         let (val_loss, val_acc) = evaluate(self.model, self.val).map_err(err("evaluate"))?;
         let series = &mut self.series;
@@ -293,7 +299,7 @@ impl<'a> Recorder<'a> {
 fn train(
     cx: &Cx<'_, '_>,
     data: &Prepared,
-    model: &Mlp,
+    model: &dyn Model,
     steps: usize,
     schedule: Schedule,
 ) -> Result<Recorded, ExecError> {
@@ -328,7 +334,7 @@ fn train(
 
 fn layer_stats(
     stats: &mut LayerStats,
-    model: &Mlp,
+    model: &dyn Model,
     probe: &Tensor,
     step: usize,
     grads: &[(String, f64)],
@@ -457,40 +463,34 @@ fn charts(data: &Prepared, series: &Series, layers: &LayerStats, dynamics: &Dyna
     (curves, layer_chart, dynamics_chart)
 }
 
-/// The trained weights as safetensors, with the model's shape in the metadata.
-fn checkpoint(cx: &Cx<'_, '_>, data: &Prepared, model: &Mlp) -> Result<Vec<u8>, ExecError> {
-    let spec = cx.mlp_spec(data)?;
-    let activation: Activation = cx.choice(knob::MODEL_ACTIVATION)?;
+/// The trained parameters and buffers as safetensors, with the model's spec in the
+/// metadata (what `evaluate` rebuilds it from).
+fn checkpoint(cx: &Cx<'_, '_>, data: &Prepared, model: &dyn Model) -> Result<Vec<u8>, ExecError> {
+    let spec = cx.model_spec(data)?;
     let mut file = TensorFile::default();
-    for (name, var) in model.parameters() {
-        let tensor = var.as_tensor();
+    for (name, tensor) in models::state(model) {
         let values = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(err("checkpoint"))?;
         file.push_f32(&name, tensor.dims().to_vec(), values);
     }
-    let meta = json!({
-        "model": if spec.hidden.is_empty() { "linear" } else { "mlp" },
-        "n_in": spec.n_in,
-        "hidden": spec.hidden,
-        "n_out": spec.n_out,
-        "activation": choice_name(activation),
-        "input_shape": data.meta.shape,
-        "class_names": data.meta.class_names,
-        "normalize": data.meta.normalize,
-    });
+    let mut meta = spec.to_meta();
+    meta["input_shape"] = json!(data.meta.shape);
+    meta["class_names"] = json!(data.meta.class_names);
+    meta["normalize"] = json!(data.meta.normalize);
     file.encode(&meta).map_err(|error| ExecError::Failed(error.to_string()))
 }
 
 /// The first layer's weights drawn in the input's shape, one tile per unit (image
 /// data only).
-fn first_layer(data: &Prepared, model: &Mlp) -> Result<Option<Vec<u8>>, ExecError> {
-    let (true, Some(weights)) = (is_image(&data.meta.shape), model.first_layer()) else {
+fn first_layer(data: &Prepared, model: &dyn Model) -> Result<Option<Vec<u8>>, ExecError> {
+    let (true, Some((weights, shape))) = (is_image(&data.meta.shape), model.first_layer()) else {
         return Ok(None);
     };
+    let shape = shape.unwrap_or_else(|| data.meta.shape.clone());
     let rows: Vec<Vec<f32>> = weights.to_vec2().map_err(err("weights"))?;
     let bound = rows.iter().flatten().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     let cells: Vec<(&[f32], String)> = rows.iter().enumerate().map(|(i, r)| (r.as_slice(), format!("{i}"))).collect();
     let scale = Scale { low: -bound, high: bound };
-    Ok(Some(heatmap_tiles(&cells, &data.meta.shape, scale, ColorMap::Diverging, 16, 64, "weight")))
+    Ok(Some(heatmap_tiles(&cells, &shape, scale, ColorMap::Diverging, 16, 64, "weight")))
 }
 
 /// `lr.svg`: the learning rate of every step (at most about 2,000 points drawn).

@@ -10,7 +10,7 @@ use super::common::{argmax, err, json_bytes, knobs, train_err, verdict, Cx, MODE
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
-use crate::model::Model;
+use crate::models::Model;
 use crate::render::{charts_svg, is_image, tiles_at, Panel, Scale, Series, PALETTE};
 use crate::train::{evaluate, SplitTensors, Trainer};
 
@@ -146,6 +146,7 @@ fn overfit_one(
     }
     cx.exec.progress.end();
     // The loss after the last step, measured on the same batch.
+    model.set_training(false);
     let (final_loss, _) = evaluate(&model, &batch).map_err(err("evaluate"))?;
     let final_loss = if loss < target { loss } else { final_loss };
     let logits = model.forward(&batch.x).map_err(err("forward"))?;

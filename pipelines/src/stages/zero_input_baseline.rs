@@ -102,5 +102,6 @@ fn train_and_evaluate(
             cx.exec.progress.advance((offset + step) as u64, run);
         }
     }
+    model.set_training(false);
     evaluate(&model, val).map_err(err("evaluate"))
 }
