@@ -1,6 +1,7 @@
 //! The image layers every model calls: convolution, 2x2 max pooling and batch norm.
-//! Convolution and pooling go through [`conv2d`] and [`max_pool2d`] only, so a
-//! faster kernel (the `kernels` module's custom ops) replaces them in this one place.
+//! Convolution and pooling go through [`conv2d`], [`conv2d_relu`] and [`max_pool2d`]
+//! only: on CPU they are our `kernels` ops (im2col + our GEMM, a fixed order of
+//! additions whatever the threads or instruction set), elsewhere candle's.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -15,16 +16,29 @@ pub struct Conv2dParams {
 
 /// `x [b, c_in, h, w]` convolved with `weight [c_out, c_in, k, k]`, plus `bias [c_out]`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
-    let y = x.conv2d(weight, params.padding, params.stride, 1, 1)?;
-    match bias {
-        Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
-        None => Ok(y),
-    }
+    crate::kernels::conv2d(x, weight, bias, kernel_params(params, false, false))
+}
+
+/// `relu(conv2d(x))`, then 2x2 max pooling when `pool`, as one op: the same values as
+/// [`conv2d`], ReLU and [`max_pool2d`] one after the other, without storing the
+/// full-resolution activation.
+pub fn conv2d_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: Conv2dParams,
+    pool: bool,
+) -> Result<Tensor> {
+    crate::kernels::conv2d(x, weight, bias, kernel_params(params, true, pool))
+}
+
+fn kernel_params(params: Conv2dParams, relu: bool, pool: bool) -> crate::kernels::Conv2dParams {
+    crate::kernels::Conv2dParams { padding: params.padding, stride: params.stride, relu, pool }
 }
 
 /// 2x2 max pooling with stride 2 (odd trailing rows and columns are dropped).
 pub fn max_pool2d(x: &Tensor) -> Result<Tensor> {
-    x.max_pool2d(2)
+    crate::kernels::max_pool2d(x)
 }
 
 /// Batch norm over `[b, c, h, w]` (per channel), PyTorch's definition: in training
