@@ -129,10 +129,10 @@ fn diff_of_two_runs_shows_metric_deltas_curves_and_checkpoint_tensors() {
     assert_eq!(lines.len(), 2, "{}", runs.stdout);
     assert!(lines[0].trim_start().starts_with("1 ") && lines[0].contains("(first recorded run)"), "{}", lines[0]);
     assert!(lines[1].contains("train.steps 600 -> 400") && lines[1].contains("3 ran, 9 cached"), "{}", lines[1]);
-    assert!(lines[1].contains("acc val 0."), "the run's headline metrics: {}", lines[1]);
+    assert!(lines[1].contains("acc test 0.") && lines[1].contains(" val 0."), "headline metrics: {}", lines[1]);
     let json_runs = dir.run(&["runs", "--json"]);
     let headline = &json_runs.lines()[1]["headline"];
-    assert!(headline["overfit/val_acc"].as_f64().is_some_and(|acc| acc > 0.5), "{headline}");
+    assert!(headline["evaluate/test_acc"].as_f64().is_some_and(|acc| acc > 0.5), "{headline}");
 
     let diff = report(&dir.run(&["diff", "@prev", "@latest", "--json"]));
     assert_eq!((&diff["a"]["run"], &diff["b"]["run"]), (&Value::from(1), &Value::from(2)));
