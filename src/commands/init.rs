@@ -16,8 +16,12 @@ pub fn run(project: &Project, source: &str, force: bool) -> Result<u8, Failure> 
         )));
     }
     let base_dir = file.parent().map_or_else(|| std::path::PathBuf::from("."), std::path::Path::to_path_buf);
-    pipelines::sources::Source::parse(source, &base_dir)
+    let parsed = pipelines::sources::Source::parse(source, &base_dir)
         .map_err(|error| usage(anyhow::anyhow!("--data {source}: {error}")))?;
+    let files = parsed.files().map_err(|error| usage(anyhow::anyhow!("--data {source}: {error}")))?;
+    if let Some(missing) = files.iter().find(|file| !file.optional && !file.path.is_file()) {
+        return Err(usage(anyhow::anyhow!("--data {source}: no file at {}", missing.path.display())));
+    }
     let mut schema = pipelines::knobs::schema();
     for spec in schema.iter_mut().filter(|spec| spec.name == pipelines::ids::knob::DATA_SOURCE.as_str()) {
         spec.default = KnobValue::Str(source.to_string());

@@ -106,3 +106,31 @@ fn ctrl_c_abandons_training_releases_the_lock_and_exits_130() {
     let queue = dir.path().join(".pipe/queue");
     assert_eq!(std::fs::read_dir(queue).map_or(0, |entries| entries.count()), 0);
 }
+
+#[test]
+fn init_writes_a_pipeline_that_loads_and_refuses_to_overwrite() {
+    let dir = TestDir::with_raw("");
+    std::fs::remove_file(dir.path().join("pipe.toml")).unwrap();
+    let run = dir.run(&["init", "--data", "builtin:digits"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(dir.path().join("pipe.toml")).unwrap();
+    assert!(text.contains("source = \"builtin:digits\"") && text.contains("# "), "{text}");
+    assert_eq!(dir.run(&["status"]).code, 0, "the written file loads");
+    let again = dir.run(&["init", "--data", "builtin:digits"]);
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    let missing = dir.run(&["init", "--data", "csv:missing.csv", "--force"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("missing.csv"), "{}", missing.stderr);
+}
+
+#[test]
+fn a_no_op_build_is_not_recorded_as_another_run() {
+    let dir = digits();
+    assert_eq!(dir.build(&[]).code, 0);
+    assert_eq!(dir.build(&[]).done()["ran"], 0);
+    let runs = dir.run(&["runs", "--json"]);
+    assert_eq!(runs.lines().len(), 1, "{}", runs.stdout);
+    assert_eq!(dir.build(&["--set", "train.steps=400"]).code, 0);
+    assert_eq!(dir.run(&["runs", "--json"]).lines().len(), 2);
+}
