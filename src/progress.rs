@@ -91,7 +91,11 @@ struct LogLines {
     state: Mutex<LogState>,
 }
 
-const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often a plain progress line is printed: 10 s, or `PIPE_PROGRESS_EVERY_SECS`.
+fn log_every() -> Duration {
+    let secs = std::env::var("PIPE_PROGRESS_EVERY_SECS").ok().and_then(|s| s.parse::<f64>().ok());
+    Duration::from_secs_f64(secs.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(10.0))
+}
 
 impl Progress for LogLines {
     fn begin(&self, stage: &str, total: u64) {
@@ -103,7 +107,7 @@ impl Progress for LogLines {
     fn advance(&self, done: u64, message: &str) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (Some(started), Some(last)) = (state.started, state.last_line) else { return };
-        if last.elapsed() < LOG_EVERY {
+        if last.elapsed() < log_every() {
             return;
         }
         state.last_line = Some(Instant::now());

@@ -134,3 +134,14 @@ fn a_no_op_build_is_not_recorded_as_another_run() {
     assert_eq!(dir.build(&["--set", "train.steps=400"]).code, 0);
     assert_eq!(dir.run(&["runs", "--json"]).lines().len(), 2);
 }
+
+#[test]
+fn without_a_terminal_long_stages_print_plain_progress_lines() {
+    let dir = digits();
+    let run = dir.run_with_env(&["build", "overfit_batch", "overfit"], &[("PIPE_PROGRESS_EVERY_SECS", "0")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line =
+        run.stderr.lines().find(|l| l.starts_with("progress: overfit ")).unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(line.contains("steps/s") && line.contains("eta") && line.contains("train loss"), "{line}");
+    assert!(!run.stderr.contains('\u{1b}'), "no colour codes off a terminal");
+}

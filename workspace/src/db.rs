@@ -85,7 +85,10 @@ pub struct Engine {
     /// The directory relative data paths start from (recorded in actions).
     pub base_dir: std::path::PathBuf,
     /// (query, key) of every `WillExecute` event, for tests.
-    executed: Mutex<Vec<(salsa::IngredientIndex, salsa::Id)>>,
+    /// (Its own `Arc`: salsa's event callback holds it, not the engine, so the engine
+    /// stays uniquely owned until a runner clones it and `set_progress` can replace
+    /// the progress sink.)
+    executed: Arc<Mutex<Vec<(salsa::IngredientIndex, salsa::Id)>>>,
 }
 
 impl Engine {
@@ -156,13 +159,13 @@ impl Database {
                 .and_then(|file| file.parent())
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_else(|| std::path::PathBuf::from(".")),
-            executed: Mutex::default(),
+            executed: Arc::default(),
         });
-        let log = engine.clone();
+        let log = engine.executed.clone();
         let storage = salsa::Storage::new(Some(Box::new(move |event: salsa::Event| {
             if let salsa::EventKind::WillExecute { database_key } = event.kind {
                 let entry = (database_key.ingredient_index(), database_key.key_index());
-                log.executed.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
             }
         })));
         let mut db = Database { storage, engine, inputs: Arc::new(Inputs::empty()) };
@@ -182,10 +185,18 @@ impl Database {
         db
     }
 
-    /// Replaces the progress reporter (the CLI's progress bars).
-    pub fn set_progress(&mut self, progress: Arc<dyn ProgressSink>) {
-        if let Some(engine) = Arc::get_mut(&mut self.engine) {
-            engine.progress = progress;
+    /// Replaces the progress reporter (the CLI's progress bars). Call it before
+    /// anything shares the engine (a runner); it says whether it could.
+    pub fn set_progress(&mut self, progress: Arc<dyn ProgressSink>) -> bool {
+        match Arc::get_mut(&mut self.engine) {
+            Some(engine) => {
+                engine.progress = progress;
+                true
+            }
+            None => {
+                tracing::warn!("the engine is shared already: progress is not shown");
+                false
+            }
         }
     }
 

@@ -466,3 +466,23 @@ fn verdicts_that_cannot_be_computed_fail_loudly() {
     assert!(verdicts[0].message.contains("threshold `checks.c.max_len` it did not declare"));
     let _ = UNUSED;
 }
+
+/// Counts the progress handles the build hands out.
+struct CountingSink(Arc<AtomicUsize>);
+
+impl ProgressSink for CountingSink {
+    fn action(&self, _name: &str) -> Box<dyn Progress> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::new(NoProgress)
+    }
+}
+
+#[test]
+fn the_progress_sink_set_on_a_fresh_database_reaches_every_action() {
+    let mut fx = Fixture::new("progress");
+    let handed_out = Arc::new(AtomicUsize::new(0));
+    assert!(fx.db.set_progress(Arc::new(CountingSink(handed_out.clone()))), "the engine is not shared yet");
+    let (executed, _) = fx.build();
+    assert_eq!(handed_out.load(Ordering::SeqCst), executed.len());
+    assert_eq!(executed.len(), 3);
+}
