@@ -100,12 +100,13 @@ def data(name):
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def measure(name, rounds, secs):
+def measure(name, rounds, secs, device="cpu"):
     label, cls = MODELS[name]
     torch.manual_seed(0)
-    model = cls()
+    model = cls().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     x_all, y_all = data(name)
+    x_all, y_all = x_all.to(device), y_all.to(device)
     n = x_all.shape[0]
     g = torch.Generator().manual_seed(0)
     state = {"perm": torch.randperm(n, generator=g), "pos": 0}
@@ -116,6 +117,7 @@ def measure(name, rounds, secs):
             state["pos"] = 0
         idx = state["perm"][state["pos"]:state["pos"] + BATCH]
         state["pos"] += BATCH
+        idx = idx.to(device)
         loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,6 +136,8 @@ def measure(name, rounds, secs):
         while steps == 0 or time.perf_counter() - start < secs:
             step()
             steps += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
         rates.append(steps / (time.perf_counter() - start))
         total += steps
     per_cpu = total / max(time.process_time() - cpu_start, 1e-9)
@@ -146,13 +150,14 @@ def main():
     ap.add_argument("--models", default="digits,fashion")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--secs", type=float, default=1.0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check, scripts/check-cuda)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__} threads={torch.get_num_threads()} "
           f"cpu_capability={torch.backends.cpu.get_cpu_capability()} batch={BATCH}")
     for name in args.models.split(","):
-        label, median, best, per_cpu, flops = measure(name, args.rounds, args.secs)
-        print(f"RESULT model={label} backend=PyTorch threads={args.threads} median_steps_per_s={median:.1f} "
+        label, median, best, per_cpu, flops = measure(name, args.rounds, args.secs, args.device)
+        print(f"RESULT model={label} backend=PyTorch device={args.device} threads={args.threads} median_steps_per_s={median:.1f} "
               f"best_steps_per_s={best:.1f} steps_per_cpu_s={per_cpu:.1f} mflop_per_step={flops / 1e6:.2f} "
               f"gflop_per_s={median * flops / 1e9:.2f}", flush=True)
 
