@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer as _, ParamsAdamW};
 
 mod schedule;
+pub mod state;
 
 pub use schedule::{Schedule, ScheduleKind, ScheduleName};
 

@@ -284,6 +284,7 @@ mod tests {
             device: "cpu",
             progress: &workspace::NoProgress,
             cancel: &cancel,
+            resume: &workspace::NoResume,
         };
         stage.execute(&ctx)
     }
