@@ -7,6 +7,7 @@ mod engine;
 mod hardening;
 mod history;
 mod report;
+mod resume;
 mod skeleton;
 mod support;
 mod zoo;
