@@ -90,7 +90,7 @@ impl<'c> Checkpoints<'c> {
     /// last step (before its final evaluation, so a longer run can continue).
     pub fn after_step(&mut self, parts: Parts<'_>) {
         let step = parts.trainer.step;
-        if self.enabled && (step % self.every == 0 || step == self.steps) {
+        if self.enabled && (step.is_multiple_of(self.every) || step == self.steps) {
             self.save(parts);
         }
     }
