@@ -21,7 +21,7 @@ use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS,
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
-use crate::models::{self, Model};
+use crate::models::{self, Model, ModelSpec};
 use crate::tensors::TensorFile;
 
 mod charts;
@@ -445,7 +445,12 @@ fn layers_json(layers: &LayerStats) -> serde_json::Value {
 /// The trained parameters and buffers as safetensors, with the model's spec in the
 /// metadata (what `evaluate` rebuilds it from).
 fn checkpoint(cx: &Cx<'_, '_>, data: &Prepared, model: &dyn Model) -> Result<Vec<u8>, ExecError> {
-    let spec = cx.model_spec(data)?;
+    checkpoint_bytes(&cx.model_spec(data)?, data, model)
+}
+
+/// A checkpoint of `model` (built from `spec`) trained on `data`: every stage that
+/// hands a model to `evaluate` writes this format.
+pub(crate) fn checkpoint_bytes(spec: &ModelSpec, data: &Prepared, model: &dyn Model) -> Result<Vec<u8>, ExecError> {
     let mut file = TensorFile::default();
     for (name, tensor) in models::state(model) {
         let values = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(err("checkpoint"))?;
