@@ -9,6 +9,7 @@ mod history;
 mod report;
 mod resume;
 mod skeleton;
+mod squeeze;
 mod support;
 mod zoo;
 
