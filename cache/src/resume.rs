@@ -124,9 +124,39 @@ impl ResumeIndex {
     }
 }
 
+/// For `pipe gc`: the objects of saved states registered within `retention` (roots),
+/// after forgetting older entries (unless `dry_run`), whose objects then go as
+/// garbage. A state is worth keeping while someone may still raise `train.steps`.
+pub(crate) fn retained(
+    root: &Path,
+    retention: std::time::Duration,
+    now: std::time::SystemTime,
+    dry_run: bool,
+) -> Result<std::collections::BTreeSet<ArtifactHash>, CacheError> {
+    let mut kept = std::collections::BTreeSet::new();
+    let dir = root.join("resume");
+    fs::guard(root, &dir)?;
+    for prefix in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if !prefix.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        for entry in std::fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+            let Some(state) = entry.file_name().to_str().and_then(SavedState::parse) else { continue };
+            let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| now.duration_since(t).ok());
+            if age.is_some_and(|age| age < retention) {
+                kept.insert(state.hash);
+            } else if !dry_run {
+                fs::remove_file(root, &entry.path())?;
+            }
+        }
+    }
+    Ok(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use super::*;
 
@@ -172,6 +202,24 @@ mod tests {
         assert_eq!(best_state(&states, 10), None);
         index.forget(&prefix, &state(40, None));
         assert_eq!(best_state(&index.states(&prefix).unwrap(), 60), Some(state(20, None)));
+        std::fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn gc_keeps_young_states_and_forgets_old_ones() {
+        let root = crate::store::tests::test_dir("resume-gc");
+        let cache = crate::Cache::open(&root).unwrap();
+        let prefix = PrefixKey::of(&inputs("60", "0.001"), "train.steps");
+        let hash = cache.store().put(b"state").unwrap();
+        cache.resume().record(&prefix, &SavedState { step: 40, only_for: None, hash }).unwrap();
+        let lock = cache.lock().unwrap();
+        let report = crate::gc(&cache, &lock, &crate::GcOptions::default()).unwrap();
+        assert!(report.objects.is_empty(), "a young state is a root: {report:?}");
+        assert_eq!(cache.resume().states(&prefix).unwrap().len(), 1);
+        let report = crate::gc_retaining(&cache, &lock, &crate::GcOptions::default(), Duration::ZERO).unwrap();
+        assert_eq!(report.objects.iter().map(|o| o.hash).collect::<Vec<_>>(), [hash], "an old state goes");
+        assert!(cache.resume().states(&prefix).unwrap().is_empty());
+        drop(lock);
         std::fs::remove_dir_all(&root).ok();
     }
 
