@@ -55,11 +55,11 @@ pub enum DataError {
     EmptyVal { fractions: Vec<f64>, pool: usize },
     #[error("the dataset has no features (every example is empty)")]
     NoFeatures,
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] workspace::ConfigError),
     #[error("dataset artifact: {0}")]
     Artifact(#[from] TensorFileError),
-    #[error("{0}")]
+    #[error(transparent)]
     Cache(#[from] cache::CacheError),
 }
 
