@@ -136,3 +136,37 @@ fn kill_9_mid_training_resumes_from_the_last_state_bitwise() {
     let clean = TestDir::with_pipeline(RESUME);
     assert_eq!(overfit_hashes(&run), overfit_hashes(&build(&clean, KILLED_STEPS, &[("PIPE_CHECKPOINT_EVERY", "0")])));
 }
+
+#[test]
+fn ctrl_c_saves_the_state_and_the_next_build_continues_from_it_bitwise() {
+    use std::io::BufRead as _;
+    let dir = TestDir::with_pipeline(RESUME);
+    // No periodic states: whatever is saved, the interruption saved.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["-C", dir.path().to_str().unwrap(), "build", "--json", KILLED_STEPS])
+        .env_remove("PIPE_CACHE_DIR")
+        .env_remove("PIPE_LOG")
+        .env(EVERY.0, "1000000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().contains("\"stage\":\"data\"") {
+            break;
+        }
+    }
+    // `overfit` is training now.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the build ended before it was interrupted");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let run = build(&dir, KILLED_STEPS, &[EVERY]);
+    let from = run.stderr.split("resuming from step ").nth(1).and_then(|rest| rest.split_whitespace().next());
+    let from: u32 = from.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("did not resume:\n{}", run.stderr));
+    assert!(from > 0 && from < 1500, "resumed from step {from}");
+    let clean = TestDir::with_pipeline(RESUME);
+    assert_eq!(overfit_hashes(&run), overfit_hashes(&build(&clean, KILLED_STEPS, &[("PIPE_CHECKPOINT_EVERY", "0")])));
+}
