@@ -85,6 +85,14 @@ pub mod knob {
         MODEL_WIDTH = "model.width",
         EVALUATE_WORST = "checks.evaluate.worst",
         EVALUATE_MODEL = "evaluate.model",
+        // Squeeze: ensembles and distillation (issue 13).
+        SQUEEZE_K = "squeeze.k",
+        SQUEEZE_TEMPERATURE = "squeeze.temperature",
+        SQUEEZE_ALPHA = "squeeze.alpha",
+        SQUEEZE_STUDENT = "squeeze.student",
+        SQUEEZE_STUDENT_HIDDEN = "squeeze.student_hidden",
+        SQUEEZE_MIN_GAIN = "checks.squeeze.min_gain",
+        SQUEEZE_MIN_KEPT = "checks.squeeze.min_kept",
     });
 }
 
@@ -104,6 +112,7 @@ pub mod stage {
         OVERFIT_BATCH = "overfit_batch",
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
+        SQUEEZE = "squeeze",
         EVALUATE = "evaluate",
     });
 }

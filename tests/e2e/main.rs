@@ -8,7 +8,9 @@ mod hardening;
 mod history;
 mod remote;
 mod report;
+mod resume;
 mod skeleton;
+mod squeeze;
 mod support;
 mod zoo;
 

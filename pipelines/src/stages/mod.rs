@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod loss_at_init;
 pub mod overfit;
 pub mod overfit_batch;
+pub mod squeeze;
 pub mod zero_input_baseline;
 
 use std::path::Path;
@@ -138,6 +139,7 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(overfit_batch::OverfitBatch),
         entry(overfit::Overfit),
         entry(beats_baselines::BeatsBaselines),
+        entry(squeeze::Squeeze),
         entry(evaluate::Evaluate),
     ]
 }
@@ -161,10 +163,13 @@ pub fn targets() -> Vec<Target> {
     ];
     let mut overfit = skeleton.clone();
     overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES, stage::EVALUATE]);
+    let mut squeeze = overfit.clone();
+    squeeze.push(stage::SQUEEZE);
     vec![
         Target::new("inspect", "become one with the data", vec![stage::DATA, stage::INSPECT]),
         Target::new("skeleton", "end-to-end skeleton with dumb baselines", skeleton),
         Target::new("overfit", "skeleton, then overfit the training split and score the test split", overfit.clone()),
+        Target::new("squeeze", "overfit, then an ensemble of seeds and a student distilled from it", squeeze),
         Target::new("all", "every stage", overfit),
     ]
 }
@@ -217,6 +222,7 @@ mod tests {
                 "overfit_batch",
                 "overfit",
                 "beats_baselines",
+                "squeeze",
                 "evaluate",
             ]
         );
@@ -317,6 +323,7 @@ mod tests {
             device: "cpu",
             progress: &workspace::NoProgress,
             cancel: &cancel,
+            resume: &workspace::NoResume,
         };
         stage.execute(&ctx)
     }
