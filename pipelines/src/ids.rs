@@ -84,6 +84,18 @@ pub mod knob {
         MODEL_DEPTH = "model.depth",
         MODEL_WIDTH = "model.width",
         EVALUATE_WORST = "checks.evaluate.worst",
+        // Regularization (issue 10).
+        AUGMENT_CROP_PAD = "augment.crop_pad",
+        AUGMENT_HFLIP = "augment.hflip",
+        AUGMENT_TRANSLATE = "augment.translate",
+        AUGMENT_ROTATE = "augment.rotate",
+        AUGMENT_CUTOUT = "augment.cutout",
+        AUGMENT_NOISE = "augment.noise",
+        MODEL_DROPOUT = "model.dropout",
+        MODEL_INIT_FROM = "model.init_from",
+        DATA_DOWNSCALE = "data.downscale",
+        TRAIN_EARLY_STOPPING = "train.early_stopping",
+        TRAIN_PATIENCE = "train.patience",
     });
 }
 

@@ -4,6 +4,7 @@
 //! passed explicitly; stage outputs are deterministic bytes (no timestamps, no
 //! absolute paths, sorted tensor names).
 
+pub mod augment;
 pub mod compare;
 pub mod data;
 pub mod grad_deps;
@@ -114,7 +115,14 @@ pub fn fingerprints(
     Ok(BTreeMap::from([
         ("dataset".to_string(), data::fingerprint(&source, stats)?),
         ("human_labels".to_string(), human),
+        ("init_from".to_string(), models::pretrained::fingerprint(init_from_values(config), base_dir, stats)?),
     ]))
+}
+
+/// Every `model.init_from` value a build may use: the config's (overrides from
+/// instances such as ladder rungs are added by the stages that make them).
+fn init_from_values(config: &Config) -> Vec<&str> {
+    config.get(ids::knob::MODEL_INIT_FROM.as_str()).and_then(|v| v.as_str()).into_iter().collect()
 }
 
 /// Devices this build can run on.

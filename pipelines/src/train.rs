@@ -8,8 +8,10 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer as _, ParamsAdamW};
 
+mod early_stop;
 mod schedule;
 
+pub use early_stop::EarlyStop;
 pub use schedule::{Schedule, ScheduleKind, ScheduleName};
 
 use crate::data::Split;
@@ -398,6 +400,7 @@ impl<'m> Trainer<'m> {
 
     /// One optimizer step on `(x, y)`; returns the batch loss before the step.
     pub fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<f32, TrainError> {
+        self.model.set_step(self.step);
         let loss = cross_entropy(&self.model.forward(x)?, y)?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {

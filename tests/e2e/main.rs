@@ -6,6 +6,7 @@ mod data;
 mod engine;
 mod hardening;
 mod history;
+mod regularize;
 mod report;
 mod skeleton;
 mod support;

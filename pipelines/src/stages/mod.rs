@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod loss_at_init;
 pub mod overfit;
 pub mod overfit_batch;
+pub mod regularize;
 pub mod zero_input_baseline;
 
 use std::path::Path;
@@ -104,13 +105,13 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(data::Data { base_dir: base_dir.clone() }),
         entry(inspect::Inspect),
         entry(batch_preview::BatchPreview),
-        entry(human_baseline::HumanBaseline { base_dir }),
+        entry(human_baseline::HumanBaseline { base_dir: base_dir.clone() }),
         entry(dumb_baselines::DumbBaselines),
         entry(grad_deps::GradDeps),
         entry(loss_at_init::LossAtInit),
         entry(zero_input_baseline::ZeroInputBaseline),
         entry(overfit_batch::OverfitBatch),
-        entry(overfit::Overfit),
+        entry(overfit::Overfit { base_dir: base_dir.clone() }),
         entry(beats_baselines::BeatsBaselines),
         entry(evaluate::Evaluate),
     ]

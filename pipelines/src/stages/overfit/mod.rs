@@ -11,6 +11,7 @@
 //! then [`charts`], [`checkpoint`] and [`first_layer`] turn the result into files.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use serde_json::json;
 use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError, VerdictStatus};
 
 use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS, SCHEDULE_KNOBS};
+use super::regularize::setup::{Regularization, AUGMENT_KNOBS, TRAINING_KNOBS};
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
@@ -28,7 +30,11 @@ mod charts;
 use crate::train::{evaluate, Batches, Schedule, ScheduleKind, SplitTensors, Trainer};
 use charts::{charts, first_layer, lr_chart};
 
-pub struct Overfit;
+#[derive(Default)]
+pub struct Overfit {
+    /// The directory of `pipe.toml`: `model.init_from` starts here.
+    pub base_dir: PathBuf,
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Metrics {
@@ -46,6 +52,13 @@ pub struct Metrics {
     pub step_every: f64,
     pub step_gamma: f64,
     pub min_lr_ratio: f64,
+    /// The step the checkpoint (and the losses above) come from: the best validation
+    /// loss with early stopping, else the last step.
+    pub best_step: f64,
+    /// The last step trained (before `steps` when early stopping ended the run).
+    pub stopped_step: f64,
+    /// 1 when augmentation, dropout or early stopping was on (issue 10).
+    pub regularized: f64,
 }
 
 impl Metrics {
@@ -76,13 +89,15 @@ impl RecipeStage for Overfit {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::OVERFIT,
-            version: 4,
+            version: 5,
             doc: "train the configured model; full-split evaluations; checkpoint",
             knobs: knobs(&[
                 &MODEL_KNOBS,
                 &OPTIM_KNOBS,
                 &SCHEDULE_KNOBS,
                 &[knob::TRAIN_BATCH_SIZE, knob::TRAIN_STEPS, knob::TRAIN_EVAL_EVERY, knob::DYNAMICS_SIZE],
+                &AUGMENT_KNOBS,
+                &TRAINING_KNOBS,
             ]),
             checks: vec![
                 knob::OVERFIT_MIN_DROP,
@@ -91,7 +106,7 @@ impl RecipeStage for Overfit {
                 knob::LR_SCHEDULE_BY_FRACTION,
             ],
             upstream: vec![stage::DATA],
-            fingerprints: vec![],
+            fingerprints: vec!["init_from"],
             device_dependent: true,
         }
     }
@@ -101,9 +116,12 @@ impl RecipeStage for Overfit {
         let steps = cx.count(knob::TRAIN_STEPS)?;
         let model = cx.recipe_model(&data)?;
         let schedule = cx.schedule()?;
-        let Recorded { series, layers, dynamics } = train(cx, &data, &model, steps, schedule)?;
-        let mut metrics = metrics(&series, steps)?;
+        let mut regularization = Regularization::new(cx, &data, model.as_ref(), &self.base_dir)?;
+        let Recorded { series, layers, dynamics, best } =
+            train(cx, &data, &model, steps, schedule, &mut regularization)?;
+        let mut metrics = metrics(&series, steps, best)?;
         metrics.record_schedule(&schedule);
+        metrics.regularized = f64::from(u8::from(regularization.active));
         let (curves, layer_chart, dynamics_chart) = charts(&data, &series, &layers, &dynamics);
         let mut artifacts = vec![
             ("checkpoint.safetensors".into(), checkpoint(cx, &data, &model)?),
@@ -127,6 +145,19 @@ impl RecipeStage for Overfit {
         let min_drop = checks.f64(knob::OVERFIT_MIN_DROP)?;
         let (acc, min_acc) = (m.train_acc, checks.f64(knob::OVERFIT_MIN_TRAIN_ACC)?);
         let lr_schedule = lr_schedule_verdict(m, checks)?;
+        let mut fits = verdict(
+            "min_train_acc",
+            acc >= min_acc,
+            acc,
+            min_acc,
+            format!("training accuracy {acc:.4}, want >= {min_acc}"),
+            "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden), or check the data",
+        );
+        if m.regularized > 0.0 && fits.status == VerdictStatus::Fail {
+            // Regularization trades training accuracy for validation accuracy.
+            fits.status = VerdictStatus::Warn;
+            fits.hint = Some("expected with regularization on (augment.*, model.dropout, train.early_stopping)".into());
+        }
         Ok(vec![
             verdict(
                 "loss_decreased",
@@ -136,14 +167,7 @@ impl RecipeStage for Overfit {
                 loss_change_message(first, last, drop, min_drop),
                 &loss_change_hint(first, last, drop, m.steps),
             ),
-            verdict(
-                "min_train_acc",
-                acc >= min_acc,
-                acc,
-                min_acc,
-                format!("training accuracy {acc:.4}, want >= {min_acc}"),
-                "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden), or check the data",
-            ),
+            fits,
             lr_schedule,
         ])
     }
@@ -215,6 +239,8 @@ struct Recorded {
     series: Series,
     layers: LayerStats,
     dynamics: Dynamics,
+    /// The `(step, evaluation)` of the checkpoint when early stopping chose it.
+    best: Option<(usize, usize)>,
 }
 
 /// What one evaluation measures, and the series it appends to.
@@ -304,6 +330,7 @@ fn train(
     model: &dyn Model,
     steps: usize,
     schedule: Schedule,
+    regularization: &mut Regularization,
 ) -> Result<Recorded, ExecError> {
     let eval_every = cx.count(knob::TRAIN_EVAL_EVERY)?;
     let batch_size = cx.count(knob::TRAIN_BATCH_SIZE)?;
@@ -312,18 +339,23 @@ fn train(
     let mut trainer = Trainer::with_schedule(model, &cx.optim()?, schedule, steps).map_err(train_err)?;
     let mut batches = Batches::new(&train, batch_size, cx.seed()?, "train");
     recorder.record(0, f64::NAN, &[])?;
+    let mut stop = regularization.stop_after(model, 0, 0, recorder.series.val_loss[0])?;
     cx.exec.progress.begin(stage::OVERFIT.as_str(), steps as u64);
     let mut interval_loss = 0.0;
     let mut interval_steps = 0usize;
-    while trainer.step < steps {
+    while trainer.step < steps && !stop {
         cx.exec.check_cancelled()?;
         let (x, y) = batches.next_batch().map_err(err("batch"))?;
+        let x = regularization.augment.apply(&x, trainer.step).map_err(err("augment"))?;
         interval_loss += trainer.step(&x, &y).map_err(train_err)? as f64;
         recorder.series.lr.push(trainer.lr);
         interval_steps += 1;
         if trainer.step % eval_every == 0 || trainer.step == steps {
             let grad_norms = trainer.grad_norms.clone();
             recorder.record(trainer.step, interval_loss / interval_steps as f64, &grad_norms)?;
+            let evaluation = recorder.series.step.len() - 1;
+            let val_loss = recorder.series.val_loss[evaluation];
+            stop = regularization.stop_after(model, trainer.step, evaluation, val_loss)?;
             let train_loss = recorder.series.train_loss.last().copied().unwrap_or_default();
             cx.exec.progress.advance(trainer.step as u64, &format!("train loss {train_loss:.4}"));
             interval_loss = 0.0;
@@ -331,7 +363,8 @@ fn train(
         }
     }
     cx.exec.progress.end();
-    Ok(Recorded { series: recorder.series, layers: recorder.layers, dynamics: recorder.dynamics })
+    let best = regularization.finish(model)?;
+    Ok(Recorded { series: recorder.series, layers: recorder.layers, dynamics: recorder.dynamics, best })
 }
 
 fn layer_stats(
@@ -366,18 +399,22 @@ fn layer_stats(
     Ok(())
 }
 
-/// The stage's metrics: the last evaluation, and the first training loss.
-fn metrics(series: &Series, steps: usize) -> Result<Metrics, ExecError> {
+/// The stage's metrics: the checkpoint's evaluation (the last one, or the best one
+/// early stopping kept), and the first training loss.
+fn metrics(series: &Series, steps: usize, best: Option<(usize, usize)>) -> Result<Metrics, ExecError> {
     let (Some(&first_train_loss), Some(last)) = (series.train_loss.first(), series.step.len().checked_sub(1)) else {
         return Err(ExecError::Failed("overfit recorded no evaluation".into()));
     };
+    let at = best.map_or(last, |(_, evaluation)| evaluation);
     Ok(Metrics {
         first_train_loss,
-        train_loss: series.train_loss[last],
-        train_acc: series.train_acc[last],
-        val_loss: series.val_loss[last],
-        val_acc: series.val_acc[last],
+        train_loss: series.train_loss[at],
+        train_acc: series.train_acc[at],
+        val_loss: series.val_loss[at],
+        val_acc: series.val_acc[at],
         steps: steps as f64,
+        best_step: series.step[at] as f64,
+        stopped_step: series.step[last] as f64,
         ..Metrics::default()
     })
 }
@@ -440,10 +477,10 @@ mod tests {
         metrics.record_schedule(&schedule);
         let values: BTreeMap<KnobId, KnobValue> = crate::knobs::schema()
             .iter()
-            .filter(|spec| Overfit.spec().checks.iter().any(|id| id.as_str() == spec.name))
+            .filter(|spec| Overfit::default().spec().checks.iter().any(|id| id.as_str() == spec.name))
             .map(|spec| (KnobId(spec.name), spec.default.clone()))
             .collect();
-        let verdicts = Overfit.judge(&metrics, &Checks::new(stage::OVERFIT, &values)).unwrap();
+        let verdicts = Overfit::default().judge(&metrics, &Checks::new(stage::OVERFIT, &values)).unwrap();
         verdicts.into_iter().find(|v| v.check == "lr_schedule").unwrap()
     }
 
