@@ -29,14 +29,13 @@ pub const DEFAULT_RUNGS: [&str; 4] = ["augment", "dropout", "weight_decay", "lar
 pub const WORDS: [&str; 6] = ["augment", "dropout", "weight_decay", "larger", "downscale", "smaller_batch"];
 
 /// The knobs the vocabulary reads to pick a change (besides `regularize.rungs`).
-pub const VOCABULARY_KNOBS: [KnobId; 9] = [
+pub const VOCABULARY_KNOBS: [KnobId; 8] = [
     knob::DATA_SOURCE,
     knob::MODEL_KIND,
     knob::MODEL_HIDDEN,
     knob::MODEL_CHANNELS,
     knob::MODEL_WIDTH,
     knob::TRAIN_OPTIMIZER,
-    knob::TRAIN_WEIGHT_DECAY,
     knob::TRAIN_STEPS,
     knob::TRAIN_BATCH_SIZE,
 ];
@@ -60,6 +59,10 @@ pub struct Ladder<'a> {
 impl Ladder<'_> {
     /// Rung 0 (no change) and one rung per entry of `rungs`.
     pub fn rungs(&self, rungs: &[String]) -> Result<Vec<Rung>, String> {
+        // Every knob the vocabulary may read is read, whichever words are used.
+        for id in VOCABULARY_KNOBS {
+            self.value(id)?;
+        }
         let mut out = vec![Rung { change: "overfit as configured".into(), overrides: Vec::new() }];
         for (i, text) in rungs.iter().enumerate() {
             let at = format!("regularize.rungs[{i}] = {text:?}");
