@@ -96,6 +96,8 @@ pub mod knob {
         DATA_DOWNSCALE = "data.downscale",
         TRAIN_EARLY_STOPPING = "train.early_stopping",
         TRAIN_PATIENCE = "train.patience",
+        REGULARIZE_RUNGS = "regularize.rungs",
+        EVALUATE_MODEL = "evaluate.model",
     });
 }
 
@@ -115,6 +117,7 @@ pub mod stage {
         OVERFIT_BATCH = "overfit_batch",
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
+        REGULARIZE = "regularize",
         EVALUATE = "evaluate",
     });
 }

@@ -7,6 +7,8 @@ use workspace::{Float, KnobKind, KnobSpec, KnobValue};
 use crate::ids::knob;
 use crate::models::{Activation, ModelKind};
 use crate::stages::data::Normalize;
+use crate::stages::evaluate::ScoredModel;
+use crate::stages::regularize::rungs::DEFAULT_RUNGS;
 use crate::train::{OptimizerName, ScheduleName};
 
 fn float(v: f64) -> KnobValue {
@@ -222,5 +224,16 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("data.downscale", Int { min: 1, max: 64 }, int(1), "images: average each f x f block (2: 28x28 -> 14x14; 1: off)"),
         KnobSpec::new("train.early_stopping", Bool, KnobValue::Bool(false), "overfit: keep the weights of the best validation loss, stop after train.patience evaluations without improvement"),
         KnobSpec::new("train.patience", Int { min: 1, max: BIG }, int(5), "early stopping: evaluations without a better validation loss before stopping"),
+        KnobSpec::new(
+            "regularize.rungs",
+            StrList,
+            KnobValue::StrList(DEFAULT_RUNGS.iter().map(|rung| rung.to_string()).collect()),
+            "the ladder: each rung adds to the one before either knob=value assignments (comma-separated) or a word: augment, dropout, weight_decay, larger (2x width and steps), downscale, smaller_batch; every rung is early stopped",
+        ),
+        KnobSpec::choice(
+            knob::EVALUATE_MODEL,
+            ScoredModel::Overfit,
+            "evaluate: the stage whose model (its checkpoint.safetensors) is scored on the test split",
+        ),
     ]
 }

@@ -145,20 +145,7 @@ impl RecipeStage for Overfit {
         let min_drop = checks.f64(knob::OVERFIT_MIN_DROP)?;
         let (acc, min_acc) = (m.train_acc, checks.f64(knob::OVERFIT_MIN_TRAIN_ACC)?);
         let lr_schedule = lr_schedule_verdict(m, checks)?;
-        let mut fits = verdict(
-            "min_train_acc",
-            acc >= min_acc,
-            acc,
-            min_acc,
-            format!("training accuracy {acc:.4}, want >= {min_acc}"),
-            "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden), or check the data",
-        );
-        if m.regularized > 0.0 && fits.status == VerdictStatus::Fail {
-            // Regularization trades training accuracy for validation accuracy.
-            fits.status = VerdictStatus::Warn;
-            fits.hint = Some("expected with regularization on (augment.*, model.dropout, train.early_stopping)".into());
-        }
-        Ok(vec![
+        let mut verdicts = vec![
             verdict(
                 "loss_decreased",
                 drop >= min_drop,
@@ -167,9 +154,27 @@ impl RecipeStage for Overfit {
                 loss_change_message(first, last, drop, min_drop),
                 &loss_change_hint(first, last, drop, m.steps),
             ),
-            fits,
-            lr_schedule,
-        ])
+            verdict(
+                "min_train_acc",
+                acc >= min_acc,
+                acc,
+                min_acc,
+                format!("training accuracy {acc:.4}, want >= {min_acc}"),
+                "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden), or check the data",
+            ),
+        ];
+        if m.regularized > 0.0 {
+            // Regularization trades training fit for validation: the ladder judges it.
+            for fit in verdicts.iter_mut().filter(|v| v.status == VerdictStatus::Fail) {
+                fit.status = VerdictStatus::Warn;
+                fit.hint = Some(format!(
+                    "expected with regularization on (augment.*, model.dropout, train.early_stopping); {}",
+                    fit.hint.take().unwrap_or_default()
+                ));
+            }
+        }
+        verdicts.push(lr_schedule);
+        Ok(verdicts)
     }
 }
 
