@@ -65,7 +65,7 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
 
 fn print_failure(stage: &str, verdict: &Verdict) {
     eprintln!("error[{}]: {}", verdict.check, verdict.message);
-    eprintln!("  --> stage `{stage}`: measured {}, expected {}", short(verdict.value), short(verdict.expected));
+    eprintln!("  --> stage `{stage}`");
     if let Some(hint) = &verdict.hint {
         eprintln!("  = help: {hint}");
     }

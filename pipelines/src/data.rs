@@ -57,11 +57,11 @@ pub enum DataError {
     NoFeatures,
     #[error("data.downscale = {factor} needs images of at least {factor}x{factor} pixels, but examples have shape {shape:?}")]
     Downscale { factor: usize, shape: Vec<usize> },
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] workspace::ConfigError),
     #[error("dataset artifact: {0}")]
     Artifact(#[from] TensorFileError),
-    #[error("{0}")]
+    #[error(transparent)]
     Cache(#[from] cache::CacheError),
 }
 
