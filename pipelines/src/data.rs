@@ -65,6 +65,22 @@ pub enum DataError {
     Cache(#[from] cache::CacheError),
 }
 
+impl DataError {
+    /// The user's data or config is wrong (exit 2), not the tool (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            DataError::Source(_)
+                | DataError::BadSplit(_)
+                | DataError::EmptyTrain
+                | DataError::EmptyVal { .. }
+                | DataError::NoFeatures
+                | DataError::Downscale { .. }
+                | DataError::Config(_)
+        )
+    }
+}
+
 /// The content fingerprint of a source: what identifies the dataset in stage keys.
 /// It covers every file the loader reads ([`Source::files`], the list the loader's
 /// reader is limited to), an optional file's absence included, and whatever else
