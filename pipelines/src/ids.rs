@@ -84,6 +84,19 @@ pub mod knob {
         MODEL_DEPTH = "model.depth",
         MODEL_WIDTH = "model.width",
         EVALUATE_WORST = "checks.evaluate.worst",
+        // Regularization (issue 10).
+        AUGMENT_CROP_PAD = "augment.crop_pad",
+        AUGMENT_HFLIP = "augment.hflip",
+        AUGMENT_TRANSLATE = "augment.translate",
+        AUGMENT_ROTATE = "augment.rotate",
+        AUGMENT_CUTOUT = "augment.cutout",
+        AUGMENT_NOISE = "augment.noise",
+        MODEL_DROPOUT = "model.dropout",
+        MODEL_INIT_FROM = "model.init_from",
+        DATA_DOWNSCALE = "data.downscale",
+        TRAIN_EARLY_STOPPING = "train.early_stopping",
+        TRAIN_PATIENCE = "train.patience",
+        REGULARIZE_RUNGS = "regularize.rungs",
         EVALUATE_MODEL = "evaluate.model",
         // Squeeze: ensembles and distillation (issue 13).
         SQUEEZE_K = "squeeze.k",
@@ -112,6 +125,7 @@ pub mod stage {
         OVERFIT_BATCH = "overfit_batch",
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
+        REGULARIZE = "regularize",
         SQUEEZE = "squeeze",
         EVALUATE = "evaluate",
     });
