@@ -98,6 +98,7 @@ pub mod knob {
         TRAIN_PATIENCE = "train.patience",
         REGULARIZE_RUNGS = "regularize.rungs",
         EVALUATE_MODEL = "evaluate.model",
+        CACHE_REMOTE = "cache.remote",
         // Squeeze: ensembles and distillation (issue 13).
         SQUEEZE_K = "squeeze.k",
         SQUEEZE_TEMPERATURE = "squeeze.temperature",
