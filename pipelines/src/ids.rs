@@ -84,6 +84,7 @@ pub mod knob {
         MODEL_DEPTH = "model.depth",
         MODEL_WIDTH = "model.width",
         EVALUATE_WORST = "checks.evaluate.worst",
+        EVALUATE_MODEL = "evaluate.model",
     });
 }
 

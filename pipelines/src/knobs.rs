@@ -7,6 +7,7 @@ use workspace::{Float, KnobKind, KnobSpec, KnobValue};
 use crate::ids::knob;
 use crate::models::{Activation, ModelKind};
 use crate::stages::data::Normalize;
+use crate::stages::evaluate::ScoredModel;
 use crate::train::{OptimizerName, ScheduleName};
 
 fn float(v: f64) -> KnobValue {
@@ -205,5 +206,10 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("model.depth", Int { min: 1, max: 64 }, int(1), "resnet: basic blocks in each of its three stages"),
         KnobSpec::new("model.width", Int { min: 1, max: 1024 }, int(16), "resnet: channels of the first stage (then 2x and 4x)"),
         KnobSpec::new("checks.evaluate.worst", Int { min: 0, max: 10_000 }, int(16), "evaluate: highest-loss test examples to list and draw"),
+        KnobSpec::choice(
+            knob::EVALUATE_MODEL,
+            ScoredModel::Overfit,
+            "evaluate: the stage whose model (its checkpoint.safetensors) is scored on the test split",
+        ),
     ]
 }

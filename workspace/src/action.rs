@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use cache::{ArtifactRef, Cache, KeyInputs, Manifest, StageKey, Store};
 use serde::{Deserialize, Serialize};
 
+use crate::instance::InstanceSpec;
 use crate::knob::{KnobId, KnobValue};
 use crate::recipe::{Cancel, ExecContext, ExecOutput, Progress, Recipe, StageFailure, StageId, StageOutput};
 
@@ -24,10 +25,47 @@ pub struct Action {
     pub knobs: BTreeMap<String, KnobValue>,
     /// The outputs of the upstream stages it reads, by stage id.
     pub upstream: BTreeMap<String, StageOutput>,
+    /// The member instances of a fan-in stage and their outputs, in the stage's order.
+    #[serde(default)]
+    pub members: Vec<MemberOutput>,
     /// The directory of `pipe.toml`, where relative data paths start (not in the key).
     pub base_dir: PathBuf,
     /// The device to run on (`cpu`, `cuda`); in the key only for device-dependent stages.
     pub device: String,
+}
+
+/// A member instance of a fan-in action, as plain data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberOutput {
+    pub stage: String,
+    pub overrides: Vec<(String, KnobValue)>,
+    pub output: StageOutput,
+}
+
+impl MemberOutput {
+    pub fn new(spec: &InstanceSpec, output: StageOutput) -> MemberOutput {
+        MemberOutput {
+            stage: spec.stage.0.to_string(),
+            overrides: spec.overrides.iter().map(|(knob, value)| (knob.0.to_string(), value.clone())).collect(),
+            output,
+        }
+    }
+
+    /// Back to an instance of `recipe` (the ids become the recipe's own constants).
+    fn resolve(&self, recipe: &Recipe) -> Result<(InstanceSpec, StageOutput), StageFailure> {
+        let unknown = |what: &str| StageFailure::Error(format!("the action names unknown {what}"));
+        let stage = recipe.spec(&self.stage).ok_or_else(|| unknown(&format!("stage `{}`", self.stage)))?.id;
+        let mut overrides = Vec::new();
+        for (name, value) in &self.overrides {
+            let knob = recipe
+                .schema
+                .iter()
+                .find(|spec| spec.name == name)
+                .ok_or_else(|| unknown(&format!("knob `{name}`")))?;
+            overrides.push((knob.id(), value.clone()));
+        }
+        Ok((InstanceSpec::new(stage, overrides), self.output.clone()))
+    }
 }
 
 impl Action {
@@ -84,7 +122,18 @@ pub fn run_action(
             .ok_or_else(|| StageFailure::Error(format!("the action of `{}` lacks upstream `{id}`", action.name)))?;
         upstream.insert(*id, output.clone());
     }
-    let ctx = ExecContext { spec, knobs: &knobs, upstream: &upstream, store, device: &action.device, progress, cancel };
+    let members =
+        action.members.iter().map(|member| member.resolve(recipe)).collect::<Result<Vec<_>, StageFailure>>()?;
+    let ctx = ExecContext {
+        spec,
+        knobs: &knobs,
+        upstream: &upstream,
+        members: &members,
+        store,
+        device: &action.device,
+        progress,
+        cancel,
+    };
     let _span = tracing::info_span!("stage", id = %action.name).entered();
     tracing::info!(key = %action.key().short(), "executing");
     let output = stage.execute(&ctx)?;

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use cache::{KeyInputs, Manifest, StageKey};
 
-use crate::action::{Action, ActionOutcome};
+use crate::action::{Action, ActionOutcome, MemberOutput};
 use crate::db::{
-    instance_key_inputs, instance_output, instance_verdicts, resolved_knobs, Database, Db, Done, Instance, StageStatus,
+    instance_key_inputs, instance_members, instance_output, instance_verdicts, resolved_knobs, Blocked, Database, Db,
+    Done, Instance, StageStatus,
 };
 use crate::instance::{parse_instance, InstanceName, InstanceSpec};
 use crate::knob::suggest;
@@ -32,7 +33,7 @@ pub fn resolve_targets(db: &Database, names: &[String]) -> Result<Vec<InstanceSp
     let mut wanted: Vec<InstanceSpec> = Vec::new();
     for name in names {
         if let Some(target) = recipe.targets.iter().find(|target| target.name == name) {
-            wanted.extend(target.stages.iter().map(|id| InstanceSpec::plain(*id)));
+            wanted.extend(target.wanted());
         } else if let Some(instance) = parse_instance(recipe, name)? {
             wanted.push(instance);
         } else {
@@ -136,6 +137,12 @@ pub fn action_for(db: &Database, instance: Instance, inputs: &KeyInputs) -> Acti
             Some((up.0.to_string(), output.clone()))
         })
         .collect();
+    let members = match instance_members(db, instance) {
+        Ok(members) => {
+            members.iter().filter_map(|(member, output)| Some(MemberOutput::new(member, output.clone()?))).collect()
+        }
+        Err(_) => Vec::new(),
+    };
     Action {
         name: spec.name().0,
         inputs: inputs.clone(),
@@ -144,6 +151,7 @@ pub fn action_for(db: &Database, instance: Instance, inputs: &KeyInputs) -> Acti
             .map(|(id, value)| (id.0.to_string(), value))
             .collect(),
         upstream,
+        members,
         base_dir: engine.base_dir.clone(),
         device: crate::db::device_name(db),
     }
@@ -158,7 +166,9 @@ pub fn build(
     runner: Arc<dyn Runner>,
     mut on_stage: impl FnMut(&StageReport),
 ) -> BuildResult {
-    let handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
+    let mut instances: Vec<InstanceSpec> = instances.to_vec();
+    let mut handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
+    let mut present: HashSet<InstanceSpec> = instances.iter().cloned().collect();
     let stop = Cancel::default();
     let (sender, receiver) = mpsc::channel::<ActionOutcome>();
     let mut reports: HashMap<usize, StageReport> = HashMap::new();
@@ -182,23 +192,41 @@ pub fn build(
         let free = jobs.saturating_sub(running.len());
         let mut ready: Vec<(usize, Action)> = Vec::new();
         let mut ready_keys: HashSet<StageKey> = HashSet::new();
-        for (index, instance) in handles.iter().enumerate() {
+        let mut discovered: Vec<InstanceSpec> = Vec::new();
+        for index in 0..handles.len() {
+            let instance = &handles[index];
             if stopped || reports.contains_key(&index) {
                 continue;
             }
             let key = match known.get(&index) {
                 Some(key) => *key,
                 None => match instance_key_inputs(db, *instance).clone() {
-                    Err(blocked) => {
-                        if failed_names.contains(&blocked.upstream.0) {
+                    Err(Blocked::Invalid(message)) => {
+                        let report = StageReport {
+                            status: Some(StageStatus::Failed),
+                            error: Some(message),
+                            bad_input: true,
+                            ..StageReport::skipped(&instances[index], None, "")
+                        };
+                        failed_names.insert(report.name.0.clone());
+                        stopped |= !options.keep_going;
+                        on_stage(&report);
+                        reports.insert(index, report);
+                        continue;
+                    }
+                    Err(Blocked::Waiting(waiting)) => {
+                        if let Some(failed) = waiting.iter().find(|spec| failed_names.contains(&spec.name().0)) {
                             let report = StageReport {
                                 status: Some(StageStatus::Failed),
-                                error: Some(StageFailure::Upstream(blocked.upstream.0.clone()).to_string()),
+                                error: Some(StageFailure::Upstream(failed.name().0).to_string()),
                                 ..StageReport::skipped(&instances[index], None, "")
                             };
                             failed_names.insert(report.name.0.clone());
                             on_stage(&report);
                             reports.insert(index, report);
+                        } else {
+                            // Members (and their upstream) met for the first time.
+                            discovered.extend(waiting.into_iter().filter(|spec| !present.contains(spec)));
                         }
                         continue;
                     }
@@ -235,6 +263,15 @@ pub fn build(
                 }
             }
         }
+        let rescan = !stopped && !discovered.is_empty();
+        if rescan {
+            for spec in closure(db, discovered) {
+                if present.insert(spec.clone()) {
+                    handles.push(db.register(&spec));
+                    instances.push(spec);
+                }
+            }
+        }
         if stopped {
             stop.cancel();
             ready.clear();
@@ -243,6 +280,10 @@ pub fn build(
             let key = action.key();
             running.insert(key, vec![index]);
             dispatch(db, action, runner.clone(), stop.clone(), sender.clone());
+        }
+        if rescan {
+            // Plan the newly met instances before waiting for anything.
+            continue;
         }
         if running.is_empty() {
             break;
@@ -309,7 +350,11 @@ pub fn build(
             db.engine().cache.queue().remove(key);
         }
     }
-    let reports = (0..handles.len())
+    let recipe_position = |index: &usize| db.engine().recipe.position(instances[*index].stage);
+    let mut order: Vec<usize> = (0..handles.len()).collect();
+    order.sort_by_key(|index| (recipe_position(index), *index));
+    let reports = order
+        .into_iter()
         .map(|index| match reports.remove(&index) {
             Some(report) => report,
             None => {
@@ -388,6 +433,8 @@ pub enum StaleReason {
     CacheDamaged,
     /// An upstream stage is stale, so this key cannot be known yet.
     UpstreamStale(String),
+    /// The stage's members cannot be listed (a configuration error).
+    Invalid(String),
 }
 
 #[derive(Debug, Clone)]
@@ -412,17 +459,42 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub instance: InstanceSpec,
-    /// `Err` names the upstream instance without a result.
-    pub inputs: Result<KeyInputs, InstanceName>,
+    /// `Err` says which upstream instances or members have no result, or why the
+    /// members cannot be listed.
+    pub inputs: Result<KeyInputs, Blocked>,
     pub manifest: Option<Manifest>,
 }
 
 /// Walks `instances` in order, filling each one's salsa slot from the action cache.
+/// Members of fan-in stages are planned as they are met, before the stage itself.
 pub fn plan(db: &mut Database, instances: &[InstanceSpec], lookup: Lookup) -> Vec<Planned> {
-    let mut planned = Vec::with_capacity(instances.len());
-    for spec in instances {
-        let instance = db.register(spec);
-        let inputs = instance_key_inputs(db, instance).clone().map_err(|blocked| blocked.upstream);
+    let mut planned: Vec<Planned> = Vec::with_capacity(instances.len());
+    let mut queue: std::collections::VecDeque<InstanceSpec> = instances.iter().cloned().collect();
+    let mut present: HashSet<InstanceSpec> = instances.iter().cloned().collect();
+    while let Some(spec) = queue.pop_front() {
+        let instance = db.register(&spec);
+        // Every member is planned (and listed) too, with or without a result.
+        let mut needed: Vec<InstanceSpec> = match instance_members(db, instance) {
+            Ok(members) => members.iter().map(|(member, _)| member.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Err(Blocked::Waiting(waiting)) = instance_key_inputs(db, instance) {
+            needed.extend(waiting.iter().cloned());
+        }
+        {
+            let new: Vec<InstanceSpec> = needed.into_iter().filter(|spec| !present.contains(spec)).collect();
+            if !new.is_empty() {
+                // Plan the members (and their upstream) first, then this instance again.
+                queue.push_front(spec);
+                for member in closure(db, new).into_iter().rev() {
+                    if present.insert(member.clone()) {
+                        queue.push_front(member);
+                    }
+                }
+                continue;
+            }
+        }
+        let inputs = instance_key_inputs(db, instance).clone();
         let mut manifest = None;
         if let Ok(inputs) = &inputs {
             let key = inputs.key();
@@ -437,7 +509,7 @@ pub fn plan(db: &mut Database, instances: &[InstanceSpec], lookup: Lookup) -> Ve
             });
             db.set_result(instance, done);
         }
-        planned.push(Planned { instance: spec.clone(), inputs, manifest });
+        planned.push(Planned { instance: spec, inputs, manifest });
     }
     planned
 }
@@ -450,7 +522,11 @@ pub fn status(db: &mut Database, instances: &[InstanceSpec]) -> Vec<StatusReport
         .map(|planned| {
             let name = planned.instance.name();
             let (key, stale) = match (&planned.inputs, &planned.manifest) {
-                (Err(upstream), _) => (None, Some(StaleReason::UpstreamStale(upstream.0.clone()))),
+                (Err(Blocked::Invalid(message)), _) => (None, Some(StaleReason::Invalid(message.clone()))),
+                (Err(Blocked::Waiting(waiting)), _) => {
+                    let first = waiting.first().map(|spec| spec.name().0).unwrap_or_default();
+                    (None, Some(StaleReason::UpstreamStale(first)))
+                }
                 (Ok(inputs), Some(_)) => (Some(inputs.key()), None),
                 (Ok(inputs), None) => {
                     let reason = match engine_actions.last(name.as_str()) {
@@ -479,6 +555,7 @@ impl std::fmt::Display for StaleReason {
             StaleReason::Changed(reasons) => f.write_str(&reasons.join("; ")),
             StaleReason::CacheDamaged => f.write_str("cached artifacts are missing or corrupt"),
             StaleReason::UpstreamStale(stage) => write!(f, "upstream `{stage}` is stale"),
+            StaleReason::Invalid(message) => f.write_str(message),
         }
     }
 }

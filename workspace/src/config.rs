@@ -247,7 +247,7 @@ fn convert(spec: &KnobSpec, value: &DeValue<'_>, location: &str) -> Result<KnobV
                 Err(err)
             }
         }
-        KnobKind::IntList { .. } | KnobKind::FloatList { .. } if matches!(value, DeValue::Array(array) if array.len() > MAX_LIST_LEN) =>
+        KnobKind::IntList { .. } | KnobKind::FloatList { .. } | KnobKind::StrList if matches!(value, DeValue::Array(array) if array.len() > MAX_LIST_LEN) =>
         {
             let mut err = wrong(&found);
             err.message = format!("`{}` holds {found}: at most {MAX_LIST_LEN} values", spec.name);
@@ -278,6 +278,15 @@ fn convert(spec: &KnobSpec, value: &DeValue<'_>, location: &str) -> Result<KnobV
                 return Err(wrong(&found));
             }
             Ok(KnobValue::FloatList(items.into_iter().map(Float).collect()))
+        }
+        KnobKind::StrList => {
+            let DeValue::Array(array) = value else { return Err(wrong(&found)) };
+            let items: Vec<String> = array
+                .iter()
+                .map(|item| item.get_ref().as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| wrong(&found))?;
+            Ok(KnobValue::StrList(items))
         }
     }
 }

@@ -54,9 +54,29 @@ pub struct Slot {
 
 /// Why an instance's key cannot be computed yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blocked {
-    /// The upstream instance without a result.
-    pub upstream: InstanceName,
+pub enum Blocked {
+    /// Upstream or member instances without a result (at least one).
+    Waiting(Vec<InstanceSpec>),
+    /// The stage's members cannot be listed: a configuration error, in words.
+    Invalid(String),
+}
+
+impl Blocked {
+    /// The first instance waited for, for messages.
+    pub fn first(&self) -> Option<&InstanceSpec> {
+        match self {
+            Blocked::Waiting(waiting) => waiting.first(),
+            Blocked::Invalid(_) => None,
+        }
+    }
+}
+
+/// Counts registrations of new instances, so a member lookup that found an instance
+/// unregistered is asked again once it is.
+#[salsa::input(debug)]
+pub struct Registry {
+    #[returns(copy)]
+    pub generation: u64,
 }
 
 /// How a stage was obtained in this process.
@@ -109,6 +129,7 @@ pub struct Inputs {
     slots: Mutex<HashMap<InstanceSpec, Slot>>,
     /// salsa id -> name of every registered instance, to read salsa's events.
     names: Mutex<HashMap<salsa::Id, InstanceName>>,
+    registry: Option<Registry>,
 }
 
 #[salsa::db]
@@ -181,7 +202,9 @@ impl Database {
             .collect();
         let fingerprints = fingerprints.into_iter().map(|(name, hash)| (name, Fingerprint::new(&db, hash))).collect();
         knobs.insert(DEVICE_KNOB, Knob::new(&db, KnobValue::Str(device.to_string())));
-        db.inputs = Arc::new(Inputs { knobs, fingerprints, slots: Mutex::default(), names: Mutex::default() });
+        let registry = Some(Registry::new(&db, 0));
+        db.inputs =
+            Arc::new(Inputs { knobs, fingerprints, slots: Mutex::default(), names: Mutex::default(), registry });
         db
     }
 
@@ -223,9 +246,12 @@ impl Database {
     }
 
     /// Registers `spec` and every instance upstream of it; returns its handle.
-    pub fn register(&self, spec: &InstanceSpec) -> Instance {
-        let recipe = &self.engine.recipe;
+    /// (Members are registered as the build meets them: see [`Blocked::Waiting`].)
+    pub fn register(&mut self, spec: &InstanceSpec) -> Instance {
+        let engine = self.engine.clone();
+        let recipe = &engine.recipe;
         let mut stack = vec![spec.clone()];
+        let mut added = false;
         while let Some(next) = stack.pop() {
             let mut slots = self.inputs.slots.lock().unwrap_or_else(|e| e.into_inner());
             if slots.contains_key(&next) {
@@ -233,6 +259,7 @@ impl Database {
             }
             slots.insert(next.clone(), Slot::new(self, None));
             drop(slots);
+            added = true;
             let instance = Instance::new(self, next.clone());
             let id = salsa::plumbing::AsId::as_id(&instance);
             self.inputs.names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, next.name());
@@ -240,7 +267,18 @@ impl Database {
                 stack.extend(stage.upstream.iter().map(|up| next.upstream(recipe, *up)));
             }
         }
+        if added {
+            if let Some(registry) = self.inputs.registry {
+                let generation = registry.generation(self);
+                registry.set_generation(self).to(generation + 1);
+            }
+        }
         Instance::new(self, spec.clone())
+    }
+
+    /// Whether `spec` has a slot (was registered).
+    pub fn is_registered(&self, spec: &InstanceSpec) -> bool {
+        self.inputs.slots.lock().unwrap_or_else(|e| e.into_inner()).contains_key(spec)
     }
 
     /// Records `done` as the result of `instance` (a cache hit or a finished action).
@@ -271,6 +309,7 @@ impl Inputs {
             fingerprints: BTreeMap::new(),
             slots: Mutex::default(),
             names: Mutex::default(),
+            registry: None,
         }
     }
 
@@ -284,6 +323,10 @@ impl Inputs {
 
     pub fn device(&self) -> Knob {
         self.knob(DEVICE_KNOB)
+    }
+
+    fn try_slot(&self, spec: &InstanceSpec) -> Option<Slot> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(spec).copied()
     }
 
     fn slot(&self, spec: &InstanceSpec) -> Slot {
@@ -313,22 +356,98 @@ pub(crate) fn device_name(db: &dyn Db) -> String {
     db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string()
 }
 
+/// The members of a fan-in instance (with its overrides added) and the outputs known
+/// for them, as its stage lists them now. Empty for a stage without members.
+#[salsa::tracked(returns(ref))]
+pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(InstanceSpec, Option<StageOutput>)>, String> {
+    let spec = instance.spec(db);
+    let engine = db.engine();
+    let stage = engine.stage(spec.stage.0);
+    let declared = stage.member_stages();
+    if declared.is_empty() {
+        return Ok(Vec::new());
+    }
+    let knobs = resolved_knobs(db, spec, &stage.spec().knobs);
+    let lookup = Lookup { db, parent: spec };
+    let members = stage.members(&knobs, &lookup)?;
+    let mut resolved: Vec<(InstanceSpec, Option<StageOutput>)> = Vec::with_capacity(members.len());
+    for member in &members {
+        if !declared.contains(&member.stage) {
+            return Err(format!(
+                "stage `{}` lists a member of stage `{}`, which it does not declare (a bug in the stage)",
+                spec.stage, member.stage
+            ));
+        }
+        let full = spec.member(&engine.recipe, member);
+        if resolved.iter().any(|(seen, _)| *seen == full) {
+            continue;
+        }
+        let output = lookup.full_output(&full);
+        resolved.push((full, output));
+    }
+    Ok(resolved)
+}
+
+/// Member outputs for [`Stage::members`], read through salsa. An instance not yet
+/// registered has no output; reading the registry generation makes salsa ask again
+/// once the build registers it.
+struct Lookup<'a> {
+    db: &'a dyn Db,
+    parent: &'a InstanceSpec,
+}
+
+impl Lookup<'_> {
+    fn full_output(&self, full: &InstanceSpec) -> Option<StageOutput> {
+        match self.db.inputs().try_slot(full) {
+            Some(_) => instance_output(self.db, Instance::new(self.db, full.clone())).clone(),
+            None => {
+                if let Some(registry) = self.db.inputs().registry {
+                    registry.generation(self.db);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl crate::recipe::MemberLookup for Lookup<'_> {
+    fn output(&self, member: &InstanceSpec) -> Option<StageOutput> {
+        self.full_output(&self.parent.member(&self.db.engine().recipe, member))
+    }
+}
+
 /// The inputs of an instance's key: the stage, the resolved values of the knobs it
-/// reads, its upstream artifact hashes, its input fingerprints and the device class.
-/// Never executes anything: an upstream instance without a result blocks the key.
+/// reads, its upstream and member artifact hashes, its input fingerprints and the
+/// device class. Never executes anything: an upstream instance or member without a
+/// result blocks the key.
 #[salsa::tracked(returns(ref))]
 pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs, Blocked> {
     let spec = instance.spec(db);
     let stage = db.engine().stage(spec.stage.0).spec();
     let mut upstream = BTreeMap::new();
+    let mut waiting = Vec::new();
     for up in &stage.upstream {
         let up_spec = spec.upstream(&db.engine().recipe, *up);
-        match instance_output(db, Instance::new(db, up_spec.clone())) {
-            Some(output) => {
-                upstream.insert(*up, output.clone());
+        let output = match db.inputs().try_slot(&up_spec) {
+            Some(_) => instance_output(db, Instance::new(db, up_spec.clone())).clone(),
+            None => {
+                if let Some(registry) = db.inputs().registry {
+                    registry.generation(db);
+                }
+                None
             }
-            None => return Err(Blocked { upstream: up_spec.name() }),
+        };
+        match output {
+            Some(output) => {
+                upstream.insert(*up, output);
+            }
+            None => waiting.push(up_spec),
         }
+    }
+    let members = instance_members(db, instance).clone().map_err(Blocked::Invalid)?;
+    waiting.extend(members.iter().filter(|(_, output)| output.is_none()).map(|(member, _)| member.clone()));
+    if !waiting.is_empty() {
+        return Err(Blocked::Waiting(waiting));
     }
     let knobs = resolved_knobs(db, spec, &stage.knobs);
     let fingerprints: BTreeMap<String, ArtifactHash> = stage
@@ -339,7 +458,15 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
             (name.to_string(), hash)
         })
         .collect();
-    Ok(key_inputs(stage, &knobs, &upstream, fingerprints, &device_name(db)))
+    let mut inputs = key_inputs(stage, &knobs, &upstream, fingerprints, &device_name(db));
+    for (member, output) in &members {
+        if let Some(output) = output {
+            for (name, artifact) in &output.artifacts {
+                inputs.upstream.insert(format!("{}/{name}", member.name()), artifact.hash);
+            }
+        }
+    }
+    Ok(inputs)
 }
 
 /// The inputs of a stage's key from resolved knob values and upstream outputs.

@@ -72,6 +72,12 @@ impl InstanceSpec {
         }
     }
 
+    /// The instance a member spec returned by this instance's stage stands for: this
+    /// instance's overrides, then the member's own (which win), normalized.
+    pub fn member(&self, recipe: &Recipe, member: &InstanceSpec) -> InstanceSpec {
+        InstanceSpec::new(member.stage, self.overrides.iter().chain(&member.overrides).cloned()).normalized(recipe)
+    }
+
     /// Drops overrides no stage upstream of (or at) this one reads.
     pub fn normalized(&self, recipe: &Recipe) -> InstanceSpec {
         self.upstream(recipe, self.stage)

@@ -70,6 +70,8 @@ pub enum KnobValue {
     Str(String),
     IntList(Vec<i64>),
     FloatList(Vec<Float>),
+    /// A list of strings (ladder rungs, a search space).
+    StrList(Vec<String>),
 }
 
 impl KnobValue {
@@ -86,6 +88,8 @@ impl KnobValue {
             KnobValue::FloatList(v) => {
                 format!("list[{}]", v.iter().map(|x| format!("f64:{:?}", x.0)).collect::<Vec<_>>().join(","))
             }
+            // JSON quoting, so a comma inside an item cannot be confused with a separator.
+            KnobValue::StrList(v) => format!("strlist{}", serde_json::Value::from(v.clone())),
         }
     }
 
@@ -102,6 +106,9 @@ impl KnobValue {
             KnobValue::FloatList(v) => {
                 format!("[{}]", v.iter().map(|x| format_float(x.0)).collect::<Vec<_>>().join(", "))
             }
+            KnobValue::StrList(v) => {
+                format!("[{}]", v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", "))
+            }
         }
     }
 
@@ -114,6 +121,7 @@ impl KnobValue {
             KnobValue::Str(v) => Value::from(v.clone()),
             KnobValue::IntList(v) => Value::from(v.clone()),
             KnobValue::FloatList(v) => Value::from(v.iter().map(|x| x.0).collect::<Vec<_>>()),
+            KnobValue::StrList(v) => Value::from(v.clone()),
         }
     }
 
@@ -149,6 +157,13 @@ impl KnobValue {
     pub fn as_int_list(&self) -> Option<&[i64]> {
         match self {
             KnobValue::IntList(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str_list(&self) -> Option<&[String]> {
+        match self {
+            KnobValue::StrList(v) => Some(v),
             _ => None,
         }
     }
@@ -205,6 +220,8 @@ pub enum KnobKind {
         min: f64,
         max: f64,
     },
+    /// A list of strings (possibly empty), each checked by the stage that reads it.
+    StrList,
 }
 
 impl KnobKind {
@@ -221,6 +238,7 @@ impl KnobKind {
             KnobKind::FloatList { min, max } => {
                 format!("a list of numbers in {}..={}", format_float(*min), format_float(*max))
             }
+            KnobKind::StrList => "a list of strings".into(),
         }
     }
 }
@@ -311,6 +329,10 @@ mod tests {
         assert_eq!(KnobValue::Float(Float(0.0003)).canonical(), KnobValue::Float(Float(3e-4)).canonical());
         assert_eq!(KnobValue::IntList(vec![2, 32]).canonical(), "list[int:2,int:32]");
         assert_eq!(KnobValue::Float(Float(1.0)).to_toml(), "1.0");
+        let list = KnobValue::StrList(vec!["a=1,b=2".into(), "c".into()]);
+        assert_eq!(list.canonical(), r#"strlist["a=1,b=2","c"]"#);
+        assert_ne!(list.canonical(), KnobValue::StrList(vec!["a=1".into(), "b=2,c".into()]).canonical());
+        assert_eq!(list.to_toml(), r#"["a=1,b=2", "c"]"#);
     }
 
     #[test]

@@ -17,18 +17,18 @@ pub mod runner;
 pub mod snapshot;
 pub mod verify;
 
-pub use action::{execute_and_store, run_action, Action, ActionOutcome};
+pub use action::{execute_and_store, run_action, Action, ActionOutcome, MemberOutput};
 pub use build::{
     build, cached_reports, closure, plan, resolve_targets, status, BuildOptions, BuildResult, Lookup, Planned,
     StageReport, StaleReason, StatusReport,
 };
 pub use config::{Config, ConfigError};
-pub use db::{Database, Db, StageStatus};
+pub use db::{Blocked, Database, Db, StageStatus};
 pub use instance::{parse_instance, InstanceName, InstanceSpec};
 pub use knob::{ChoiceKnob, Float, KnobId, KnobKind, KnobSpec, KnobValue};
 pub use recipe::{
-    Cancel, Checks, ExecContext, ExecError, ExecOutput, NoProgress, Progress, ProgressSink, Recipe, Stage,
-    StageFailure, StageId, StageOutput, StageSpec, Target, Verdict, VerdictError, VerdictStatus,
+    Cancel, Checks, ExecContext, ExecError, ExecOutput, MemberLookup, NoProgress, NothingKnown, Progress, ProgressSink,
+    Recipe, Stage, StageFailure, StageId, StageOutput, StageSpec, Target, Verdict, VerdictError, VerdictStatus,
 };
 pub use runner::{LocalRunner, ProcessRunner, RecipeRef, Runner};
 pub use snapshot::{snapshot, StageSnapshot};

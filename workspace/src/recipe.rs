@@ -9,6 +9,7 @@ use std::sync::Arc;
 use cache::{ArtifactRef, Metrics, Store};
 use serde::{Deserialize, Serialize};
 
+use crate::instance::InstanceSpec;
 use crate::knob::{KnobId, KnobSpec, KnobValue};
 
 /// A stage's stable id (`overfit`). Recipes declare each as a constant.
@@ -61,14 +62,71 @@ pub trait Stage: Send + Sync {
 
     /// Verdicts over the stage's output and its threshold knobs. Cheap: never trains.
     fn verdicts(&self, output: &StageOutput, checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError>;
+
+    /// The stages whose instances [`Stage::members`] may return (they come earlier in
+    /// the recipe); their knobs count as read by this stage for overrides.
+    fn member_stages(&self) -> Vec<StageId> {
+        Vec::new()
+    }
+
+    /// Instances this stage reads besides its upstream stages: ladder rungs, tuning
+    /// trials, ensemble members. `knobs` are the values of the stage's declared knobs
+    /// for this instance; `known` answers the output of a member that has one. The
+    /// engine adds this instance's own overrides to each member, builds them, puts
+    /// their artifact hashes into this stage's key and asks again as results arrive,
+    /// so a stage may return more members once it has seen some (successive halving).
+    /// The stage runs when every member it returns has an output. An `Err` is a
+    /// configuration error (exit 2): name the knob and what is wrong.
+    fn members(
+        &self,
+        _knobs: &BTreeMap<KnobId, KnobValue>,
+        _known: &dyn MemberLookup,
+    ) -> Result<Vec<InstanceSpec>, String> {
+        Ok(Vec::new())
+    }
 }
 
-/// A name a user builds: a set of stages.
+/// What [`Stage::members`] may ask of results found so far.
+pub trait MemberLookup {
+    /// The output of `member` (before the engine adds the parent's overrides), when
+    /// it has one.
+    fn output(&self, member: &InstanceSpec) -> Option<StageOutput>;
+}
+
+/// A lookup that knows nothing (every member is still to be built).
+pub struct NothingKnown;
+
+impl MemberLookup for NothingKnown {
+    fn output(&self, _member: &InstanceSpec) -> Option<StageOutput> {
+        None
+    }
+}
+
+/// A name a user builds: a set of stages, and of stage instances (e.g. `evaluate`
+/// scoring the model of `regularize`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: &'static str,
     pub doc: &'static str,
     pub stages: Vec<StageId>,
+    pub instances: Vec<InstanceSpec>,
+}
+
+impl Target {
+    pub fn new(name: &'static str, doc: &'static str, stages: Vec<StageId>) -> Target {
+        Target { name, doc, stages, instances: Vec::new() }
+    }
+
+    /// Adds an instance (a stage under overrides) to the target.
+    pub fn with(mut self, instance: InstanceSpec) -> Target {
+        self.instances.push(instance);
+        self
+    }
+
+    /// Everything the target builds, before its upstream instances are added.
+    pub fn wanted(&self) -> Vec<InstanceSpec> {
+        self.stages.iter().map(|id| InstanceSpec::plain(*id)).chain(self.instances.iter().cloned()).collect()
+    }
 }
 
 /// A stage's result as salsa sees it: content only (hashes, metrics), never keys or
@@ -202,6 +260,9 @@ pub struct ExecContext<'a> {
     pub knobs: &'a BTreeMap<KnobId, KnobValue>,
     /// Outputs of the stages in `spec.upstream`.
     pub upstream: &'a BTreeMap<StageId, StageOutput>,
+    /// The member instances [`Stage::members`] returned (with this instance's
+    /// overrides added) and their outputs, in the order it returned them.
+    pub members: &'a [(InstanceSpec, StageOutput)],
     pub store: &'a Store,
     pub device: &'a str,
     pub progress: &'a dyn Progress,
@@ -304,9 +365,11 @@ impl Recipe {
             if !seen.insert(id) {
                 continue;
             }
-            if let Some(spec) = self.spec(id.0) {
+            if let Some(stage) = self.stage(id.0) {
+                let spec = stage.spec();
                 knobs.extend(spec.knobs.iter().copied());
                 stack.extend(spec.upstream.iter().copied());
+                stack.extend(stage.member_stages());
             }
         }
         knobs
@@ -333,7 +396,7 @@ impl Recipe {
                     problems.push(format!("stage `{}` declares `{knob}` both as a knob and a threshold", spec.id));
                 }
             }
-            for up in &spec.upstream {
+            for up in spec.upstream.iter().chain(&stage.member_stages()) {
                 match self.stages.iter().position(|s| s.spec().id == *up) {
                     None => problems.push(format!("stage `{}` reads unknown stage `{up}`", spec.id)),
                     Some(at) if at >= index => {
@@ -344,7 +407,7 @@ impl Recipe {
             }
         }
         for target in &self.targets {
-            for stage in &target.stages {
+            for stage in target.stages.iter().chain(target.instances.iter().map(|instance| &instance.stage)) {
                 if self.spec(stage.0).is_none() {
                     problems.push(format!("target `{}` names unknown stage `{stage}`", target.name));
                 }

@@ -11,6 +11,8 @@ use cache::{ArtifactHash, Cache};
 use crate::recipe::*;
 use crate::*;
 
+mod fanin;
+
 const A_X: KnobId = KnobId("a.x");
 const B_LR: KnobId = KnobId("b.lr");
 const UNUSED: KnobId = KnobId("u.unused");
@@ -67,13 +69,15 @@ impl Stage for Fake {
 }
 
 fn schema() -> Vec<KnobSpec> {
-    vec![
+    let mut schema = vec![
         KnobSpec::new("a.x", KnobKind::Int { min: 0, max: 100 }, KnobValue::Int(11), "x"),
         KnobSpec::new("b.lr", KnobKind::Float { min: 0.0, max: 1.0 }, KnobValue::Float(Float(0.1)), "lr"),
         KnobSpec::new("u.unused", KnobKind::Int { min: 0, max: 100 }, KnobValue::Int(0), "read by nobody"),
         KnobSpec::new("checks.c.max_len", KnobKind::Float { min: 0.0, max: 1e9 }, KnobValue::Float(Float(100.0)), "t"),
         KnobSpec::new("d.sleep_ms", KnobKind::Int { min: 0, max: 10_000 }, KnobValue::Int(0), "sleep"),
-    ]
+    ];
+    schema.extend(fanin::schema());
+    schema
 }
 
 fn body_a(ctx: &ExecContext<'_>) -> Result<Vec<u8>, ExecError> {
@@ -145,8 +149,21 @@ fn recipe() -> (Recipe, Log) {
             stage("b", vec![B_LR], vec!["a"], vec![], body_b),
             stage("c", vec![], vec!["b"], vec![MAX_LEN], body_c),
             stage("d", vec![SLEEP], vec!["a"], vec![], body_d),
+            Arc::new(fanin::FanIn {
+                spec: StageSpec {
+                    id: StageId("e"),
+                    version: 1,
+                    doc: "fan-in",
+                    knobs: vec![fanin::E_LRS, fanin::E_PROMOTE],
+                    checks: vec![],
+                    upstream: vec![],
+                    fingerprints: vec![],
+                    device_dependent: false,
+                },
+                log: log.clone(),
+            }),
         ],
-        targets: vec![Target { name: "all", doc: "everything", stages: vec![StageId("c")] }],
+        targets: vec![Target::new("all", "everything", vec![StageId("c")])],
     };
     (recipe, Log { log, max_running })
 }
@@ -424,7 +441,7 @@ fn the_fake_recipe_is_well_formed_and_problems_are_found() {
     let (recipe, _) = recipe();
     assert!(recipe.problems().is_empty(), "{:?}", recipe.problems());
     let (mut broken, _) = recipe_with_problems();
-    broken.targets.push(Target { name: "x", doc: "", stages: vec![StageId("nope")] });
+    broken.targets.push(Target::new("x", "", vec![StageId("nope")]));
     let problems = broken.problems().join("\n");
     assert!(problems.contains("`b` reads `c`, which comes later"), "{problems}");
     assert!(problems.contains("knob `z.z`, which is not in the schema"), "{problems}");

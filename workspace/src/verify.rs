@@ -107,11 +107,28 @@ pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], target: &Instanc
             }
         }
     }
+    let mut members = Vec::new();
+    match crate::db::instance_members(db, crate::db::Instance::new(db, target.clone())) {
+        Err(error) => {
+            check.error = Some(error.clone());
+            return check;
+        }
+        Ok(found) => {
+            for (member, output) in found {
+                let Some(output) = output else {
+                    check.error = Some(format!("member `{}` is not built", member.name()));
+                    return check;
+                };
+                members.push(crate::action::MemberOutput::new(member, output.clone()));
+            }
+        }
+    }
     let action = Action {
         name: name.0.clone(),
         inputs,
         knobs: resolved_knobs(db, target, &stage.knobs).into_iter().map(|(id, v)| (id.0.to_string(), v)).collect(),
         upstream,
+        members,
         base_dir: engine.base_dir.clone(),
         device: crate::db::device_name(db),
     };

@@ -1,7 +1,11 @@
 //! `evaluate`: the held-out test split, scored once with the trained checkpoint of
-//! `overfit` (the model rebuilt from the checkpoint's metadata, in evaluation mode):
-//! loss, accuracy, per-class accuracy, the confusion matrix and the highest-loss
-//! examples. The only stage that feeds the test split to a model.
+//! the stage `evaluate.model` names (`overfit` by default; a stage that picks a
+//! model, like a ladder or a search, writes the chosen one as its
+//! `checkpoint.safetensors` and its `val_acc`). The model is rebuilt from the
+//! checkpoint's metadata, in evaluation mode: loss, accuracy, per-class accuracy, the
+//! confusion matrix and the highest-loss examples. The only stage that feeds the test
+//! split to a model. The scored stage is its one member (fan-in), so a target scores
+//! another stage's model with the instance `evaluate[evaluate.model="..."]`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -9,10 +13,12 @@ use std::fmt::Write as _;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError};
+use workspace::{
+    Checks, ExecError, InstanceSpec, KnobId, KnobValue, MemberLookup, StageId, StageSpec, Verdict, VerdictError,
+};
 
 use super::common::{err, json_bytes, Cx, TestAccess};
-use super::{overfit, RecipeStage, Run};
+use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
 use crate::models::{load_state, Init, Model, ModelSpec};
@@ -20,6 +26,37 @@ use crate::render::{escape, is_image, tiles, Scale};
 use crate::tensors::TensorFile;
 
 pub struct Evaluate;
+
+/// `evaluate.model`: the stage whose model is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoredModel {
+    Overfit,
+}
+
+impl workspace::ChoiceKnob for ScoredModel {
+    const OPTIONS: &'static [&'static str] = &["overfit"];
+
+    fn from_index(index: usize) -> ScoredModel {
+        [ScoredModel::Overfit][index]
+    }
+}
+
+impl ScoredModel {
+    pub const ALL: &'static [ScoredModel] = &[ScoredModel::Overfit];
+
+    pub fn stage(self) -> StageId {
+        match self {
+            ScoredModel::Overfit => stage::OVERFIT,
+        }
+    }
+
+    /// `evaluate[evaluate.model="<stage>"]`: the instance that scores this model.
+    pub fn instance(self) -> InstanceSpec {
+        use workspace::ChoiceKnob as _;
+        let name = ScoredModel::OPTIONS[ScoredModel::ALL.iter().position(|m| *m == self).unwrap_or(0)];
+        InstanceSpec::new(stage::EVALUATE, [(knob::EVALUATE_MODEL, KnobValue::Str(name.to_string()))])
+    }
+}
 
 /// Examples per forward pass (bounds memory on large test splits).
 const CHUNK: usize = 500;
@@ -42,20 +79,45 @@ impl RecipeStage for Evaluate {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::EVALUATE,
-            version: 1,
+            version: 2,
             doc: "score the held-out test split once with the trained checkpoint",
-            knobs: vec![knob::EVALUATE_WORST],
+            knobs: vec![knob::EVALUATE_WORST, knob::EVALUATE_MODEL],
             checks: vec![],
-            upstream: vec![stage::DATA, stage::OVERFIT],
+            upstream: vec![stage::DATA],
             fingerprints: vec![],
             device_dependent: true,
         }
     }
 
+    fn member_stages(&self) -> Vec<StageId> {
+        ScoredModel::ALL.iter().map(|model| model.stage()).collect()
+    }
+
+    fn members(
+        &self,
+        knobs: &BTreeMap<KnobId, KnobValue>,
+        _known: &dyn MemberLookup,
+    ) -> Result<Vec<InstanceSpec>, String> {
+        use workspace::ChoiceKnob as _;
+        let text = knobs.get(&knob::EVALUATE_MODEL).and_then(KnobValue::as_str).unwrap_or_default();
+        let model = ScoredModel::parse(text).ok_or_else(|| format!("`evaluate.model` names no stage: \"{text}\""))?;
+        Ok(vec![InstanceSpec::plain(model.stage())])
+    }
+
     fn run(&self, cx: &Cx<'_, '_>) -> Result<Run<Metrics>, ExecError> {
         let worst = cx.count(knob::EVALUATE_WORST)?;
-        let trained: overfit::Metrics = cx.upstream_metrics(stage::OVERFIT)?;
-        let bytes = cx.exec.artifact(stage::OVERFIT, "checkpoint.safetensors")?;
+        let (scored_stage, scored) = cx
+            .exec
+            .members
+            .first()
+            .ok_or_else(|| ExecError::Failed(format!("`{}` has no model to score", stage::EVALUATE)))?;
+        let val_acc = scored.metrics.get("val_acc").copied().ok_or_else(|| {
+            ExecError::Failed(format!("stage `{}` reports no `val_acc` for the model it chose", scored_stage.name()))
+        })?;
+        let checkpoint = scored.artifacts.get("checkpoint.safetensors").ok_or_else(|| {
+            ExecError::Failed(format!("stage `{}` wrote no `checkpoint.safetensors` to score", scored_stage.name()))
+        })?;
+        let bytes = cx.exec.store.get(&checkpoint.hash).map_err(|error| ExecError::Failed(error.to_string()))?;
         let (spec, model) = restore(cx, &bytes)?;
         let data = cx.data_with_test(TestAccess::Score)?;
         let scored = score(cx, &data, model.as_ref())?;
@@ -77,7 +139,7 @@ impl RecipeStage for Evaluate {
             })
             .collect();
         let order = worst_first(&scored.losses, worst);
-        let headline = headline(spec.kind_name(), trained.val_acc, test_acc, n);
+        let headline = headline(scored_stage.stage.as_str(), spec.kind_name(), val_acc, test_acc, n);
         let report = report(&data, &spec, (test_loss, test_acc), &per_class, &confusion, &scored, &order);
         let mut artifacts = vec![
             ("evaluation.json".to_string(), json_bytes(&report)?),
@@ -91,7 +153,7 @@ impl RecipeStage for Evaluate {
             test_loss,
             test_acc,
             n_test: n as f64,
-            val_acc: trained.val_acc,
+            val_acc,
             per_class: per_class.iter().enumerate().map(|(k, &acc)| (format!("test_acc_class_{k}"), acc)).collect(),
         };
         Ok(Run { artifacts, metrics })
@@ -103,11 +165,11 @@ impl RecipeStage for Evaluate {
 }
 
 /// `overfit: convnet, val acc 0.9213, test acc 0.9170 (10,000 examples)`.
-pub fn headline(kind: &str, val_acc: f64, test_acc: f64, n_test: usize) -> String {
+pub fn headline(stage: &str, kind: &str, val_acc: f64, test_acc: f64, n_test: usize) -> String {
     if n_test == 0 {
-        return format!("overfit: {kind}, val acc {val_acc:.4}, no test split (data.split gives it no examples)");
+        return format!("{stage}: {kind}, val acc {val_acc:.4}, no test split (data.split gives it no examples)");
     }
-    format!("overfit: {kind}, val acc {val_acc:.4}, test acc {test_acc:.4} ({} examples)", thousands(n_test))
+    format!("{stage}: {kind}, val acc {val_acc:.4}, test acc {test_acc:.4} ({} examples)", thousands(n_test))
 }
 
 fn thousands(n: usize) -> String {

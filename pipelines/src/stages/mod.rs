@@ -52,6 +52,20 @@ pub trait RecipeStage: Send + Sync + 'static {
 
     /// Verdicts over the metrics and the stage's declared thresholds.
     fn judge(&self, metrics: &Self::Metrics, checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError>;
+
+    /// See [`Stage::member_stages`]: the stages a fan-in stage's members belong to.
+    fn member_stages(&self) -> Vec<workspace::StageId> {
+        Vec::new()
+    }
+
+    /// See [`Stage::members`]: ladder rungs, trials, ensemble members.
+    fn members(
+        &self,
+        _knobs: &std::collections::BTreeMap<workspace::KnobId, workspace::KnobValue>,
+        _known: &dyn workspace::MemberLookup,
+    ) -> Result<Vec<workspace::InstanceSpec>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// A [`RecipeStage`] as the engine's [`Stage`].
@@ -82,6 +96,18 @@ impl<S: RecipeStage> Stage for Typed<S> {
         let metrics: S::Metrics = flat::from_map(&output.metrics)
             .map_err(|error| VerdictError(format!("metrics of stage `{}`: {error}", self.spec.id)))?;
         self.stage.judge(&metrics, checks)
+    }
+
+    fn member_stages(&self) -> Vec<workspace::StageId> {
+        self.stage.member_stages()
+    }
+
+    fn members(
+        &self,
+        knobs: &std::collections::BTreeMap<workspace::KnobId, workspace::KnobValue>,
+        known: &dyn workspace::MemberLookup,
+    ) -> Result<Vec<workspace::InstanceSpec>, String> {
+        self.stage.members(knobs, known)
     }
 }
 
@@ -136,14 +162,10 @@ pub fn targets() -> Vec<Target> {
     let mut overfit = skeleton.clone();
     overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES, stage::EVALUATE]);
     vec![
-        Target { name: "inspect", doc: "become one with the data", stages: vec![stage::DATA, stage::INSPECT] },
-        Target { name: "skeleton", doc: "end-to-end skeleton with dumb baselines", stages: skeleton },
-        Target {
-            name: "overfit",
-            doc: "skeleton, then overfit the training split and score the test split",
-            stages: overfit.clone(),
-        },
-        Target { name: "all", doc: "every stage", stages: overfit },
+        Target::new("inspect", "become one with the data", vec![stage::DATA, stage::INSPECT]),
+        Target::new("skeleton", "end-to-end skeleton with dumb baselines", skeleton),
+        Target::new("overfit", "skeleton, then overfit the training split and score the test split", overfit.clone()),
+        Target::new("all", "every stage", overfit),
     ]
 }
 
@@ -274,12 +296,23 @@ mod tests {
             .filter(|id| Some(**id) != leave_out)
             .map(|id| (*id, config.get(id.as_str()).unwrap().clone()))
             .collect();
+        // Members as the engine would list them, served from the plain stages' outputs.
+        let members: Vec<(workspace::InstanceSpec, StageOutput)> = stage
+            .members(&knobs, &workspace::NothingKnown)
+            .map_err(ExecError::Failed)?
+            .into_iter()
+            .filter_map(|member| {
+                let output = upstream.get(&member.stage)?.clone();
+                Some((member, output))
+            })
+            .collect();
         let upstream = spec.upstream.iter().filter_map(|id| Some((*id, upstream.get(id)?.clone()))).collect();
         let cancel = workspace::Cancel::default();
         let ctx = ExecContext {
             spec,
             knobs: &knobs,
             upstream: &upstream,
+            members: &members,
             store,
             device: "cpu",
             progress: &workspace::NoProgress,

@@ -1,0 +1,151 @@
+//! Fan-in stages: a stage that reads member instances (rungs, trials, members),
+//! listed from its knobs and, for later members, from earlier members' outputs.
+
+use super::*;
+
+pub(super) const E_LRS: KnobId = KnobId("e.lrs");
+pub(super) const E_PROMOTE: KnobId = KnobId("e.promote");
+
+pub(super) fn schema() -> Vec<KnobSpec> {
+    vec![
+        KnobSpec::new("e.lrs", KnobKind::StrList, KnobValue::StrList(vec!["0.2".into(), "0.3".into()]), "trials"),
+        KnobSpec::new("e.promote", KnobKind::Bool, KnobValue::Bool(false), "add a member from the best trial"),
+    ]
+}
+
+/// One `b` instance per learning rate in `e.lrs`; with `e.promote`, once every
+/// trial is known, one more at half the rate of the trial with the shortest output.
+pub(super) struct FanIn {
+    pub(super) spec: StageSpec,
+    pub(super) log: Arc<Mutex<Vec<String>>>,
+}
+
+fn trial(lr: f64) -> InstanceSpec {
+    InstanceSpec::new(StageId("b"), [(B_LR, KnobValue::Float(Float(lr)))])
+}
+
+impl Stage for FanIn {
+    fn spec(&self) -> &StageSpec {
+        &self.spec
+    }
+
+    fn member_stages(&self) -> Vec<StageId> {
+        vec![StageId("b")]
+    }
+
+    fn members(
+        &self,
+        knobs: &BTreeMap<KnobId, KnobValue>,
+        known: &dyn MemberLookup,
+    ) -> Result<Vec<InstanceSpec>, String> {
+        let lrs = knobs.get(&E_LRS).and_then(KnobValue::as_str_list).ok_or("no e.lrs")?;
+        let mut members = Vec::new();
+        for (index, text) in lrs.iter().enumerate() {
+            let lr: f64 = text.parse().map_err(|_| format!("e.lrs[{index}]: `{text}` is not a number"))?;
+            members.push(trial(lr));
+        }
+        if knobs.get(&E_PROMOTE).and_then(KnobValue::as_bool) == Some(true) {
+            let outputs: Option<Vec<StageOutput>> = members.iter().map(|m| known.output(m)).collect();
+            if let Some(outputs) = outputs {
+                let best =
+                    (0..members.len()).min_by(|&i, &j| outputs[i].metrics["len"].total_cmp(&outputs[j].metrics["len"]));
+                if let Some(best) = best {
+                    let lr = members[best].override_of(B_LR).and_then(KnobValue::as_f64).unwrap_or_default();
+                    members.push(trial(lr / 2.0));
+                }
+            }
+        }
+        Ok(members)
+    }
+
+    fn execute(&self, ctx: &ExecContext<'_>) -> Result<ExecOutput, ExecError> {
+        let names: Vec<String> = ctx.members.iter().map(|(member, _)| member.name().0).collect();
+        self.log.lock().unwrap().push(format!("e({})", names.join(";")));
+        let mut bytes = Vec::new();
+        for (_, output) in ctx.members {
+            let hash = output.artifacts["b.txt"].hash;
+            bytes.extend(ctx.store.get(&hash).map_err(|e| ExecError::Failed(e.to_string()))?);
+            bytes.push(b'|');
+        }
+        let len = bytes.len() as f64;
+        Ok(ExecOutput { artifacts: vec![("e.txt".into(), bytes)], metrics: BTreeMap::from([("len".into(), len)]) })
+    }
+
+    fn verdicts(&self, _output: &StageOutput, _checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
+        Ok(Vec::new())
+    }
+}
+
+fn e_text(reports: &[StageReport], fx: &Fixture) -> String {
+    let report = reports.iter().find(|r| r.stage == StageId("e")).unwrap();
+    let hash = report.output.as_ref().unwrap().artifacts["e.txt"].hash;
+    String::from_utf8(fx.db.engine().cache.store().get(&hash).unwrap()).unwrap()
+}
+
+fn options(jobs: usize) -> BuildOptions {
+    BuildOptions { keep_going: false, jobs, ..BuildOptions::default() }
+}
+
+#[test]
+fn members_are_built_then_the_stage_reads_them_in_order() {
+    let mut fx = Fixture::new("fanin");
+    let (executed, reports) = fx.build_with(&["e"], options(2));
+    assert_eq!(executed, ["a(a.x=11)", "b(b.lr=0.2)", "b(b.lr=0.3)", "e(b[b.lr=0.2];b[b.lr=0.3])"]);
+    assert!(reports.iter().all(|r| r.status == Some(StageStatus::Ran)), "{:?}", statuses(&reports));
+    assert_eq!(e_text(&reports, &fx), "a=1 b=0.2|a=1 b=0.3|");
+    // Reports come in recipe order: a, the members, then e.
+    let names: Vec<String> = reports.iter().map(|r| r.name.0.clone()).collect();
+    assert_eq!(names, ["a", "b[b.lr=0.2]", "b[b.lr=0.3]", "e"]);
+
+    // Unchanged: nothing runs.
+    assert!(fx.build_with(&["e"], options(2)).0.is_empty());
+
+    // One more trial: only it and the fan-in stage run; the others are cache hits.
+    fx.db.apply_config(&fx.config_with(&["e.lrs=[\"0.2\", \"0.3\", \"0.4\"]"]));
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert_eq!(executed, ["b(b.lr=0.4)", "e(b[b.lr=0.2];b[b.lr=0.3];b[b.lr=0.4])"]);
+    assert_eq!(e_text(&reports, &fx), "a=1 b=0.2|a=1 b=0.3|a=1 b=0.4|");
+
+    // Status knows the members without building anything.
+    let all = fx.instances(&["e"]);
+    let report = status(&mut fx.db, &all);
+    assert!(report.iter().all(|s| s.stale.is_none()), "{report:?}");
+    assert_eq!(report.len(), 5, "a, three members, e: {report:?}");
+}
+
+#[test]
+fn members_can_depend_on_earlier_members_results() {
+    let mut fx = Fixture::new("fanin-promote");
+    fx.db.apply_config(&fx.config_with(&["e.promote=true", "e.lrs=[\"0.2\", \"0.75\"]"]));
+    let (executed, reports) = fx.build_with(&["e"], options(2));
+    // "a=1 b=0.2" is the shortest output: the promoted member runs at half its rate.
+    assert_eq!(
+        executed,
+        ["a(a.x=11)", "b(b.lr=0.1)", "b(b.lr=0.2)", "b(b.lr=0.75)", "e(b[b.lr=0.2];b[b.lr=0.75];b[b.lr=0.1])"]
+    );
+    assert_eq!(e_text(&reports, &fx), "a=1 b=0.2|a=1 b=0.75|a=1 b=0.1|");
+    // A new process plans the promoted member from the cache alone.
+    let all = fx.instances(&["e"]);
+    let report = status(&mut fx.db, &all);
+    assert!(report.iter().all(|s| s.stale.is_none()), "{report:?}");
+    assert!(fx.build_with(&["e"], options(1)).0.is_empty());
+}
+
+#[test]
+fn an_instance_passes_its_overrides_to_its_members() {
+    let mut fx = Fixture::new("fanin-overrides");
+    let (executed, reports) = fx.build_with(&["e[a.x=50]"], options(1));
+    assert_eq!(executed, ["a(a.x=50)", "b(b.lr=0.2)", "b(b.lr=0.3)", "e(b[a.x=50,b.lr=0.2];b[a.x=50,b.lr=0.3])"]);
+    assert_eq!(e_text(&reports, &fx), "a=5 b=0.2|a=5 b=0.3|");
+}
+
+#[test]
+fn a_member_list_that_cannot_be_read_fails_as_bad_input() {
+    let mut fx = Fixture::new("fanin-invalid");
+    fx.db.apply_config(&fx.config_with(&["e.lrs=[\"0.2\", \"fast\"]"]));
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert!(executed.is_empty(), "{executed:?}");
+    let e = reports.iter().find(|r| r.stage == StageId("e")).unwrap();
+    assert!(e.failed() && e.bad_input, "{e:?}");
+    assert!(e.error.as_deref().unwrap().contains("e.lrs[1]: `fast` is not a number"), "{e:?}");
+}
