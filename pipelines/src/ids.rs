@@ -85,6 +85,14 @@ pub mod knob {
         MODEL_WIDTH = "model.width",
         EVALUATE_WORST = "checks.evaluate.worst",
         EVALUATE_MODEL = "evaluate.model",
+        // Random search (issue 11).
+        TUNE_TRIALS = "tune.trials",
+        TUNE_SEED = "tune.seed",
+        TUNE_SPACE = "tune.space",
+        TUNE_STEPS = "tune.steps",
+        TUNE_HALVING = "tune.halving",
+        TUNE_MIN_STEPS = "tune.min_steps",
+        TUNE_EDGE = "checks.tune.edge",
     });
 }
 
@@ -104,6 +112,7 @@ pub mod stage {
         OVERFIT_BATCH = "overfit_batch",
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
+        TUNE = "tune",
         EVALUATE = "evaluate",
     });
 }

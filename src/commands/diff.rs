@@ -60,6 +60,9 @@ pub fn run(project: &Project, a: Option<&str>, b: Option<&str>, json: bool) -> R
     let mut curves = Vec::new();
     let mut build_commands = BuildCommands::new(project);
     for spec in &specs {
+        if !a.stages.contains_key(spec.id.0) && !b.stages.contains_key(spec.id.0) {
+            continue; // in neither side's targets (e.g. `tune` when both built `overfit`)
+        }
         let empty = SideStage::default();
         let sa = a.stages.get(spec.id.0).unwrap_or(&empty);
         let sb = b.stages.get(spec.id.0).unwrap_or(&empty);

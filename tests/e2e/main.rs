@@ -9,6 +9,7 @@ mod history;
 mod report;
 mod skeleton;
 mod support;
+mod tune;
 mod zoo;
 
 use support::{stage_statuses, TestDir};

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod loss_at_init;
 pub mod overfit;
 pub mod overfit_batch;
+pub mod tune;
 pub mod zero_input_baseline;
 
 use std::path::Path;
@@ -138,6 +139,7 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(overfit_batch::OverfitBatch),
         entry(overfit::Overfit),
         entry(beats_baselines::BeatsBaselines),
+        entry(tune::Tune),
         entry(evaluate::Evaluate),
     ]
 }
@@ -161,10 +163,13 @@ pub fn targets() -> Vec<Target> {
     ];
     let mut overfit = skeleton.clone();
     overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES, stage::EVALUATE]);
+    let mut tune = overfit.clone();
+    tune.insert(tune.len() - 1, stage::TUNE);
     vec![
         Target::new("inspect", "become one with the data", vec![stage::DATA, stage::INSPECT]),
         Target::new("skeleton", "end-to-end skeleton with dumb baselines", skeleton),
         Target::new("overfit", "skeleton, then overfit the training split and score the test split", overfit.clone()),
+        Target::new("tune", "overfit, then random search over tune.space", tune),
         Target::new("all", "every stage", overfit),
     ]
 }
@@ -217,6 +222,7 @@ mod tests {
                 "overfit_batch",
                 "overfit",
                 "beats_baselines",
+                "tune",
                 "evaluate",
             ]
         );

@@ -63,15 +63,13 @@ impl Halving {
     }
 
     /// The trials of each rung so far: rung 0 is every trial; rung k+1 is known once
-    /// `score(trial, k)` is known for every trial of rung k. `score` returns `None`
+    /// `score(trial, k)` is known for every trial of rung k (a lone survivor still
+    /// climbs every rung, so the winner is trained for the full budget). `score` returns `None`
     /// for a result not known yet.
     pub fn plan(&self, trials: usize, score: impl Fn(usize, usize) -> Option<Score>) -> Vec<Vec<usize>> {
         let mut plan = vec![(0..trials).collect::<Vec<usize>>()];
         for rung in 0..self.rungs.len() - 1 {
             let current = &plan[rung];
-            if current.len() <= 1 {
-                break;
-            }
             let scores: Option<Vec<(usize, Score)>> =
                 current.iter().map(|&trial| score(trial, rung).map(|s| (trial, s))).collect();
             let Some(scores) = scores else { break };
