@@ -168,6 +168,7 @@ fn halving_promotes_the_best_of_each_rung_deterministically() {
     assert_eq!(statuses(&trials(&run), "ran").len(), 6, "{:?}", trials(&run));
     let again = dir.build(&["tune", "--set", "tune.trials=4", "--set", "tune.halving=2", "--set", "tune.min_steps=20"]);
     assert_eq!(again.done()["ran"], 0);
+    assert_eq!(again.stage("tune")["status"], "cached", "all members cached: the tune is found cached too");
 }
 
 #[test]
@@ -212,4 +213,31 @@ fn kill_9_mid_tune_loses_only_the_running_trials() {
         assert!(statuses(&after, "cached").contains(&name.as_str()), "{name} survived the kill: {after:?}");
     }
     assert!(statuses(&after, "ran").len() <= 4, "{after:?}");
+}
+
+#[test]
+fn a_trial_failing_its_own_checks_does_not_stop_the_tune() {
+    // The untuned config passes min_train_acc; a trial at a tiny rate cannot.
+    let dir = tune_dir("");
+    let run = dir.build(&[
+        "tune",
+        "--set",
+        "train.lr=1e-2",
+        "--set",
+        "checks.overfit.min_train_acc=0.5",
+        "--set",
+        r#"tune.space=["train.lr = choice(1e-2, 1e-6)"]"#,
+    ]);
+    let failed: Vec<String> = run
+        .lines()
+        .iter()
+        .filter(|l| l["stage"].as_str().is_some_and(|s| s.starts_with("overfit[")))
+        .filter(|l| l["verdicts"].as_array().unwrap().iter().any(|v| v["status"] == "fail"))
+        .map(|l| l["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!failed.is_empty() && failed.iter().all(|name| name.contains("train.lr=1e-6")), "{failed:?}");
+    assert_eq!(run.stage("overfit")["status"], "ran");
+    assert_eq!(run.stage("tune")["status"], "ran", "{}", run.stderr);
+    assert_eq!(run.stage("tune")["metrics"]["val_acc"], run.stage("overfit")["metrics"]["val_acc"]);
+    assert_eq!(run.code, 1, "a failed check still fails the build: {}", run.stderr);
 }
