@@ -241,3 +241,20 @@ fn a_trial_failing_its_own_checks_does_not_stop_the_tune() {
     assert_eq!(run.stage("tune")["metrics"]["val_acc"], run.stage("overfit")["metrics"]["val_acc"]);
     assert_eq!(run.code, 1, "a failed check still fails the build: {}", run.stderr);
 }
+
+#[test]
+fn each_running_trial_has_its_own_progress_line() {
+    let dir = tune_dir("");
+    let run = dir.run_with_env(&["build", "tune", "--jobs", "2"], &[("PIPE_PROGRESS_EVERY_SECS", "0")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut labels: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("progress: overfit["))
+        .filter_map(|rest| rest.split_once("] ").map(|(inside, _)| inside))
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    assert_eq!(labels.len(), 3, "one label per trial: {labels:?}\n{}", run.stderr);
+    assert!(labels.iter().all(|l| l.contains("train.lr=") && l.ends_with("train.steps=40")), "{labels:?}");
+}
