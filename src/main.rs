@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("pipe: error: {:#}", failure.error);
+            eprintln!("pipe: error: {}", text::error_chain(&failure.error));
             ExitCode::from(failure.code)
         }
     }

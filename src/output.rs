@@ -39,11 +39,14 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
         .iter()
         .flat_map(|output| &output.artifacts)
         .map(|(name, artifact)| {
-            let path = out.path(report.name.as_str(), name);
-            (
-                name,
-                json!({ "hash": artifact.hash.to_hex(), "path": path.display().to_string(), "bytes": artifact.bytes }),
-            )
+            // A lazy artifact (large, not copied into out/) points at its read-only object.
+            let (path, lazy) = out.locate(report.name.as_str(), name, artifact);
+            let mut value =
+                json!({ "hash": artifact.hash.to_hex(), "path": path.display().to_string(), "bytes": artifact.bytes });
+            if lazy {
+                value["lazy"] = json!(true);
+            }
+            (name, value)
         })
         .collect();
     let metrics = report.output.as_ref().map(|output| output.metrics.clone()).unwrap_or_default();
@@ -65,7 +68,7 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
 
 fn print_failure(stage: &str, verdict: &Verdict) {
     eprintln!("error[{}]: {}", verdict.check, verdict.message);
-    eprintln!("  --> stage `{stage}`: measured {}, expected {}", short(verdict.value), short(verdict.expected));
+    eprintln!("  --> stage `{stage}`");
     if let Some(hint) = &verdict.hint {
         eprintln!("  = help: {hint}");
     }
@@ -250,12 +253,9 @@ pub fn print_show(report: &StageReport, out: &OutDir, json: bool) {
     if let Some(output) = &report.output {
         say!("artifacts:");
         for (name, artifact) in &output.artifacts {
-            say!(
-                "  {name:<26} {:>10} bytes  {}  {}",
-                artifact.bytes,
-                artifact.hash.short(),
-                out.path(report.name.as_str(), name).display()
-            );
+            let (path, lazy) = out.locate(report.name.as_str(), name, artifact);
+            let note = if lazy { "  (read-only object: not copied into .pipe/out)" } else { "" };
+            say!("  {name:<26} {:>10} bytes  {}  {}{note}", artifact.bytes, artifact.hash.short(), path.display());
         }
         say!("metrics:");
         for (name, value) in &output.metrics {

@@ -101,16 +101,16 @@ impl<'a> Scorecard<'a> {
         let check_width = self.checks.iter().map(|check| check.verdict.check.len()).max().unwrap_or(0);
         let mut lines = vec![format!("scorecard: {}", self.summary())];
         for Check { stage, verdict } in &self.checks {
+            // The verdict's own sentence says what was measured against what, and
+            // which way (bare "measured X, expected Y" left the direction to guess).
             lines.push(format!(
-                "  {:<5} {stage:<stage_width$}  {:<check_width$}  measured {}, expected {}",
+                "  {:<5} {stage:<stage_width$}  {:<check_width$}  {}",
                 verdict_word(verdict.status),
                 verdict.check,
-                number(verdict.value),
-                number(verdict.expected),
+                verdict.message,
             ));
-            if verdict.status != VerdictStatus::Pass {
-                // A check without a hint still says what it measured.
-                lines.push(format!("        try: {}", verdict.hint.as_deref().unwrap_or(&verdict.message)));
+            if let (true, Some(hint)) = (verdict.status != VerdictStatus::Pass, &verdict.hint) {
+                lines.push(format!("        try: {hint}"));
             }
         }
         for (stage, error) in &self.errored {
@@ -143,7 +143,7 @@ mod tests {
             status,
             value: 2.5,
             expected: 1.0,
-            message: format!("{check} measured"),
+            message: format!("{check}: measured 2.5, want at most 1"),
             hint: hint.map(String::from),
         }
     }
@@ -182,11 +182,10 @@ mod tests {
             lines,
             [
                 "scorecard: 3 checks: 1 pass, 1 warn, 1 fail; 1 stage errored, 1 stage skipped",
-                "  pass  inspect       class_balance  measured 2.5000, expected 1",
-                "  warn  inspect       duplicates     measured 2.5000, expected 1",
+                "  pass  inspect       class_balance  class_balance: measured 2.5, want at most 1",
+                "  warn  inspect       duplicates     duplicates: measured 2.5, want at most 1",
                 "        try: deduplicate",
-                "  FAIL  loss_at_init  loss_at_init   measured 2.5000, expected 1",
-                "        try: loss_at_init measured",
+                "  FAIL  loss_at_init  loss_at_init   loss_at_init: measured 2.5, want at most 1",
                 "  ERROR overfit       loss is NaN at step 3",
             ]
         );

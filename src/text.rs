@@ -61,3 +61,49 @@ mod tests {
         assert_eq!(utc(1_709_210_096), "2024-02-29 12:34:56");
     }
 }
+
+/// An error and its causes, `: `-separated like anyhow's `{:#}`, but a cause whose text
+/// the message already holds (a `thiserror` variant that prints its source) is not
+/// repeated.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    /// An error whose message already prints its source, like a `thiserror`
+    /// variant `#[error("outer: {0}")] Outer(#[from] io::Error)`.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "outer: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let error = anyhow::Error::new(Outer(std::io::Error::other("disk on fire")));
+        assert_eq!(format!("{error:#}"), "outer: disk on fire: disk on fire");
+        assert_eq!(super::error_chain(&error), "outer: disk on fire");
+        let error = anyhow::Error::new(std::io::Error::other("inner")).context("reading pipe.toml");
+        assert_eq!(super::error_chain(&error), "reading pipe.toml: inner");
+    }
+}

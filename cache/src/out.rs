@@ -150,6 +150,20 @@ impl OutDir {
         Ok(())
     }
 
+    /// Where the bytes of artifact `name` of `stage` can be read now: its copy in
+    /// `out/` when there is one, else (a lazy artifact, or a copy not made yet) the
+    /// read-only object in the store; `true` in the second case. Never a path that
+    /// does not exist while the object does.
+    pub fn locate(&self, stage: &str, name: &str, artifact: &ArtifactRef) -> (PathBuf, bool) {
+        let path = self.path(stage, name);
+        let copied = std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_file() && meta.len() == artifact.bytes);
+        if copied {
+            (path, false)
+        } else {
+            (self.store.path(&artifact.hash), true)
+        }
+    }
+
     /// Makes sure `out/<stage>/<name>` exists as a file of its own (materialising a lazy
     /// artifact now) and returns its path. `manifest` must be the stage's latest.
     pub fn ensure(&self, manifest: &Manifest, name: &str) -> Result<PathBuf, CacheError> {
@@ -261,6 +275,13 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 4096], "a clone costs nothing: always there");
         } else {
             assert!(!path.exists(), "not copied");
+            // What `pipe show` and `--json` report: a path that exists, with the bytes.
+            let artifact = &manifest.artifacts["dataset.bin"];
+            let (located, lazy) = out.locate("train", "dataset.bin", artifact);
+            assert!(lazy && located == object, "{located:?}");
+            assert_eq!(std::fs::read(&located).unwrap(), vec![7u8; 4096]);
+            let small = &manifest.artifacts["small.json"];
+            assert_eq!(out.locate("train", "small.json", small), (out.path("train", "small.json"), false));
             let note = std::fs::read_to_string(out.path("train", "dataset.bin.lazy.txt")).unwrap();
             assert!(note.contains("objects/"), "{note}");
             assert!(out.path("train", "small.json").exists());

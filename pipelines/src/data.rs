@@ -55,12 +55,27 @@ pub enum DataError {
     EmptyVal { fractions: Vec<f64>, pool: usize },
     #[error("the dataset has no features (every example is empty)")]
     NoFeatures,
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] workspace::ConfigError),
     #[error("dataset artifact: {0}")]
     Artifact(#[from] TensorFileError),
-    #[error("{0}")]
+    #[error(transparent)]
     Cache(#[from] cache::CacheError),
+}
+
+impl DataError {
+    /// The user's data or config is wrong (exit 2), not the tool (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            DataError::Source(_)
+                | DataError::BadSplit(_)
+                | DataError::EmptyTrain
+                | DataError::EmptyVal { .. }
+                | DataError::NoFeatures
+                | DataError::Config(_)
+        )
+    }
 }
 
 /// The content fingerprint of a source: what identifies the dataset in stage keys.

@@ -141,6 +141,14 @@ fn bounded_input_degenerate_files_exit_2_without_panic() {
     no_panic(&run);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("train-images-idx3-ubyte: images of 6x0 pixels"), "{}", run.stderr);
+
+    // Too few examples for the split: the data is wrong, not the tool (exit 2).
+    let dir = TestDir::with_raw("[data]\nsource = \"csv:tiny.csv\"\n");
+    std::fs::write(dir.path().join("tiny.csv"), "a,b,label\n1,2,0\n3,4,1\n").unwrap();
+    let run = dir.build(&["data"]);
+    no_panic(&run);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("leaves no validation examples (2 examples to split)"), "{}", run.stderr);
 }
 
 #[test]

@@ -266,7 +266,12 @@ fn scorecard_ends_build_and_show_and_a_failing_check_says_what_to_try() {
         assert!(found, "no `{word} {stage} {check}` line:\n{}", human.stdout);
     }
     let failing = block.iter().position(|line| line.trim_start().starts_with("FAIL")).unwrap();
-    assert!(block[failing].contains("measured 2.30") && block[failing].contains("expected 2.30"), "{}", block[failing]);
+    // The verdict's sentence, with what was measured against what.
+    assert!(
+        block[failing].contains("loss at init 2.30") && block[failing].contains("expected the label entropy 2.30"),
+        "{}",
+        block[failing]
+    );
     assert!(block[failing + 1].trim_start().starts_with("try: initialise the last layer"), "{}", human.stdout);
     let tries = block.iter().filter(|line| line.trim_start().starts_with("try: ")).count();
     assert_eq!(tries, checks.len() - count("pass"), "a `try:` line under each warning and failure");

@@ -181,6 +181,9 @@ pub fn build(
     // key -> indices of the instances waiting for it (equal keys are one action).
     let mut running: HashMap<StageKey, Vec<usize>> = HashMap::new();
     let mut failed_names: HashSet<String> = HashSet::new();
+    // Instances re-executed because an object they wrote was found damaged.
+    let mut healed: HashSet<usize> = HashSet::new();
+    let mut healing: HashSet<cache::ArtifactHash> = HashSet::new();
     // Keys of instances found missing from the cache (index -> key).
     let mut known: HashMap<usize, StageKey> = HashMap::new();
     let mut stopped = false;
@@ -319,6 +322,46 @@ pub fn build(
         }
         waiting.sort_unstable();
         db.engine().cache.queue().remove(&outcome.key);
+        if let Err(StageFailure::DamagedInput { hash, message }) = &outcome.result {
+            // An upstream object went bad after its entry was served (bit rot under an
+            // unchanged mtime): forget the instances that wrote it, so the next pass
+            // looks them up again (the verified lookup quarantines the object and
+            // misses), re-executes them, then the instances that read it. Once each.
+            let writers: Vec<usize> = reports
+                .iter()
+                .filter(|(_, report)| {
+                    report.output.as_ref().is_some_and(|out| out.artifacts.values().any(|a| a.hash == *hash))
+                })
+                .map(|(index, _)| *index)
+                .collect();
+            let being_healed = healing.contains(hash) && writers.is_empty();
+            if being_healed {
+                // Another reader met the same object first; its writer is running again.
+                for index in waiting {
+                    known.remove(&index);
+                }
+                continue;
+            }
+            if !writers.is_empty() && writers.iter().all(|index| !healed.contains(index)) {
+                healing.insert(*hash);
+                let names: Vec<String> = writers.iter().map(|index| instances[*index].name().0).collect();
+                tracing::warn!(
+                    "{message}: re-executing `{}`, then `{}`",
+                    names.join("`, `"),
+                    outcome_name(&waiting, &instances)
+                );
+                for index in writers {
+                    healed.insert(index);
+                    db.set_result(handles[index], None);
+                    reports.remove(&index);
+                    known.remove(&index);
+                }
+                for index in waiting {
+                    known.remove(&index);
+                }
+                continue;
+            }
+        }
         for index in waiting {
             let instance = handles[index];
             let report = match &outcome.result {
@@ -385,6 +428,11 @@ pub fn build(
         })
         .collect();
     BuildResult { reports, interrupted }
+}
+
+/// The first instance waiting for an outcome, for messages.
+fn outcome_name(waiting: &[usize], instances: &[InstanceSpec]) -> String {
+    waiting.first().map(|index| instances[*index].name().0).unwrap_or_default()
 }
 
 fn dispatch(db: &Database, action: Action, runner: Arc<dyn Runner>, stop: Cancel, sender: mpsc::Sender<ActionOutcome>) {

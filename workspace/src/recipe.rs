@@ -202,6 +202,8 @@ pub enum StageFailure {
     BadInput(String),
     /// The build was interrupted or stopped while the stage ran; nothing was kept.
     Cancelled,
+    /// An input object was missing or corrupt: the stage that wrote it runs again.
+    DamagedInput { hash: cache::ArtifactHash, message: String },
 }
 
 impl std::fmt::Display for StageFailure {
@@ -210,6 +212,7 @@ impl std::fmt::Display for StageFailure {
             StageFailure::Upstream(stage) => write!(f, "upstream stage `{stage}` failed"),
             StageFailure::Error(message) | StageFailure::BadInput(message) => f.write_str(message),
             StageFailure::Cancelled => f.write_str("cancelled"),
+            StageFailure::DamagedInput { message, .. } => f.write_str(message),
         }
     }
 }
@@ -290,7 +293,19 @@ impl ExecContext<'_> {
             .artifacts
             .get(name)
             .ok_or_else(|| ExecError::Failed(format!("stage `{stage}` has no artifact `{name}`")))?;
-        self.store.get(&artifact.hash).map_err(|err| ExecError::Failed(err.to_string()))
+        self.read(&artifact.hash)
+    }
+
+    /// The verified bytes of an object an upstream stage or member wrote. A missing or
+    /// corrupt object is [`ExecError::DamagedInput`]: the build re-executes the stage
+    /// that wrote it, then this one.
+    pub fn read(&self, hash: &cache::ArtifactHash) -> Result<Vec<u8>, ExecError> {
+        self.store.get(hash).map_err(|err| match err {
+            cache::CacheError::Corrupt { .. } | cache::CacheError::Missing { .. } => {
+                ExecError::DamagedInput { hash: *hash, message: err.to_string() }
+            }
+            other => ExecError::Failed(other.to_string()),
+        })
     }
 
     /// `Err(Cancelled)` once the build was interrupted; long loops call it each step.
@@ -322,6 +337,9 @@ pub enum ExecError {
     /// The build was cancelled while the stage ran.
     #[error("cancelled")]
     Cancelled,
+    /// An input object (an upstream artifact) is missing or corrupt in the store.
+    #[error("{message}")]
+    DamagedInput { hash: cache::ArtifactHash, message: String },
 }
 
 impl From<ExecError> for StageFailure {
@@ -330,6 +348,7 @@ impl From<ExecError> for StageFailure {
             ExecError::Failed(message) => StageFailure::Error(message),
             ExecError::BadInput(message) => StageFailure::BadInput(message),
             ExecError::Cancelled => StageFailure::Cancelled,
+            ExecError::DamagedInput { hash, message } => StageFailure::DamagedInput { hash, message },
         }
     }
 }

@@ -503,3 +503,41 @@ fn the_progress_sink_set_on_a_fresh_database_reaches_every_action() {
     assert_eq!(handed_out.load(Ordering::SeqCst), executed.len());
     assert_eq!(executed.len(), 3);
 }
+
+#[test]
+fn an_upstream_object_found_damaged_mid_build_is_healed_in_the_same_build() {
+    let mut fx = Fixture::new("heal");
+    let options = || BuildOptions { keep_going: false, jobs: 1, ..BuildOptions::default() };
+    let (_, reports) = fx.build_with(&["d"], options());
+    let hash = reports[0].output.as_ref().unwrap().artifacts["a.txt"].hash;
+    // Bit rot: same size, same mtime, same inode, so the stat cache still trusts it.
+    let path = fx.db.engine().cache.store().path(&hash);
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0x20;
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &bytes).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    let dir = fx.keep();
+
+    // A new process: `a` is served from the cache (its object looks unchanged); `d`
+    // must run (a new knob value), reads the damaged object, and the build heals it.
+    let mut fx = Fixture::reopen(dir, &fx_config(&["d.sleep_ms=10"]));
+    let (executed, reports) = fx.build_with(&["d"], options());
+    assert_eq!(executed, ["a(a.x=11)", "d(d.sleep_ms=10)"]);
+    assert!(reports.iter().all(|r| r.status == Some(StageStatus::Ran)), "{:?}", statuses(&reports));
+    assert_eq!(fx.db.engine().cache.store().get(&hash).unwrap(), b"a=1");
+}
+
+fn fx_config(assignments: &[&str]) -> Config {
+    let mut config = Config::defaults(&schema());
+    for assignment in assignments {
+        config.set(&schema(), assignment).unwrap();
+    }
+    config
+}

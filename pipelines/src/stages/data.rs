@@ -87,8 +87,14 @@ impl RecipeStage for Data {
         let seed = cx.int(knob::DATA_SEED)? as u64;
         let normalize: Normalize = cx.choice(knob::DATA_NORMALIZE)?;
         let raw = parsed.load(&options).map_err(|error| ExecError::BadInput(error.to_string()))?;
-        let prepared = prepare(&raw, source, &fractions, seed, choice_name(normalize))
-            .map_err(|error| ExecError::Failed(error.to_string()))?;
+        let prepared = prepare(&raw, source, &fractions, seed, choice_name(normalize)).map_err(|error| {
+            // Too few examples for the split, no features: the data is wrong (exit 2).
+            if error.is_bad_input() {
+                ExecError::BadInput(error.to_string())
+            } else {
+                ExecError::Failed(error.to_string())
+            }
+        })?;
         let bytes = prepared.encode().map_err(|error| ExecError::Failed(error.to_string()))?;
         let mut counts = prepared.metrics();
         let mut take = |name: &str| {

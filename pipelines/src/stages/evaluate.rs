@@ -117,7 +117,7 @@ impl RecipeStage for Evaluate {
         let checkpoint = scored.artifacts.get("checkpoint.safetensors").ok_or_else(|| {
             ExecError::Failed(format!("stage `{}` wrote no `checkpoint.safetensors` to score", scored_stage.name()))
         })?;
-        let bytes = cx.exec.store.get(&checkpoint.hash).map_err(|error| ExecError::Failed(error.to_string()))?;
+        let bytes = cx.exec.read(&checkpoint.hash)?;
         let (spec, model) = restore(cx, &bytes)?;
         let data = cx.data_with_test(TestAccess::Score)?;
         let scored = score(cx, &data, model.as_ref())?;

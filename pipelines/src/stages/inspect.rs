@@ -109,7 +109,7 @@ impl RecipeStage for Inspect {
                     status: if pass { VerdictStatus::Pass } else { severity },
                     value,
                     expected,
-                    message,
+                    message: format!("{message} ({})", limit_text(threshold, value, expected)),
                     hint: (!pass).then(|| hint.to_string()),
                 })
             })
@@ -121,15 +121,28 @@ impl RecipeStage for Inspect {
             value: share,
             expected: max_share,
             message: format!(
-                "{} of {} training examples look mislabelled: most of their out-of-fold nearest neighbours carry one other label (confident learning)",
+                "{} of {} training examples look mislabelled: most of their out-of-fold nearest neighbours carry one other label (confident learning; {})",
                 m.n_suspects.unwrap_or(f64::NAN),
-                m.knn_queries.unwrap_or(f64::NAN)
+                m.knn_queries.unwrap_or(f64::NAN),
+                limit_text(knob::INSPECT_MAX_SUSPECT_SHARE, share, max_share)
             ),
             hint: (share > max_share).then(|| {
                 "look at suspects.png (each with its suggested label and neighbours), label_noise and label_issues in report.json".to_string()
             }),
         });
         Ok(verdicts)
+    }
+}
+
+/// The limit a measurement is held to, in words with its direction: "at most 5
+/// allowed", or for a share "0.6% of them, at most 5.0% allowed".
+fn limit_text(threshold: KnobId, value: f64, limit: f64) -> String {
+    if threshold.as_str().ends_with("share") {
+        format!("{:.1}% of them, at most {:.1}% allowed", value * 100.0, limit * 100.0)
+    } else if limit.fract() == 0.0 {
+        format!("at most {limit:.0} allowed")
+    } else {
+        format!("at most {limit} allowed")
     }
 }
 
