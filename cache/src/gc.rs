@@ -15,6 +15,8 @@
 //! leaves: its finished stages. Such an entry younger than the retention window
 //! ([`DEFAULT_RETENTION`], or [`gc_retaining`]'s parameter) is kept with its objects,
 //! so the next build does not redo them. Entries of runs that `--keep-runs` forgets go.
+//! Saved training states (`resume/`, see [`crate::ResumeIndex`]) registered within the
+//! same window keep their objects; older ones are forgotten.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -176,6 +178,8 @@ pub fn gc_retaining(
         }
     }
 
+    // Saved training states (`resume/`) within the retention window are roots too.
+    objects.extend(crate::resume::retained(root, retention, now, options.dry_run)?);
     for path in shard_files(&root.join("objects"))? {
         let Some(hash) = object_hash(&path) else { continue };
         if objects.contains(&hash) {

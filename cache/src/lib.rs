@@ -18,6 +18,7 @@
 //!   runs/index.jsonl          one compact line per run, for `pipe runs`
 //!   quarantine/               corrupt objects and manifests moved aside
 //!   queue/<key>.json          an action's full description, while it waits or runs
+//!   resume/<prefix>/<step>-.. saved training states a longer run may continue from
 //!   tmp/                      temp files, renamed into place when complete
 //! ```
 
@@ -33,6 +34,7 @@ mod lock;
 mod out;
 mod queue;
 pub mod remote;
+mod resume;
 mod run_index;
 mod runs;
 mod stat;
@@ -48,6 +50,7 @@ pub use key::{value_text, KeyInputs, KnobValueText};
 pub use lock::CacheLock;
 pub use out::OutDir;
 pub use queue::ActionQueue;
+pub use resume::{best_state, PrefixKey, ResumeIndex, SavedState};
 pub use run_index::{changed_knobs, RunSummary};
 pub use runs::{RunRecord, RunStage, Runs};
 pub use stat::{hash_file, StatCache};
@@ -122,6 +125,11 @@ impl Cache {
     /// Saves what was learned about file hashes; call at the end of a command.
     pub fn save_stats(&self) -> Result<(), CacheError> {
         self.store.stats().save()
+    }
+
+    /// Saved training states by prefix key (see [`ResumeIndex`]).
+    pub fn resume(&self) -> ResumeIndex {
+        ResumeIndex::new(&self.root)
     }
 
     pub fn runs(&self) -> Runs {

@@ -93,6 +93,14 @@ pub mod knob {
         TUNE_HALVING = "tune.halving",
         TUNE_MIN_STEPS = "tune.min_steps",
         TUNE_EDGE = "checks.tune.edge",
+        // Squeeze: ensembles and distillation (issue 13).
+        SQUEEZE_K = "squeeze.k",
+        SQUEEZE_TEMPERATURE = "squeeze.temperature",
+        SQUEEZE_ALPHA = "squeeze.alpha",
+        SQUEEZE_STUDENT = "squeeze.student",
+        SQUEEZE_STUDENT_HIDDEN = "squeeze.student_hidden",
+        SQUEEZE_MIN_GAIN = "checks.squeeze.min_gain",
+        SQUEEZE_MIN_KEPT = "checks.squeeze.min_kept",
     });
 }
 
@@ -113,6 +121,7 @@ pub mod stage {
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
         TUNE = "tune",
+        SQUEEZE = "squeeze",
         EVALUATE = "evaluate",
     });
 }

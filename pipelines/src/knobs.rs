@@ -8,6 +8,7 @@ use crate::ids::knob;
 use crate::models::{Activation, ModelKind};
 use crate::stages::data::Normalize;
 use crate::stages::evaluate::ScoredModel;
+use crate::stages::squeeze::StudentKind;
 use crate::train::{OptimizerName, ScheduleName};
 
 fn float(v: f64) -> KnobValue {
@@ -230,5 +231,18 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("tune.halving", Int { min: 0, max: 64 }, int(0), "tune: successive halving rate eta, keeping the best 1/eta of each rung (0: off)"),
         KnobSpec::new("tune.min_steps", Int { min: 1, max: BIG }, int(100), "tune: training steps of the first halving rung (then x eta up to tune.steps)"),
         KnobSpec::new("checks.tune.edge", Float { min: 0.0, max: 0.5 }, float(0.05), "tune: warn when the best value lies in this outer share of its searched range"),
+        // Squeeze: ensembles and distillation (issue 13).
+        KnobSpec::new("squeeze.k", Int { min: 1, max: 64 }, int(3), "squeeze: ensemble members, overfit under train.seed, train.seed + 1, ..."),
+        KnobSpec::new("squeeze.temperature", Float { min: 0.05, max: 100.0 }, float(4.0), "squeeze: softmax temperature of the ensemble's predictions the student learns from"),
+        KnobSpec::new("squeeze.alpha", prob, float(0.7), "squeeze: weight of the softened predictions in the student's loss (the rest: the hard labels)"),
+        KnobSpec::choice(knob::SQUEEZE_STUDENT, StudentKind::Member, "squeeze: the student's architecture: the best member's, linear, or an mlp of squeeze.student_hidden"),
+        KnobSpec::new(
+            "squeeze.student_hidden",
+            IntList { min: 1, max: 16_384 },
+            KnobValue::IntList(vec![64]),
+            "squeeze: hidden widths of an mlp student",
+        ),
+        KnobSpec::new("checks.squeeze.min_gain", Float { min: -1.0, max: 1.0 }, float(0.0), "squeeze: warn unless the ensemble's val accuracy beats its best member's by more than this"),
+        KnobSpec::new("checks.squeeze.min_kept", Float { min: -100.0, max: 100.0 }, float(0.5), "squeeze: warn when the student keeps less than this share of the ensemble's gain"),
     ]
 }

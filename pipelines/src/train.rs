@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer as _, ParamsAdamW};
 
 mod schedule;
+pub mod state;
 
 pub use schedule::{Schedule, ScheduleKind, ScheduleName};
 
@@ -399,6 +400,12 @@ impl<'m> Trainer<'m> {
     /// One optimizer step on `(x, y)`; returns the batch loss before the step.
     pub fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<f32, TrainError> {
         let loss = cross_entropy(&self.model.forward(x)?, y)?;
+        self.step_on(&loss)
+    }
+
+    /// One optimizer step on a scalar `loss` the caller computed from this trainer's
+    /// model (distillation's soft targets); returns its value.
+    pub fn step_on(&mut self, loss: &Tensor) -> Result<f32, TrainError> {
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(TrainError::NonFinite { step: self.step, tensor: "loss".into(), value });

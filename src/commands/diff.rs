@@ -59,10 +59,8 @@ pub fn run(project: &Project, a: Option<&str>, b: Option<&str>, json: bool) -> R
     let mut checkpoints = Vec::new();
     let mut curves = Vec::new();
     let mut build_commands = BuildCommands::new(project);
-    for spec in &specs {
-        if !a.stages.contains_key(spec.id.0) && !b.stages.contains_key(spec.id.0) {
-            continue; // in neither side's targets (e.g. `tune` when both built `overfit`)
-        }
+    // Stages of the target neither side lists (a fan-in stage outside `all`) are left out.
+    for spec in specs.iter().filter(|spec| a.stages.contains_key(spec.id.0) || b.stages.contains_key(spec.id.0)) {
         let empty = SideStage::default();
         let sa = a.stages.get(spec.id.0).unwrap_or(&empty);
         let sb = b.stages.get(spec.id.0).unwrap_or(&empty);

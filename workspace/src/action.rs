@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::instance::InstanceSpec;
 use crate::knob::{KnobId, KnobValue};
 use crate::recipe::{Cancel, ExecContext, ExecOutput, Progress, Recipe, StageFailure, StageId, StageOutput};
+use crate::resume::{CacheResume, Resume};
 
 /// One stage execution, fully described.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +102,7 @@ pub fn run_action(
     action: &Action,
     progress: &dyn Progress,
     cancel: &Cancel,
+    resume: &dyn Resume,
 ) -> Result<ExecOutput, StageFailure> {
     let stage = recipe
         .stage(action.stage())
@@ -133,6 +135,7 @@ pub fn run_action(
         device: &action.device,
         progress,
         cancel,
+        resume,
     };
     let _span = tracing::info_span!("stage", id = %action.name).entered();
     tracing::info!(key = %action.key().short(), "executing");
@@ -181,7 +184,8 @@ pub fn execute_and_store(
     cancel: &Cancel,
 ) -> ActionOutcome {
     let started = std::time::Instant::now();
-    let result = run_action(recipe, cache.store(), action, progress, cancel).and_then(|output| {
+    let resume = CacheResume::new(cache, &action.inputs);
+    let result = run_action(recipe, cache.store(), action, progress, cancel, &resume).and_then(|output| {
         let secs = started.elapsed().as_secs_f64();
         store_result(cache, action, output, secs, cancel)
     });

@@ -13,6 +13,7 @@ pub mod db;
 pub mod instance;
 pub mod knob;
 pub mod recipe;
+pub mod resume;
 pub mod runner;
 pub mod snapshot;
 pub mod verify;
@@ -30,6 +31,7 @@ pub use recipe::{
     Cancel, Checks, ExecContext, ExecError, ExecOutput, MemberLookup, NoProgress, NothingKnown, Progress, ProgressSink,
     Recipe, Stage, StageFailure, StageId, StageOutput, StageSpec, Target, Verdict, VerdictError, VerdictStatus,
 };
+pub use resume::{checkpoint_every, resume_point, CacheResume, NoResume, Resume};
 pub use runner::{LocalRunner, ProcessRunner, RecipeRef, Runner};
 pub use snapshot::{snapshot, StageSnapshot};
 pub use verify::{verify_stage, ArtifactCheck, StageCheck};

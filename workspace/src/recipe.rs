@@ -270,6 +270,8 @@ pub struct ExecContext<'a> {
     pub device: &'a str,
     pub progress: &'a dyn Progress,
     pub cancel: &'a Cancel,
+    /// Saved states this execution may continue from or add to (training stages).
+    pub resume: &'a dyn crate::resume::Resume,
 }
 
 impl ExecContext<'_> {

@@ -16,6 +16,7 @@ use crate::action::{run_action, Action};
 use crate::db::{resolved_knobs, Database, Db};
 use crate::instance::{InstanceName, InstanceSpec};
 use crate::recipe::Cancel;
+use crate::resume::NoResume;
 use crate::snapshot::StageSnapshot;
 
 /// One artifact: the cached object against the re-executed bytes.
@@ -134,7 +135,8 @@ pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], target: &Instanc
     };
     let progress = engine.progress.action(&name.0);
     let started = Instant::now();
-    let result = run_action(&engine.recipe, engine.cache.store(), &action, progress.as_ref(), &Cancel::default());
+    let result =
+        run_action(&engine.recipe, engine.cache.store(), &action, progress.as_ref(), &Cancel::default(), &NoResume);
     check.secs = started.elapsed().as_secs_f64();
     let output = match result {
         Ok(output) => output,

@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod loss_at_init;
 pub mod overfit;
 pub mod overfit_batch;
+pub mod squeeze;
 pub mod tune;
 pub mod zero_input_baseline;
 
@@ -140,6 +141,7 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(overfit::Overfit),
         entry(beats_baselines::BeatsBaselines),
         entry(tune::Tune),
+        entry(squeeze::Squeeze),
         entry(evaluate::Evaluate),
     ]
 }
@@ -165,11 +167,14 @@ pub fn targets() -> Vec<Target> {
     overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES, stage::EVALUATE]);
     let mut tune = overfit.clone();
     tune.insert(tune.len() - 1, stage::TUNE);
+    let mut squeeze = overfit.clone();
+    squeeze.push(stage::SQUEEZE);
     vec![
         Target::new("inspect", "become one with the data", vec![stage::DATA, stage::INSPECT]),
         Target::new("skeleton", "end-to-end skeleton with dumb baselines", skeleton),
         Target::new("overfit", "skeleton, then overfit the training split and score the test split", overfit.clone()),
         Target::new("tune", "overfit, then random search over tune.space", tune),
+        Target::new("squeeze", "overfit, then an ensemble of seeds and a student distilled from it", squeeze),
         Target::new("all", "every stage", overfit),
     ]
 }
@@ -223,6 +228,7 @@ mod tests {
                 "overfit",
                 "beats_baselines",
                 "tune",
+                "squeeze",
                 "evaluate",
             ]
         );
@@ -323,6 +329,7 @@ mod tests {
             device: "cpu",
             progress: &workspace::NoProgress,
             cancel: &cancel,
+            resume: &workspace::NoResume,
         };
         stage.execute(&ctx)
     }

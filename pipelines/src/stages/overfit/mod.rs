@@ -21,12 +21,15 @@ use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS,
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
-use crate::models::{self, Model};
+use crate::models::{self, Model, ModelSpec};
 use crate::tensors::TensorFile;
 
 mod charts;
+mod resume;
 use crate::train::{evaluate, Batches, Schedule, ScheduleKind, SplitTensors, Trainer};
 use charts::{charts, first_layer, lr_chart};
+pub use resume::status_note;
+use resume::{Checkpoints, Interval, Parts};
 
 pub struct Overfit;
 
@@ -297,7 +300,8 @@ impl<'a> Recorder<'a> {
 }
 
 /// The training loop: `steps` optimizer steps, an evaluation at step 0, every
-/// `train.eval_every` steps and at the end.
+/// `train.eval_every` steps and at the end. Continues from a saved state when one
+/// serves this run, and saves its own as it goes ([`resume`]).
 fn train(
     cx: &Cx<'_, '_>,
     data: &Prepared,
@@ -311,27 +315,54 @@ fn train(
     let mut recorder = Recorder::new(cx, data, model, (&train, &val))?;
     let mut trainer = Trainer::with_schedule(model, &cx.optim()?, schedule, steps).map_err(train_err)?;
     let mut batches = Batches::new(&train, batch_size, cx.seed()?, "train");
-    recorder.record(0, f64::NAN, &[])?;
+    let mut interval = Interval::default();
+    let mut checkpoints = Checkpoints::new(cx.exec.resume, steps, &schedule);
+    match checkpoints.start() {
+        Some(state) => resume::restore(&state, &mut trainer, &mut batches, &mut recorder, &mut interval)?,
+        None => recorder.record(0, f64::NAN, &[])?,
+    }
     cx.exec.progress.begin(stage::OVERFIT.as_str(), steps as u64);
-    let mut interval_loss = 0.0;
-    let mut interval_steps = 0usize;
+    if trainer.step > 0 {
+        cx.exec.progress.advance(trainer.step as u64, &format!("resumed from step {}", trainer.step));
+    }
     while trainer.step < steps {
-        cx.exec.check_cancelled()?;
-        let (x, y) = batches.next_batch().map_err(err("batch"))?;
-        interval_loss += trainer.step(&x, &y).map_err(train_err)? as f64;
-        recorder.series.lr.push(trainer.lr);
-        interval_steps += 1;
-        if trainer.step % eval_every == 0 || trainer.step == steps {
-            let grad_norms = trainer.grad_norms.clone();
-            recorder.record(trainer.step, interval_loss / interval_steps as f64, &grad_norms)?;
-            let train_loss = recorder.series.train_loss.last().copied().unwrap_or_default();
-            cx.exec.progress.advance(trainer.step as u64, &format!("train loss {train_loss:.4}"));
-            interval_loss = 0.0;
-            interval_steps = 0;
+        if let Err(cancelled) = cx.exec.check_cancelled() {
+            checkpoints.save(Parts { trainer: &trainer, batches: &batches, recorder: &recorder, interval: &interval });
+            return Err(cancelled);
         }
+        let (x, y) = batches.next_batch().map_err(err("batch"))?;
+        interval.loss += trainer.step(&x, &y).map_err(train_err)? as f64;
+        recorder.series.lr.push(trainer.lr);
+        interval.steps += 1;
+        if trainer.step % eval_every == 0 {
+            evaluation(cx, &mut recorder, &trainer, &mut interval)?;
+        }
+        checkpoints.after_step(Parts {
+            trainer: &trainer,
+            batches: &batches,
+            recorder: &recorder,
+            interval: &interval,
+        });
+    }
+    if recorder.series.step.last() != Some(&steps) {
+        evaluation(cx, &mut recorder, &trainer, &mut interval)?;
     }
     cx.exec.progress.end();
     Ok(Recorded { series: recorder.series, layers: recorder.layers, dynamics: recorder.dynamics })
+}
+
+/// One evaluation after the trainer's last step, closing the loss interval.
+fn evaluation(
+    cx: &Cx<'_, '_>,
+    recorder: &mut Recorder<'_>,
+    trainer: &Trainer<'_>,
+    interval: &mut Interval,
+) -> Result<(), ExecError> {
+    recorder.record(trainer.step, interval.loss / interval.steps as f64, &trainer.grad_norms)?;
+    let train_loss = recorder.series.train_loss.last().copied().unwrap_or_default();
+    cx.exec.progress.advance(trainer.step as u64, &format!("train loss {train_loss:.4}"));
+    *interval = Interval::default();
+    Ok(())
 }
 
 fn layer_stats(
@@ -414,7 +445,12 @@ fn layers_json(layers: &LayerStats) -> serde_json::Value {
 /// The trained parameters and buffers as safetensors, with the model's spec in the
 /// metadata (what `evaluate` rebuilds it from).
 fn checkpoint(cx: &Cx<'_, '_>, data: &Prepared, model: &dyn Model) -> Result<Vec<u8>, ExecError> {
-    let spec = cx.model_spec(data)?;
+    checkpoint_bytes(&cx.model_spec(data)?, data, model)
+}
+
+/// A checkpoint of `model` (built from `spec`) trained on `data`: every stage that
+/// hands a model to `evaluate` writes this format.
+pub(crate) fn checkpoint_bytes(spec: &ModelSpec, data: &Prepared, model: &dyn Model) -> Result<Vec<u8>, ExecError> {
     let mut file = TensorFile::default();
     for (name, tensor) in models::state(model) {
         let values = tensor.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(err("checkpoint"))?;

@@ -1,0 +1,213 @@
+//! Ensembles as numbers: members' class probabilities (optionally softened by a
+//! temperature), their average, accuracy and log loss of a probability table, and
+//! the share of an ensemble's gain a distilled student keeps. Also the one way to
+//! rebuild a model from a checkpoint's bytes and predict a split with it, which
+//! `evaluate` can call to score an ensemble on the test split.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use crate::models::{load_state, Init, Model, ModelSpec};
+use crate::tensors::TensorFile;
+
+/// Class probabilities of `rows` examples, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probs {
+    pub rows: usize,
+    pub classes: usize,
+    pub values: Vec<f32>,
+}
+
+impl Probs {
+    pub fn row(&self, index: usize) -> &[f32] {
+        &self.values[index * self.classes..(index + 1) * self.classes]
+    }
+
+    /// Softmax of each row of `logits` (`rows x classes`) divided by `temperature`,
+    /// in f64, so it is the same on every machine and thread count.
+    pub fn softmax(logits: &[f32], classes: usize, temperature: f64) -> Probs {
+        let classes = classes.max(1);
+        let mut values = Vec::with_capacity(logits.len());
+        for row in logits.chunks(classes) {
+            let scaled: Vec<f64> = row.iter().map(|&z| f64::from(z) / temperature).collect();
+            let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exp: Vec<f64> = scaled.iter().map(|z| (z - max).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            values.extend(exp.iter().map(|e| (e / sum) as f32));
+        }
+        Probs { rows: logits.len() / classes, classes, values }
+    }
+
+    /// The mean of `members` (same shape), summed in member order.
+    pub fn average(members: &[Probs]) -> Option<Probs> {
+        let first = members.first()?;
+        if members.iter().any(|m| m.rows != first.rows || m.classes != first.classes) {
+            return None;
+        }
+        let mut sums = vec![0f64; first.values.len()];
+        for member in members {
+            for (sum, &p) in sums.iter_mut().zip(&member.values) {
+                *sum += f64::from(p);
+            }
+        }
+        let k = members.len() as f64;
+        Some(Probs { rows: first.rows, classes: first.classes, values: sums.iter().map(|s| (s / k) as f32).collect() })
+    }
+
+    /// Accuracy (argmax, first of ties) and mean negative log-likelihood of `labels`
+    /// (probabilities floored at 1e-12).
+    pub fn score(&self, labels: &[u32]) -> Score {
+        let n = self.rows.min(labels.len());
+        if n == 0 {
+            return Score { acc: 0.0, loss: 0.0 };
+        }
+        let mut correct = 0usize;
+        let mut loss = 0f64;
+        for (index, &label) in labels.iter().enumerate().take(n) {
+            let row = self.row(index);
+            correct += usize::from(super::super::common::argmax(row) == label);
+            loss -= f64::from(row[label as usize]).max(1e-12).ln();
+        }
+        Score { acc: correct as f64 / n as f64, loss: loss / n as f64 }
+    }
+}
+
+/// Accuracy and log loss of a probability table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub acc: f64,
+    pub loss: f64,
+}
+
+/// The share of the ensemble's accuracy gain over its best member that the student
+/// keeps: 1 when it matches the ensemble, 0 when it is no better than the best
+/// member, negative when worse. 0 when the ensemble gained nothing (nothing to keep).
+pub fn kept_share(best_member: f64, ensemble: f64, student: f64) -> f64 {
+    let gain = ensemble - best_member;
+    if gain > 0.0 {
+        (student - best_member) / gain
+    } else {
+        0.0
+    }
+}
+
+/// The model a checkpoint describes (spec from its metadata), with its parameters and
+/// buffers loaded, in evaluation mode, and the checkpoint's metadata.
+pub fn load_checkpoint(bytes: &[u8], device: &Device) -> Result<(ModelSpec, Box<dyn Model>, Value), String> {
+    let file = TensorFile::decode(bytes).map_err(|e| e.to_string())?;
+    let meta: Value = file.meta().map_err(|e| e.to_string())?;
+    let spec = ModelSpec::from_meta(&meta)?;
+    let model = spec.build(&Init::Naive, 0, device).map_err(|e| format!("rebuild model: {e}"))?;
+    let mut tensors = HashMap::new();
+    for name in file.names() {
+        let shape = file.shape(name).map_err(|e| e.to_string())?.to_vec();
+        let values = file.f32(name).map_err(|e| e.to_string())?;
+        let tensor = Tensor::from_vec(values, shape, device).map_err(|e| format!("checkpoint tensor: {e}"))?;
+        tensors.insert(name.to_string(), tensor);
+    }
+    load_state(model.as_ref(), &tensors).map_err(|e| format!("load checkpoint: {e}"))?;
+    model.set_training(false);
+    Ok((spec, model, meta))
+}
+
+/// Examples per forward pass when predicting a split (bounds memory).
+const CHUNK: usize = 1024;
+
+/// The logits of `model` (in evaluation mode) on the rows of `x` (`features` each).
+pub fn logits(model: &dyn Model, x: &[f32], features: usize, device: &Device) -> candle_core::Result<Vec<f32>> {
+    let rows = x.len() / features.max(1);
+    let mut out = Vec::new();
+    for start in (0..rows).step_by(CHUNK) {
+        let n = CHUNK.min(rows - start);
+        let batch = Tensor::from_slice(&x[start * features..(start + n) * features], (n, features), device)?;
+        out.extend(model.forward(&batch)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// The ensemble of the checkpoints `members` on `x`: each member's probabilities at
+/// `temperature`, averaged in member order.
+pub fn ensemble_probs(
+    members: &[Vec<u8>],
+    x: &[f32],
+    features: usize,
+    temperature: f64,
+    device: &Device,
+) -> Result<Probs, String> {
+    let mut probs = Vec::with_capacity(members.len());
+    for bytes in members {
+        let (spec, model, _) = load_checkpoint(bytes, device)?;
+        let z = logits(model.as_ref(), x, features, device).map_err(|e| format!("predict: {e}"))?;
+        probs.push(Probs::softmax(&z, spec_classes(&spec), temperature));
+    }
+    Probs::average(&probs).ok_or_else(|| "the ensemble has no members, or members disagree on the classes".into())
+}
+
+/// The number of classes a model spec predicts.
+pub fn spec_classes(spec: &ModelSpec) -> usize {
+    match spec {
+        ModelSpec::Mlp(s) => s.n_out,
+        ModelSpec::Convnet(s) => s.n_out,
+        ModelSpec::Resnet(s) => s.n_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probs(rows: &[[f32; 3]]) -> Probs {
+        Probs { rows: rows.len(), classes: 3, values: rows.iter().flatten().copied().collect() }
+    }
+
+    /// Three members, each right on two of three examples but wrong on a different
+    /// one: every member scores 2/3, their average 3/3.
+    #[test]
+    fn an_ensemble_of_different_mistakes_beats_each_member() {
+        let labels = [0, 1, 2];
+        let a = probs(&[[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]);
+        let b = probs(&[[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.1, 0.1, 0.8]]);
+        let c = probs(&[[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.7, 0.1, 0.2]]);
+        for member in [&a, &b, &c] {
+            assert!((member.score(&labels).acc - 2.0 / 3.0).abs() < 1e-12);
+        }
+        let mean = Probs::average(&[a.clone(), b, c]).unwrap();
+        for (p, expected) in mean.row(0).iter().zip([0.6, 0.3, 0.1]) {
+            assert!((f64::from(*p) - expected).abs() < 1e-6, "{:?}", mean.row(0));
+        }
+        let score = mean.score(&labels);
+        assert_eq!(score.acc, 1.0);
+        // Each true-class probability is 0.6: the log loss is -ln(0.6).
+        assert!((score.loss + 0.6f64.ln()).abs() < 1e-6, "{score:?}");
+        // Member a: -(ln 0.2 + ln 0.8 + ln 0.8) / 3.
+        let a_loss = -(0.2f64.ln() + 2.0 * 0.8f64.ln()) / 3.0;
+        assert!((a.score(&labels).loss - a_loss).abs() < 1e-6);
+        assert!(Probs::average(&[]).is_none());
+    }
+
+    #[test]
+    fn temperature_softens_without_reordering() {
+        let logits = [2.0f32, 1.0, 0.0];
+        let sharp = Probs::softmax(&logits, 3, 1.0);
+        let soft = Probs::softmax(&logits, 3, 4.0);
+        let e = [1.0f64, (-1.0f64).exp(), (-2.0f64).exp()];
+        let sum: f64 = e.iter().sum();
+        for (p, e) in sharp.values.iter().zip(e) {
+            assert!((f64::from(*p) - e / sum).abs() < 1e-6);
+        }
+        assert!(soft.values[0] < sharp.values[0] && soft.values[2] > sharp.values[2]);
+        assert!(soft.values[0] > soft.values[1] && soft.values[1] > soft.values[2]);
+        assert!((soft.values.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn kept_share_of_the_gain() {
+        // Best member 0.90, ensemble 0.94: a student at 0.93 keeps 75% of the gain.
+        assert!((kept_share(0.90, 0.94, 0.93) - 0.75).abs() < 1e-9);
+        assert!((kept_share(0.90, 0.94, 0.94) - 1.0).abs() < 1e-9);
+        assert!((kept_share(0.90, 0.94, 0.88) + 0.5).abs() < 1e-9);
+        assert_eq!(kept_share(0.90, 0.90, 0.95), 0.0, "no gain, nothing to keep");
+    }
+}

@@ -1,0 +1,83 @@
+//! The `squeeze` stage: an ensemble of seeds as fan-in members, each an ordinary
+//! cached `overfit` instance, and a distilled student.
+
+use crate::support::{stage_statuses, Run, TestDir};
+
+/// Short runs that pass the overfit checks, and no saved states (every member that
+/// runs trains from scratch).
+const SQUEEZE: &str = r#"
+[train]
+steps = 80
+eval_every = 40
+
+[checks.overfit]
+min_drop = 0.0
+min_train_acc = 0.0
+"#;
+
+const NO_STATES: (&str, &str) = ("PIPE_CHECKPOINT_EVERY", "0");
+
+fn build(dir: &TestDir, instance: &str) -> Run {
+    let run = dir.run_with_env(&["build", "--json", instance], &[NO_STATES]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    run
+}
+
+fn statuses(run: &Run) -> Vec<(String, String)> {
+    stage_statuses(run).into_iter().filter(|(name, _)| name != "data").collect()
+}
+
+fn pair(name: &str, status: &str) -> (String, String) {
+    (name.to_string(), status.to_string())
+}
+
+#[test]
+fn a_new_or_changed_member_retrains_only_that_member() {
+    let dir = TestDir::with_pipeline(SQUEEZE);
+    let first = build(&dir, "squeeze[squeeze.k=2]");
+    assert_eq!(
+        statuses(&first),
+        [pair("overfit", "ran"), pair("overfit[train.seed=1]", "ran"), pair("squeeze[squeeze.k=2]", "ran")]
+    );
+    let squeeze = first.stage("squeeze[squeeze.k=2]");
+    for metric in ["best_member_val_acc", "ensemble_val_acc", "val_acc", "kept_share"] {
+        assert!(squeeze["metrics"][metric].is_f64(), "{metric}: {squeeze}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/squeeze[squeeze.k=2]/squeeze.json")).unwrap())
+            .unwrap();
+    let members: Vec<&str> =
+        report["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(members, ["overfit", "overfit[train.seed=1]"]);
+
+    // A third member: only it trains.
+    let grown = build(&dir, "squeeze[squeeze.k=3]");
+    assert_eq!(
+        statuses(&grown),
+        [
+            pair("overfit", "cached"),
+            pair("overfit[train.seed=1]", "cached"),
+            pair("overfit[train.seed=2]", "ran"),
+            pair("squeeze[squeeze.k=3]", "ran"),
+        ]
+    );
+
+    // One member's checkpoint lost: only that member retrains, to the same bytes, so
+    // the ensemble is still cached (early cutoff).
+    let hash = grown.stage("overfit[train.seed=1]")["artifacts"]["checkpoint.safetensors"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(dir.path().join(".pipe/objects").join(&hash[..2]).join(&hash)).unwrap();
+    let repaired = build(&dir, "squeeze[squeeze.k=3]");
+    assert_eq!(
+        statuses(&repaired),
+        [
+            pair("overfit", "cached"),
+            pair("overfit[train.seed=1]", "ran"),
+            pair("overfit[train.seed=2]", "cached"),
+            pair("squeeze[squeeze.k=3]", "cached"),
+        ]
+    );
+    assert_eq!(repaired.hashes(), grown.hashes());
+}
