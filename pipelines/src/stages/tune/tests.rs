@@ -83,6 +83,7 @@ impl Bench {
             device: "cpu",
             progress: &NoProgress,
             cancel: &cancel,
+            resume: &workspace::NoResume,
         };
         let output = stage.execute(&ctx).unwrap_or_else(|error| panic!("{id}: {error}"));
         let artifacts = output
