@@ -31,14 +31,26 @@ impl ProgressSink for Bars {
             return Box::new(workspace::NoProgress);
         }
         if self.terminal {
-            Box::new(Bar { multi: self.multi.clone(), bar: Mutex::new(None) })
+            Box::new(Bar { name: name.to_string(), multi: self.multi.clone(), bar: Mutex::new(None) })
         } else {
             Box::new(LogLines { name: name.to_string(), state: Mutex::new(LogState::default()) })
         }
     }
 }
 
+/// What a progress line or bar is called: the stage's own label, or the action's
+/// instance name when the action is an instance of that stage (a tuning trial,
+/// `overfit[train.lr=0.001,...]`), so that parallel trials can be told apart.
+fn label(action: &str, stage: &str) -> String {
+    if action.len() > stage.len() && action.starts_with(stage) && action[stage.len()..].starts_with('[') {
+        action.to_string()
+    } else {
+        stage.to_string()
+    }
+}
+
 struct Bar {
+    name: String,
     multi: MultiProgress,
     bar: Mutex<Option<ProgressBar>>,
 }
@@ -50,7 +62,7 @@ impl Progress for Bar {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         bar.set_style(style);
-        bar.set_prefix(stage.to_string());
+        bar.set_prefix(label(&self.name, stage));
         if let Some(old) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).replace(bar) {
             old.finish_and_clear();
         }
@@ -101,7 +113,7 @@ impl Progress for LogLines {
     fn begin(&self, stage: &str, total: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        *state = LogState { stage: stage.to_string(), total, started: Some(now), last_line: Some(now) };
+        *state = LogState { stage: label(&self.name, stage), total, started: Some(now), last_line: Some(now) };
     }
 
     fn advance(&self, done: u64, message: &str) {

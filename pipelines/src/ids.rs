@@ -99,6 +99,14 @@ pub mod knob {
         REGULARIZE_RUNGS = "regularize.rungs",
         EVALUATE_MODEL = "evaluate.model",
         CACHE_REMOTE = "cache.remote",
+        // Random search (issue 11).
+        TUNE_TRIALS = "tune.trials",
+        TUNE_SEED = "tune.seed",
+        TUNE_SPACE = "tune.space",
+        TUNE_STEPS = "tune.steps",
+        TUNE_HALVING = "tune.halving",
+        TUNE_MIN_STEPS = "tune.min_steps",
+        TUNE_EDGE = "checks.tune.edge",
         // Squeeze: ensembles and distillation (issue 13).
         SQUEEZE_K = "squeeze.k",
         SQUEEZE_TEMPERATURE = "squeeze.temperature",
@@ -127,6 +135,7 @@ pub mod stage {
         OVERFIT = "overfit",
         BEATS_BASELINES = "beats_baselines",
         REGULARIZE = "regularize",
+        TUNE = "tune",
         SQUEEZE = "squeeze",
         EVALUATE = "evaluate",
     });

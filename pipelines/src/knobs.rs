@@ -242,6 +242,19 @@ pub fn schema() -> Vec<KnobSpec> {
             ScoredModel::Overfit,
             "evaluate: the stage whose model (its checkpoint.safetensors) is scored on the test split",
         ),
+        // Random search (issue 11).
+        KnobSpec::new("tune.trials", Int { min: 1, max: 100_000 }, int(16), "tune: random-search trials (raising it keeps the earlier trials)"),
+        KnobSpec::new("tune.seed", Int { min: 0, max: i64::MAX }, int(0), "tune: seed of the trial points"),
+        KnobSpec::new(
+            "tune.space",
+            StrList,
+            KnobValue::StrList(vec!["train.lr = log(1e-4, 1e-2)".into(), "train.batch_size = choice(32, 64, 128)".into()]),
+            "tune: searched knobs, each \"KNOB = log(a, b)\", \"uniform(a, b)\", \"int(a, b)\" or \"choice(v1, v2, ...)\"",
+        ),
+        KnobSpec::new("tune.steps", Int { min: 0, max: BIG }, int(0), "tune: training steps of each trial (0: train.steps)"),
+        KnobSpec::new("tune.halving", Int { min: 0, max: 64 }, int(0), "tune: successive halving rate eta, keeping the best 1/eta of each rung (0: off)"),
+        KnobSpec::new("tune.min_steps", Int { min: 1, max: BIG }, int(100), "tune: training steps of the first halving rung (then x eta up to tune.steps)"),
+        KnobSpec::new("checks.tune.edge", Float { min: 0.0, max: 0.5 }, float(0.05), "tune: warn when the best value lies in this outer share of its searched range"),
         // Squeeze: ensembles and distillation (issue 13).
         KnobSpec::new("squeeze.k", Int { min: 1, max: 64 }, int(3), "squeeze: ensemble members, overfit under train.seed, train.seed + 1, ..."),
         KnobSpec::new("squeeze.temperature", Float { min: 0.05, max: 100.0 }, float(4.0), "squeeze: softmax temperature of the ensemble's predictions the student learns from"),

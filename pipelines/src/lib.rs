@@ -20,6 +20,7 @@ pub mod sources;
 pub mod stages;
 pub mod tensors;
 pub mod train;
+pub mod tune;
 
 /// The models' old path (`crate::model::Model`), kept for code written before the zoo.
 pub use models as model;

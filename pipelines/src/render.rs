@@ -589,10 +589,10 @@ impl Panel {
     }
 }
 
-const PANEL_W: f64 = 640.0;
-const PANEL_H: f64 = 340.0;
+pub(crate) const PANEL_W: f64 = 640.0;
+pub(crate) const PANEL_H: f64 = 340.0;
 /// The plot area within a panel: left, top, width, height.
-const PLOT: (f64, f64, f64, f64) = (78.0, 34.0, 380.0, 250.0);
+pub(crate) const PLOT: (f64, f64, f64, f64) = (78.0, 34.0, 380.0, 250.0);
 
 /// Panels in one SVG, two per row. Each has labelled ticks on both axes, axis
 /// titles, a grid, and its legend to the right of the plot area.
@@ -628,7 +628,14 @@ fn segments(points: &[(f64, f64)], x: &Axis, y: &Axis) -> Vec<Vec<(f64, f64)>> {
 
 /// The frame of a plot area at (left, top) of `size`: grid, ticks, tick labels,
 /// axis titles.
-fn axes_svg(svg: &mut String, (left, top): (f64, f64), (w, h): (f64, f64), x: &Axis, y: &Axis, titles: (&str, &str)) {
+pub(crate) fn axes_svg(
+    svg: &mut String,
+    (left, top): (f64, f64),
+    (w, h): (f64, f64),
+    x: &Axis,
+    y: &Axis,
+    titles: (&str, &str),
+) {
     for (value, text) in &x.ticks {
         let Some(f) = x.frac(*value) else { continue };
         let px = left + f * w;
@@ -707,7 +714,7 @@ fn chart_panel(svg: &mut String, panel: &Panel, at: (f64, f64)) {
 
 /// A legend at (x, y): a colour swatch and the name of each line, one per row; the
 /// rows that do not fit the plot's height are summarised as "+N more".
-fn legend_svg(svg: &mut String, series: &[Series], (x, y): (f64, f64)) {
+pub(crate) fn legend_svg(svg: &mut String, series: &[Series], (x, y): (f64, f64)) {
     let fits = ((PLOT.3 - 4.0) / 15.0) as usize;
     let shown = if series.len() > fits { fits - 1 } else { series.len() };
     for (i, line) in series.iter().take(shown).enumerate() {

@@ -6,13 +6,14 @@ mod data;
 mod engine;
 mod hardening;
 mod history;
-mod remote;
 mod regularize;
+mod remote;
 mod report;
 mod resume;
 mod skeleton;
 mod squeeze;
 mod support;
+mod tune;
 mod zoo;
 
 use support::{stage_statuses, TestDir};

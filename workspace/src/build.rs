@@ -167,6 +167,12 @@ pub fn build(
     mut on_stage: impl FnMut(&StageReport),
 ) -> BuildResult {
     let mut instances: Vec<InstanceSpec> = instances.to_vec();
+    // Instances met later are only members of a fan-in stage (trials, rungs): their
+    // failed verdicts are judged by that stage, so only a failed execution stops the build.
+    let targeted = instances.len();
+    let stops = |index: usize, report: &StageReport| {
+        !options.keep_going && (report.status == Some(StageStatus::Failed) || (index < targeted && report.failed()))
+    };
     let mut handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
     let mut present: HashSet<InstanceSpec> = instances.iter().cloned().collect();
     let stop = Cancel::default();
@@ -193,6 +199,7 @@ pub fn build(
         // instance's key, once known, is final for this build (its upstream results
         // are set once), so later passes do not ask salsa again.
         let free = jobs.saturating_sub(running.len());
+        let settled_before = reports.len();
         let mut ready: Vec<(usize, Action)> = Vec::new();
         let mut ready_keys: HashSet<StageKey> = HashSet::new();
         let mut discovered: Vec<InstanceSpec> = Vec::new();
@@ -245,7 +252,7 @@ pub fn build(
                         if let Some(output) = cached {
                             db.set_result(*instance, Some(Done { key, output }));
                             let report = settled(db, *instance, &inputs, StageStatus::Cached, 0.0);
-                            stopped |= report.failed() && !options.keep_going;
+                            stopped |= stops(index, &report);
                             on_stage(&report);
                             reports.insert(index, report);
                             continue;
@@ -289,6 +296,11 @@ pub fn build(
             continue;
         }
         if running.is_empty() {
+            if reports.len() > settled_before && !stopped {
+                // Instances settled from the cache this pass (members found cached):
+                // a fan-in stage listed before them can now compute its key.
+                continue;
+            }
             break;
         }
         // Wait for one action to finish, watching for Ctrl-C.
@@ -375,7 +387,7 @@ pub fn build(
                     }
                 }
             };
-            stopped |= report.failed() && !options.keep_going;
+            stopped |= stops(index, &report);
             on_stage(&report);
             reports.insert(index, report);
         }

@@ -31,22 +31,29 @@ pub struct Evaluate;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScoredModel {
     Overfit,
+    Regularize,
+    Tune,
+    Squeeze,
 }
 
 impl workspace::ChoiceKnob for ScoredModel {
-    const OPTIONS: &'static [&'static str] = &["overfit"];
+    const OPTIONS: &'static [&'static str] = &["overfit", "regularize", "tune", "squeeze"];
 
     fn from_index(index: usize) -> ScoredModel {
-        [ScoredModel::Overfit][index]
+        ScoredModel::ALL[index]
     }
 }
 
 impl ScoredModel {
-    pub const ALL: &'static [ScoredModel] = &[ScoredModel::Overfit];
+    pub const ALL: &'static [ScoredModel] =
+        &[ScoredModel::Overfit, ScoredModel::Regularize, ScoredModel::Tune, ScoredModel::Squeeze];
 
     pub fn stage(self) -> StageId {
         match self {
             ScoredModel::Overfit => stage::OVERFIT,
+            ScoredModel::Regularize => stage::REGULARIZE,
+            ScoredModel::Tune => stage::TUNE,
+            ScoredModel::Squeeze => stage::SQUEEZE,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod overfit;
 pub mod overfit_batch;
 pub mod regularize;
 pub mod squeeze;
+pub mod tune;
 pub mod zero_input_baseline;
 
 use std::path::Path;
@@ -146,6 +147,7 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(overfit_stage),
         entry(beats_baselines::BeatsBaselines),
         entry(ladder_stage),
+        entry(tune::Tune),
         entry(squeeze::Squeeze),
         entry(evaluate::Evaluate),
     ]
@@ -172,15 +174,21 @@ pub fn targets() -> Vec<Target> {
     overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES, stage::EVALUATE]);
     let mut regularize = overfit.clone();
     regularize.push(stage::REGULARIZE);
+    let mut tune = overfit.clone();
+    tune.insert(tune.len() - 1, stage::TUNE);
     let mut squeeze = overfit.clone();
     squeeze.push(stage::SQUEEZE);
     vec![
         Target::new("inspect", "become one with the data", vec![stage::DATA, stage::INSPECT]),
         Target::new("skeleton", "end-to-end skeleton with dumb baselines", skeleton),
         Target::new("overfit", "skeleton, then overfit the training split and score the test split", overfit.clone()),
-        Target::new("regularize", "overfit, then a ladder of regularized, early-stopped variants", regularize.clone()),
-        Target::new("squeeze", "overfit, then an ensemble of seeds and a student distilled from it", squeeze),
-        Target::new("all", "every stage", regularize),
+        Target::new("regularize", "overfit, then a ladder of regularized, early-stopped variants", regularize.clone())
+            .with(evaluate::ScoredModel::Regularize.instance()),
+        Target::new("tune", "overfit, then random search over tune.space", tune)
+            .with(evaluate::ScoredModel::Tune.instance()),
+        Target::new("squeeze", "overfit, then an ensemble of seeds and a student distilled from it", squeeze)
+            .with(evaluate::ScoredModel::Squeeze.instance()),
+        Target::new("all", "every stage", regularize).with(evaluate::ScoredModel::Regularize.instance()),
     ]
 }
 
@@ -233,6 +241,7 @@ mod tests {
                 "overfit",
                 "beats_baselines",
                 "regularize",
+                "tune",
                 "squeeze",
                 "evaluate",
             ]
