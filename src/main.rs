@@ -31,6 +31,10 @@ fn main() -> ExitCode {
     // thread. Results do not depend on the thread count.
     let threads = cli.threads.unwrap_or(1).max(1);
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // The remote cache reaches `pipe exec-action` children through the environment.
+    if let Some(url) = &cli.remote_cache {
+        std::env::set_var(project::REMOTE_ENV, url);
+    }
     init_tracing(cli.verbose);
     match run(&cli) {
         Ok(code) => ExitCode::from(code),

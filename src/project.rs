@@ -101,6 +101,7 @@ impl Project {
         let cache = Cache::open(&self.cache_dir)
             .with_context(|| format!("opening cache {}", self.cache_dir.display()))
             .map_err(failed)?;
+        let cache = with_remote(cache, &config)?;
         let fingerprints = pipelines::fingerprints(&config, &base_dir, cache.stats()).map_err(usage)?;
         let db = Database::new(recipe, cache.clone(), &config, fingerprints, &self.device);
         Ok(Session { config, cache, db, device: self.device.clone() })
@@ -108,10 +109,33 @@ impl Project {
 
     /// Opens the cache directory without a pipeline file (for `exec-action`).
     pub fn open_cache(&self) -> Result<Cache, Failure> {
-        Cache::open(&self.cache_dir)
+        let cache = Cache::open(&self.cache_dir)
             .with_context(|| format!("opening cache {}", self.cache_dir.display()))
-            .map_err(failed)
+            .map_err(failed)?;
+        match std::env::var(REMOTE_ENV) {
+            Ok(url) if !url.is_empty() => Ok(cache.with_remote(cache::remote::open(&url).map_err(usage)?)),
+            _ => Ok(cache),
+        }
     }
+}
+
+/// The environment variable naming the remote cache (`--remote-cache` sets it).
+pub const REMOTE_ENV: &str = "PIPE_REMOTE_CACHE";
+
+/// `cache` with the remote tier of `--remote-cache` / `PIPE_REMOTE_CACHE`, else of
+/// `cache.remote` in pipe.toml; the URL is passed on to `exec-action` children.
+fn with_remote(cache: Cache, config: &Config) -> Result<Cache, Failure> {
+    let from_env = std::env::var(REMOTE_ENV).ok().filter(|url| !url.is_empty());
+    let from_config = config.get("cache.remote").and_then(|value| value.as_str()).filter(|url| !url.is_empty());
+    let Some(url) = from_env.or(from_config.map(str::to_string)) else { return Ok(cache) };
+    let remote = cache::remote::open(&url).map_err(|error| match from_config {
+        Some(_) if std::env::var(REMOTE_ENV).is_err() => {
+            usage(config.error_at("cache.remote", error.to_string(), None))
+        }
+        _ => usage(error),
+    })?;
+    std::env::set_var(REMOTE_ENV, &url);
+    Ok(cache.with_remote(remote))
 }
 
 /// A loaded pipeline: resolved config, the cache and the database.

@@ -81,6 +81,8 @@ pub struct ActionCache {
     last: PathBuf,
     quarantine: PathBuf,
     store: Store,
+    /// A shared remote cache behind this one, if configured.
+    remote: Option<std::sync::Arc<crate::remote::Tier>>,
 }
 
 impl ActionCache {
@@ -91,7 +93,65 @@ impl ActionCache {
             last: root.join("last"),
             quarantine: root.join("quarantine"),
             store,
+            remote: None,
         }
+    }
+
+    pub(crate) fn set_remote(&mut self, remote: std::sync::Arc<crate::remote::Tier>) {
+        self.remote = Some(remote);
+    }
+
+    pub fn remote(&self) -> Option<&crate::remote::Tier> {
+        self.remote.as_deref()
+    }
+
+    /// The entry of `key` from the remote cache, written locally once every object it
+    /// names is in the local store and verified (a corrupt remote object is refused).
+    fn fetch(&self, key: &StageKey) -> Option<Manifest> {
+        let tier = self.remote.as_deref()?;
+        let bytes = tier.call(|remote| remote.get_action(key))??;
+        let manifest = match Manifest::decode(&bytes) {
+            Ok(manifest) if manifest.key == *key && manifest.inputs.key() == *key => manifest,
+            _ => {
+                tracing::warn!(key = %key.short(), remote = %tier.describe(), "remote action entry is corrupt: not used");
+                return None;
+            }
+        };
+        for (name, artifact) in &manifest.artifacts {
+            if self.store.verify(&artifact.hash) {
+                continue;
+            }
+            let bytes = tier.call(|remote| remote.get_object(&artifact.hash))??;
+            if crate::ArtifactHash::of(&bytes) != artifact.hash {
+                tracing::warn!(stage = %manifest.stage, artifact = %name, hash = %artifact.hash.short(),
+                    remote = %tier.describe(), "remote object is corrupt (its bytes do not match its hash): not used");
+                return None;
+            }
+            tier.count_fetch(bytes.len());
+            if let Err(err) = self.store.put(&bytes) {
+                tracing::warn!(%err, "could not store a fetched object");
+                return None;
+            }
+        }
+        write_atomic(&self.root, &self.path(key), &bytes).ok()?;
+        Some(manifest)
+    }
+
+    /// Uploads the objects of `manifest` the remote lacks, then the entry itself.
+    fn upload(&self, manifest: &Manifest, entry: &[u8]) {
+        let Some(tier) = self.remote.as_deref() else { return };
+        for artifact in manifest.artifacts.values() {
+            let Some(present) = tier.call(|remote| remote.has_object(&artifact.hash)) else { return };
+            if present {
+                continue;
+            }
+            let Ok(bytes) = self.store.get(&artifact.hash) else { return };
+            if tier.call(|remote| remote.put_object(&artifact.hash, &bytes)).is_none() {
+                return;
+            }
+            tier.count_upload();
+        }
+        tier.call(|remote| remote.put_action(&manifest.key, entry));
     }
 
     pub(crate) fn path(&self, key: &StageKey) -> PathBuf {
@@ -101,6 +161,10 @@ impl ActionCache {
 
     /// The manifest stored under `key`, if it and every object it names are intact.
     pub fn get(&self, key: &StageKey) -> Option<Manifest> {
+        self.get_local(key).or_else(|| self.fetch(key))
+    }
+
+    fn get_local(&self, key: &StageKey) -> Option<Manifest> {
         let path = self.path(key);
         let bytes = match crate::fs::read(&self.root, &path) {
             Ok(bytes) => bytes,
@@ -152,7 +216,10 @@ impl ActionCache {
         }
         let bytes = manifest.encode().map_err(|source| CacheError::Json { path: self.path(&manifest.key), source })?;
         write_atomic(&self.root, &self.path(&manifest.key), &bytes)?;
-        self.set_last(manifest)
+        self.set_last(manifest)?;
+        // Write-through, after the local success.
+        self.upload(manifest, &bytes);
+        Ok(())
     }
 
     /// Remembers `manifest` as the latest build of its stage (used by `pipe status`).

@@ -33,6 +33,7 @@ mod key;
 mod lock;
 mod out;
 mod queue;
+pub mod remote;
 mod resume;
 mod run_index;
 mod runs;
@@ -85,6 +86,12 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The same cache with a shared remote tier behind its action cache.
+    pub fn with_remote(mut self, remote: Box<dyn remote::Remote>) -> Cache {
+        self.actions.set_remote(std::sync::Arc::new(remote::Tier::new(remote)));
+        self
     }
 
     pub fn store(&self) -> &Store {

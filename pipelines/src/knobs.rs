@@ -207,6 +207,12 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("model.depth", Int { min: 1, max: 64 }, int(1), "resnet: basic blocks in each of its three stages"),
         KnobSpec::new("model.width", Int { min: 1, max: 1024 }, int(16), "resnet: channels of the first stage (then 2x and 4x)"),
         KnobSpec::new("checks.evaluate.worst", Int { min: 0, max: 10_000 }, int(16), "evaluate: highest-loss test examples to list and draw"),
+        KnobSpec::new(
+            "cache.remote",
+            Str,
+            text(""),
+            "a shared remote cache behind .pipe: http://host:port/prefix (Bazel's HTTP cache protocol); never in a key; --remote-cache and env PIPE_REMOTE_CACHE override it",
+        ),
         KnobSpec::choice(
             knob::EVALUATE_MODEL,
             ScoredModel::Overfit,

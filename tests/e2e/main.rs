@@ -6,6 +6,7 @@ mod data;
 mod engine;
 mod hardening;
 mod history;
+mod remote;
 mod report;
 mod resume;
 mod skeleton;

@@ -1,0 +1,224 @@
+//! A shared remote cache behind the local one: objects (`cas/<blake3>`) and action
+//! entries (`ac/<key>`), the layout of Bazel's HTTP remote-cache protocol, so any
+//! WebDAV-capable server (nginx with `dav_methods PUT`) or a Bazel cache server holds
+//! them.
+//!
+//! The local cache stays the only owner of paths, gc and fsck; the remote is tiered
+//! behind it: a local miss asks the remote, every downloaded object is verified
+//! against its blake3 name before it enters the local store, an entry is written
+//! locally only once all of its objects are in, and uploads happen after a local
+//! success, objects first and the entry last (so a remote entry never names a missing
+//! object). A remote that is down, slow or refuses a request costs one warning and
+//! the rest of the build runs locally: it never fails a build. Credentials never
+//! appear in pipe.toml or anything `pipe` writes.
+
+use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::{ArtifactHash, StageKey};
+
+/// The largest object or entry fetched from a remote (a bound, not a hope).
+const MAX_DOWNLOAD: u64 = 8 << 30;
+
+/// Why a remote request did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{url}: {message}")]
+    Unavailable { url: String, message: String },
+    #[error("remote cache URL `{0}`: only http:// is supported here (https and s3 are not built in yet)")]
+    Unsupported(String),
+}
+
+/// A remote content-addressed store and action cache.
+pub trait Remote: Send + Sync + std::fmt::Debug {
+    /// The bytes stored under `cas/<hash>`, `None` when absent. Not verified here.
+    fn get_object(&self, hash: &ArtifactHash) -> Result<Option<Vec<u8>>, RemoteError>;
+    fn has_object(&self, hash: &ArtifactHash) -> Result<bool, RemoteError>;
+    fn put_object(&self, hash: &ArtifactHash, bytes: &[u8]) -> Result<(), RemoteError>;
+    /// The manifest bytes stored under `ac/<key>`, `None` when absent.
+    fn get_action(&self, key: &StageKey) -> Result<Option<Vec<u8>>, RemoteError>;
+    fn put_action(&self, key: &StageKey, bytes: &[u8]) -> Result<(), RemoteError>;
+    /// Where it is, for messages (no credentials).
+    fn describe(&self) -> String;
+}
+
+/// The remote of a build: a backend and whether it still answers. After the first
+/// failure it is switched off for the rest of the process, with one warning.
+#[derive(Debug)]
+pub struct Tier {
+    backend: Box<dyn Remote>,
+    down: AtomicBool,
+    /// Objects and entries fetched or uploaded, for `pipe` to report.
+    pub stats: TierStats,
+}
+
+#[derive(Debug, Default)]
+pub struct TierStats {
+    pub fetched_bytes: std::sync::atomic::AtomicU64,
+    pub fetched_objects: std::sync::atomic::AtomicU64,
+    pub uploaded_objects: std::sync::atomic::AtomicU64,
+}
+
+impl Tier {
+    pub fn new(backend: Box<dyn Remote>) -> Tier {
+        Tier { backend, down: AtomicBool::new(false), stats: TierStats::default() }
+    }
+
+    /// Runs `request` unless the remote is down; a failure switches it off (warning once).
+    pub(crate) fn call<T>(&self, request: impl FnOnce(&dyn Remote) -> Result<T, RemoteError>) -> Option<T> {
+        if self.down.load(Ordering::SeqCst) {
+            return None;
+        }
+        match request(self.backend.as_ref()) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                if !self.down.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        "remote cache unavailable ({error}): building locally; results are not shared this time"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub(crate) fn count_fetch(&self, bytes: usize) {
+        self.stats.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats.fetched_objects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_upload(&self) {
+        self.stats.uploaded_objects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens the remote named by `url` (`http://host:port/prefix`).
+pub fn open(url: &str) -> Result<Box<dyn Remote>, RemoteError> {
+    if url.starts_with("http://") {
+        Ok(Box::new(HttpRemote::new(url)))
+    } else {
+        Err(RemoteError::Unsupported(redact(url)))
+    }
+}
+
+/// The Bazel HTTP remote-cache protocol: `GET`/`PUT`/`HEAD` on `<base>/cas/<hash>`
+/// and `<base>/ac/<key>`; 404 means absent.
+#[derive(Debug)]
+pub struct HttpRemote {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl HttpRemote {
+    pub fn new(base: &str) -> HttpRemote {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout_read(Duration::from_secs(60))
+            .timeout_write(Duration::from_secs(60))
+            .build();
+        HttpRemote { base: base.trim_end_matches('/').to_string(), agent }
+    }
+
+    fn url(&self, kind: &str, name: &str) -> String {
+        format!("{}/{kind}/{name}", self.base)
+    }
+
+    fn unavailable(url: &str, error: impl std::fmt::Display) -> RemoteError {
+        let message = error.to_string();
+        // ureq's transport errors already name the URL.
+        let message = match message.strip_prefix(url) {
+            Some(rest) => rest.trim_start_matches(": ").to_string(),
+            None => message,
+        };
+        RemoteError::Unavailable { url: url.to_string(), message }
+    }
+
+    fn get(&self, url: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        match self.agent.get(url).call() {
+            Ok(response) => {
+                let mut bytes = Vec::new();
+                response
+                    .into_reader()
+                    .take(MAX_DOWNLOAD)
+                    .read_to_end(&mut bytes)
+                    .map_err(|error| Self::unavailable(url, error))?;
+                Ok(Some(bytes))
+            }
+            Err(ureq::Error::Status(404, _)) => Ok(None),
+            Err(error) => Err(Self::unavailable(url, error)),
+        }
+    }
+
+    fn put(&self, url: &str, bytes: &[u8]) -> Result<(), RemoteError> {
+        match self.agent.put(url).send_bytes(bytes) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(Self::unavailable(url, error)),
+        }
+    }
+}
+
+impl Remote for HttpRemote {
+    fn get_object(&self, hash: &ArtifactHash) -> Result<Option<Vec<u8>>, RemoteError> {
+        self.get(&self.url("cas", &hash.to_hex()))
+    }
+
+    fn has_object(&self, hash: &ArtifactHash) -> Result<bool, RemoteError> {
+        let url = self.url("cas", &hash.to_hex());
+        match self.agent.head(&url).call() {
+            Ok(_) => Ok(true),
+            Err(ureq::Error::Status(404, _)) => Ok(false),
+            Err(error) => Err(Self::unavailable(&url, error)),
+        }
+    }
+
+    fn put_object(&self, hash: &ArtifactHash, bytes: &[u8]) -> Result<(), RemoteError> {
+        self.put(&self.url("cas", &hash.to_hex()), bytes)
+    }
+
+    fn get_action(&self, key: &StageKey) -> Result<Option<Vec<u8>>, RemoteError> {
+        self.get(&self.url("ac", &key.to_hex()))
+    }
+
+    fn put_action(&self, key: &StageKey, bytes: &[u8]) -> Result<(), RemoteError> {
+        self.put(&self.url("ac", &key.to_hex()), bytes)
+    }
+
+    fn describe(&self) -> String {
+        redact(&self.base)
+    }
+}
+
+/// `url` without the credentials it might carry (`http://user:secret@host` -> `http://host`).
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            if path.is_empty() && !rest.contains('/') {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_never_shown() {
+        assert_eq!(redact("http://user:secret@host:8080/prefix"), "http://host:8080/prefix");
+        assert_eq!(redact("s3://key:secret@bucket"), "s3://bucket");
+        assert_eq!(redact("http://host/x"), "http://host/x");
+        let error = open("ftp://u:secret@example.org/x").unwrap_err().to_string();
+        assert!(!error.contains("secret"), "{error}");
+    }
+}
