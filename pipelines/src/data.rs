@@ -55,6 +55,8 @@ pub enum DataError {
     EmptyVal { fractions: Vec<f64>, pool: usize },
     #[error("the dataset has no features (every example is empty)")]
     NoFeatures,
+    #[error("data.downscale = {factor} needs images of at least {factor}x{factor} pixels, but examples have shape {shape:?}")]
+    Downscale { factor: usize, shape: Vec<usize> },
     #[error(transparent)]
     Config(#[from] workspace::ConfigError),
     #[error("dataset artifact: {0}")]
@@ -73,6 +75,7 @@ impl DataError {
                 | DataError::EmptyTrain
                 | DataError::EmptyVal { .. }
                 | DataError::NoFeatures
+                | DataError::Downscale { .. }
                 | DataError::Config(_)
         )
     }
@@ -287,6 +290,38 @@ pub fn split(raw: &RawDataset, fractions: &[f64], seed: u64) -> Result<[Vec<u32>
     Ok(parts)
 }
 
+/// `data.downscale`: each `factor x factor` block of every image channel replaced by
+/// its mean (area averaging; trailing rows and columns that do not fill a block are
+/// dropped). Factor 1 returns `raw` unchanged.
+pub fn downscale(raw: RawDataset, factor: usize) -> Result<RawDataset, DataError> {
+    if factor <= 1 {
+        return Ok(raw);
+    }
+    let image = crate::models::image_shape(&raw.shape).filter(|&(_, h, w)| h >= factor && w >= factor);
+    let Some((c, h, w)) = image else {
+        return Err(DataError::Downscale { factor, shape: raw.shape.clone() });
+    };
+    let (oh, ow) = (h / factor, w / factor);
+    let area = (factor * factor) as f64;
+    let mut x = Vec::with_capacity(raw.len() * c * oh * ow);
+    for example in raw.x.chunks(c * h * w) {
+        for plane in example.chunks(h * w) {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut sum = 0f64;
+                    for di in 0..factor {
+                        let row = &plane[(i * factor + di) * w..(i * factor + di + 1) * w];
+                        sum += row[j * factor..(j + 1) * factor].iter().map(|&v| v as f64).sum::<f64>();
+                    }
+                    x.push((sum / area) as f32);
+                }
+            }
+        }
+    }
+    let shape = if raw.shape.len() == 3 { vec![c, oh, ow] } else { vec![oh, ow] };
+    Ok(RawDataset { x, shape, ..raw })
+}
+
 /// Splits and normalises `raw` (statistics from the training split only).
 pub fn prepare(
     raw: &RawDataset,
@@ -384,6 +419,26 @@ mod tests {
         assert_eq!(zeros, (178.0f64 * 0.6).round() as usize);
         assert!(split(&raw, &[0.5, 0.2], 0).is_err());
         assert!(split(&raw, &[0.5, 0.2, 0.2], 0).is_err());
+    }
+
+    #[test]
+    fn downscale_averages_blocks() {
+        // Two 1x4x4 images holding 0..16 and 16..32: 2x2 blocks average to 2.5, 4.5, 10.5, 12.5.
+        let raw = RawDataset {
+            x: (0..32).map(|v| v as f32).collect(),
+            y: vec![0, 1],
+            shape: vec![1, 4, 4],
+            class_names: vec!["a".into(), "b".into()],
+            test_start: None,
+            value_range: None,
+        };
+        let small = downscale(raw.clone(), 2).unwrap();
+        assert_eq!(small.shape, [1, 2, 2]);
+        assert_eq!(small.x, [2.5, 4.5, 10.5, 12.5, 18.5, 20.5, 26.5, 28.5]);
+        assert_eq!(downscale(raw.clone(), 1).unwrap().x, raw.x);
+        assert!(matches!(downscale(raw.clone(), 5), Err(DataError::Downscale { factor: 5, .. })));
+        let tabular = RawDataset { shape: vec![16], ..raw };
+        assert!(matches!(downscale(tabular, 2), Err(DataError::Downscale { .. })));
     }
 
     #[test]

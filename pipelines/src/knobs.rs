@@ -8,6 +8,7 @@ use crate::ids::knob;
 use crate::models::{Activation, ModelKind};
 use crate::stages::data::Normalize;
 use crate::stages::evaluate::ScoredModel;
+use crate::stages::regularize::rungs::DEFAULT_RUNGS;
 use crate::stages::squeeze::StudentKind;
 use crate::train::{OptimizerName, ScheduleName};
 
@@ -207,6 +208,29 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("model.depth", Int { min: 1, max: 64 }, int(1), "resnet: basic blocks in each of its three stages"),
         KnobSpec::new("model.width", Int { min: 1, max: 1024 }, int(16), "resnet: channels of the first stage (then 2x and 4x)"),
         KnobSpec::new("checks.evaluate.worst", Int { min: 0, max: 10_000 }, int(16), "evaluate: highest-loss test examples to list and draw"),
+        // Regularization (issue 10): read by `overfit` (and `batch_preview` for augment.*).
+        KnobSpec::new("augment.crop_pad", Int { min: 0, max: 64 }, int(0), "images: pad by this many zero pixels, then crop back at a random offset (0: off)"),
+        KnobSpec::new("augment.hflip", Bool, KnobValue::Bool(false), "images: mirror left-right with probability 1/2 (wrong for digits and text)"),
+        KnobSpec::new("augment.translate", Float { min: 0.0, max: 0.5 }, float(0.0), "images: random shift up to this fraction of the height and width, sub-pixel (0: off)"),
+        KnobSpec::new("augment.rotate", Float { min: 0.0, max: 180.0 }, float(0.0), "images: random rotation up to this many degrees either way (0: off)"),
+        KnobSpec::new("augment.cutout", Int { min: 0, max: 1024 }, int(0), "images: zero (the training mean) a random square of this side (0: off)"),
+        KnobSpec::new("augment.noise", Float { min: 0.0, max: 100.0 }, float(0.0), "Gaussian input noise of this standard deviation, in normalised units (0: off)"),
+        KnobSpec::new("model.dropout", Float { min: 0.0, max: 0.95 }, float(0.0), "dropout rate in training: units of dense layers, whole channels of conv layers (0: off)"),
+        KnobSpec::new(
+            "model.init_from",
+            Str,
+            text(""),
+            "overfit starts from this safetensors checkpoint (tensors by name; relative to pipe.toml), or another pipe project's directory (its overfit checkpoint); empty: fresh init",
+        ),
+        KnobSpec::new("data.downscale", Int { min: 1, max: 64 }, int(1), "images: average each f x f block (2: 28x28 -> 14x14; 1: off)"),
+        KnobSpec::new("train.early_stopping", Bool, KnobValue::Bool(false), "overfit: keep the weights of the best validation loss, stop after train.patience evaluations without improvement"),
+        KnobSpec::new("train.patience", Int { min: 1, max: BIG }, int(5), "early stopping: evaluations without a better validation loss before stopping"),
+        KnobSpec::new(
+            "regularize.rungs",
+            StrList,
+            KnobValue::StrList(DEFAULT_RUNGS.iter().map(|rung| rung.to_string()).collect()),
+            "the ladder: each rung adds to the one before either knob=value assignments (comma-separated) or a word: augment, dropout, weight_decay, larger (2x width and steps), downscale, smaller_batch; every rung is early stopped",
+        ),
         KnobSpec::new(
             "cache.remote",
             Str,

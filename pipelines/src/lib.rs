@@ -4,6 +4,7 @@
 //! passed explicitly; stage outputs are deterministic bytes (no timestamps, no
 //! absolute paths, sorted tensor names).
 
+pub mod augment;
 pub mod compare;
 pub mod data;
 pub mod grad_deps;
@@ -114,7 +115,29 @@ pub fn fingerprints(
     Ok(BTreeMap::from([
         ("dataset".to_string(), data::fingerprint(&source, stats)?),
         ("human_labels".to_string(), human),
+        (
+            "init_from".to_string(),
+            models::pretrained::fingerprint(init_from_values(config).iter().map(String::as_str), base_dir, stats)?,
+        ),
     ]))
+}
+
+/// Every `model.init_from` value a build may use: the config's and those that
+/// `regularize.rungs` assigns (each checkpoint's hash is then in `overfit`'s key).
+fn init_from_values(config: &Config) -> Vec<String> {
+    let name = ids::knob::MODEL_INIT_FROM.as_str();
+    let mut values: Vec<String> = config.get(name).and_then(|v| v.as_str()).map(str::to_string).into_iter().collect();
+    let rungs = config.get(ids::knob::REGULARIZE_RUNGS.as_str()).and_then(|v| v.as_str_list()).unwrap_or_default();
+    for rung in rungs {
+        for assignment in stages::regularize::rungs::split_assignments(rung) {
+            if let Some((key, value)) = assignment.split_once('=') {
+                if key.trim() == name {
+                    values.push(value.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    values
 }
 
 /// Devices this build can run on.

@@ -8,9 +8,11 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer as _, ParamsAdamW};
 
+mod early_stop;
 mod schedule;
 pub mod state;
 
+pub use early_stop::EarlyStop;
 pub use schedule::{Schedule, ScheduleKind, ScheduleName};
 
 use crate::data::Split;
@@ -399,6 +401,7 @@ impl<'m> Trainer<'m> {
 
     /// One optimizer step on `(x, y)`; returns the batch loss before the step.
     pub fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<f32, TrainError> {
+        self.model.set_step(self.step);
         let loss = cross_entropy(&self.model.forward(x)?, y)?;
         self.step_on(&loss)
     }

@@ -68,6 +68,7 @@ fn diff_of_configs_differing_in_one_knob_names_it_and_exactly_the_dependent_stag
         ("overfit_batch", "different"),
         ("overfit", "different"),
         ("beats_baselines", "not_built"),
+        ("regularize", "not_built"),
         ("evaluate", "not_built"),
     ]);
     let by_file = report(&dir.run(&["diff", "pipe.toml", "b.toml", "--json"]));
@@ -86,6 +87,9 @@ fn diff_of_configs_differing_in_one_knob_names_it_and_exactly_the_dependent_stag
             } else if stage["status"] == "same" {
                 assert_eq!(stage["key_a"], stage["key_b"]);
                 assert_eq!((&stage["built_a"], &stage["built_b"]), (&Value::Bool(true), &Value::Bool(true)));
+            } else if stage["stage"] == "regularize" {
+                // Not in the default target: built on neither side.
+                assert_eq!((&stage["built_a"], &stage["built_b"]), (&Value::Bool(false), &Value::Bool(false)));
             } else {
                 assert_eq!((&stage["built_a"], &stage["built_b"]), (&Value::Bool(true), &Value::Bool(false)));
             }
@@ -96,7 +100,9 @@ fn diff_of_configs_differing_in_one_knob_names_it_and_exactly_the_dependent_stag
     assert!(overfit(&by_file)["build_b"].as_str().unwrap().ends_with("build overfit --pipeline b.toml"));
     assert!(overfit(&by_set)["build_b"].as_str().unwrap().ends_with("build overfit --set train.lr=1e-3"));
 
-    // Identical configs: no difference at all.
+    // Identical configs, every stage built (`regularize` is outside the default target):
+    // no difference at all.
+    assert_eq!(dir.build(&["all"]).code, 0);
     let same = report(&dir.run(&["diff", "pipe.toml", "pipe.toml", "--json"]));
     assert_eq!(same["knobs"], serde_json::json!([]));
     assert!(statuses(&same).iter().all(|(_, status)| status == "same"), "{:?}", statuses(&same));
@@ -151,6 +157,7 @@ fn diff_of_two_runs_shows_metric_deltas_curves_and_checkpoint_tensors() {
             ("overfit_batch", "same"),
             ("overfit", "different"),
             ("beats_baselines", "different"),
+            ("regularize", "not_built"),
             ("evaluate", "different"),
         ])
     );

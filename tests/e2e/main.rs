@@ -7,6 +7,7 @@ mod engine;
 mod hardening;
 mod history;
 mod remote;
+mod regularize;
 mod report;
 mod resume;
 mod skeleton;

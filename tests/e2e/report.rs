@@ -171,7 +171,7 @@ fn report_opens_offline_in_chromium_with_every_image_check_and_link() {
     let again = dir.run(&["report"]);
     assert_eq!(again.code, 0);
     assert_eq!(html, std::fs::read_to_string(&page).unwrap(), "the same build gives the same page");
-    let status = dir.run(&["status"]);
+    let status = dir.run(&["status", "overfit"]);
     assert!(!status.stdout.contains("stale"), "report built or changed nothing:\n{}", status.stdout);
 
     let dom = dump_dom(&page, dir.path());

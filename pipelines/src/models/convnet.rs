@@ -9,7 +9,7 @@ use std::cell::Cell;
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::layers::{conv2d, conv2d_relu, max_pool2d, Conv2dParams};
-use super::{chunked, layer_init, linear, normal, Activation, Init, Model};
+use super::{chunked, layer_init, linear, normal, Activation, Dropout, Init, Model};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvnetSpec {
@@ -42,8 +42,10 @@ pub struct Convnet {
     spec: ConvnetSpec,
     convs: Vec<(String, Var, Var)>,
     head: (Var, Var),
-    /// Only whether evaluations may run in detached chunks: no layer behaves differently.
+    /// Whether evaluations may run in detached chunks; dropout has its own copy.
     training: Cell<bool>,
+    /// Spatial dropout after each convolution (and its pool), in training mode.
+    dropout: Dropout,
 }
 
 impl Convnet {
@@ -67,7 +69,7 @@ impl Convnet {
             normal(seed, "fc.weight", &[spec.n_out, features], std, device)?,
             Var::from_vec(bias, spec.n_out, device)?,
         );
-        Ok(Convnet { spec: spec.clone(), convs, head, training: Cell::new(true) })
+        Ok(Convnet { spec: spec.clone(), convs, head, training: Cell::new(true), dropout: Dropout::new(seed) })
     }
 
     fn run(&self, x: &Tensor, trace: bool) -> Result<(Tensor, Vec<(String, Tensor)>)> {
@@ -80,6 +82,7 @@ impl Convnet {
             if spec.activation == Activation::Relu && !trace {
                 // One op for conv, ReLU and the pool: the same values, a third of the passes.
                 h = conv2d_relu(&h, weight.as_tensor(), Some(bias.as_tensor()), same, pool)?;
+                h = self.dropout.channels(name, &h)?;
                 continue;
             }
             h = spec.activation.apply(&conv2d(&h, weight.as_tensor(), Some(bias.as_tensor()), same)?)?;
@@ -89,6 +92,7 @@ impl Convnet {
             if pool {
                 h = max_pool2d(&h)?;
             }
+            h = self.dropout.channels(name, &h)?;
         }
         Ok((linear(&h.flatten_from(1)?, &self.head.0, &self.head.1)?, hidden))
     }
@@ -124,6 +128,15 @@ impl Model for Convnet {
 
     fn set_training(&self, training: bool) {
         self.training.set(training);
+        self.dropout.set_training(training);
+    }
+
+    fn set_dropout(&self, rate: f64) {
+        self.dropout.set_rate(rate);
+    }
+
+    fn set_step(&self, step: usize) {
+        self.dropout.set_step(step);
     }
 
     /// The first convolution's kernels, one `[c_in, 3, 3]` picture each.

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 
-use super::{layer_init, linear, normal, Activation, Init, Model};
+use super::{layer_init, linear, normal, Activation, Dropout, Init, Model};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MlpSpec {
@@ -17,6 +17,8 @@ pub struct MlpSpec {
 pub struct Mlp {
     layers: Vec<(String, Var, Var)>,
     activation: Activation,
+    /// After each hidden layer's activation, in training mode.
+    dropout: Dropout,
 }
 
 impl Mlp {
@@ -35,7 +37,7 @@ impl Mlp {
             let bias = Var::from_vec(bias, fan_out, device)?;
             layers.push((name, weight, bias));
         }
-        Ok(Mlp { layers, activation: spec.activation })
+        Ok(Mlp { layers, activation: spec.activation, dropout: Dropout::new(seed) })
     }
 
     fn forward_traced_inner(&self, x: &Tensor, trace: bool) -> Result<(Tensor, Vec<(String, Tensor)>)> {
@@ -44,7 +46,7 @@ impl Mlp {
         for (i, (name, weight, bias)) in self.layers.iter().enumerate() {
             h = linear(&h, weight, bias)?;
             if i + 1 < self.layers.len() {
-                h = self.activation.apply(&h)?;
+                h = self.dropout.units(name, &self.activation.apply(&h)?)?;
                 if trace {
                     hidden.push((name.clone(), h.clone()));
                 }
@@ -70,6 +72,18 @@ impl Model for Mlp {
                 [(format!("{name}.weight"), weight.clone()), (format!("{name}.bias"), bias.clone())]
             })
             .collect()
+    }
+
+    fn set_training(&self, training: bool) {
+        self.dropout.set_training(training);
+    }
+
+    fn set_dropout(&self, rate: f64) {
+        self.dropout.set_rate(rate);
+    }
+
+    fn set_step(&self, step: usize) {
+        self.dropout.set_step(step);
     }
 
     fn first_layer(&self) -> Option<(Tensor, Option<Vec<usize>>)> {

@@ -4,9 +4,11 @@
 //! `bn1.running_mean`, ...) are the checkpoint's tensor names.
 
 pub mod convnet;
+pub mod dropout;
 pub mod layers;
 pub mod loss;
 pub mod mlp;
+pub mod pretrained;
 pub mod resnet;
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 use workspace::ChoiceKnob;
 
 pub use convnet::{Convnet, ConvnetSpec};
+pub use dropout::Dropout;
 pub use loss::{accuracy, cross_entropy};
 pub use mlp::{Mlp, MlpSpec};
 pub use resnet::{Resnet, ResnetSpec};
@@ -52,6 +55,13 @@ pub trait Model {
     /// statistics). Models start in training mode; models without such layers ignore it.
     fn set_training(&self, _training: bool) {}
 
+    /// The dropout rate of training mode (`model.dropout`; models start at 0).
+    fn set_dropout(&self, _rate: f64) {}
+
+    /// The optimizer step the next training forward pass belongs to: it keys the
+    /// dropout masks, so they depend on the step, not on how many passes ran.
+    fn set_step(&self, _step: usize) {}
+
     /// The first layer's weights as rows `[units, ...]`, and the shape to draw each
     /// row in (`None`: the input's shape).
     fn first_layer(&self) -> Option<(Tensor, Option<Vec<usize>>)> {
@@ -77,6 +87,12 @@ impl<M: Model + ?Sized> Model for Box<M> {
     }
     fn set_training(&self, training: bool) {
         (**self).set_training(training)
+    }
+    fn set_dropout(&self, rate: f64) {
+        (**self).set_dropout(rate)
+    }
+    fn set_step(&self, step: usize) {
+        (**self).set_step(step)
     }
     fn first_layer(&self) -> Option<(Tensor, Option<Vec<usize>>)> {
         (**self).first_layer()

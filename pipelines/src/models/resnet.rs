@@ -10,7 +10,7 @@ use std::cell::Cell;
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::layers::{conv2d, BatchNorm2d, Conv2dParams};
-use super::{chunked, layer_init, linear, normal, Buffer, Init, Model};
+use super::{chunked, layer_init, linear, normal, Buffer, Dropout, Init, Model};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResnetSpec {
@@ -76,6 +76,9 @@ pub struct Resnet {
     blocks: Vec<Block>,
     head: (Var, Var),
     training: Cell<bool>,
+    /// Spatial dropout between the two convolutions of each block (as in wide
+    /// residual networks), in training mode.
+    dropout: Dropout,
 }
 
 impl Resnet {
@@ -102,7 +105,7 @@ impl Resnet {
         let (std, bias) = layer_init(init, seed, "fc", c_in, spec.n_out, true, 1.0);
         let head =
             (normal(seed, "fc.weight", &[spec.n_out, c_in], std, device)?, Var::from_vec(bias, spec.n_out, device)?);
-        Ok(Resnet { spec: spec.clone(), stem, blocks, head, training: Cell::new(true) })
+        Ok(Resnet { spec: spec.clone(), stem, blocks, head, training: Cell::new(true), dropout: Dropout::new(seed) })
     }
 
     fn run(&self, x: &Tensor, trace: bool) -> Result<(Tensor, Vec<(String, Tensor)>)> {
@@ -113,6 +116,7 @@ impl Resnet {
         let mut hidden = Vec::new();
         for block in &self.blocks {
             let inner = block.first.forward(&h, training)?.relu()?;
+            let inner = self.dropout.channels(&block.first.name, &inner)?;
             let inner = block.second.forward(&inner, training)?;
             let skip = match &block.shortcut {
                 Some(projection) => projection.forward(&h, training)?,
@@ -169,6 +173,15 @@ impl Model for Resnet {
 
     fn set_training(&self, training: bool) {
         self.training.set(training);
+        self.dropout.set_training(training);
+    }
+
+    fn set_dropout(&self, rate: f64) {
+        self.dropout.set_rate(rate);
+    }
+
+    fn set_step(&self, step: usize) {
+        self.dropout.set_step(step);
     }
 
     fn first_layer(&self) -> Option<(Tensor, Option<Vec<usize>>)> {

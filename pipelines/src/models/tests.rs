@@ -231,3 +231,40 @@ fn chunked_evaluation_is_the_same_function() {
     let diff = (whole - unchunked).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-6, "{diff}");
 }
+
+fn logits(model: &dyn Model, x: &Tensor) -> Vec<u32> {
+    model.forward(x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn dropout_is_inactive_in_evaluation_mode() {
+    let x = images(6, 1).x;
+    for spec in specs(1).iter().skip(1) {
+        let plain = spec.build(&recipe_init(), 3, &Device::Cpu).unwrap();
+        let dropped = spec.build(&recipe_init(), 3, &Device::Cpu).unwrap();
+        dropped.set_dropout(0.5);
+        plain.set_training(false);
+        dropped.set_training(false);
+        let once = logits(dropped.as_ref(), &x);
+        assert_eq!(once, logits(dropped.as_ref(), &x), "{}: same outputs twice", spec.kind_name());
+        assert_eq!(once, logits(plain.as_ref(), &x), "{}: the same function as without dropout", spec.kind_name());
+    }
+}
+
+#[test]
+fn dropout_masks_depend_on_the_step_only() {
+    let x = images(6, 1).x;
+    for spec in specs(1).iter().skip(1) {
+        let model = spec.build(&recipe_init(), 3, &Device::Cpu).unwrap();
+        model.set_dropout(0.5);
+        model.set_step(4);
+        let a = logits(model.as_ref(), &x);
+        // Batch norm's batch statistics do not move between these passes' outputs.
+        assert_eq!(a, logits(model.as_ref(), &x), "{}: same step, same mask", spec.kind_name());
+        model.set_step(5);
+        assert_ne!(a, logits(model.as_ref(), &x), "{}: another step, another mask", spec.kind_name());
+        model.set_dropout(0.0);
+        model.set_step(4);
+        assert_ne!(a, logits(model.as_ref(), &x), "{}: dropout changed the training output", spec.kind_name());
+    }
+}

@@ -1,12 +1,14 @@
 //! `batch_preview`: the first training batch exactly as the training loop receives it
-//! (same batcher, seed and purpose), decoded to a picture, and its statistics.
+//! (same batcher, seed and purpose, and the same `augment.*` augmentation of step 0),
+//! decoded to a picture, and its statistics.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use workspace::{Checks, ChoiceKnob, ExecError, StageSpec, Verdict, VerdictError};
 
-use super::common::{err, json_bytes, Cx};
+use super::common::{err, json_bytes, knobs, Cx};
 use super::data::Normalize;
+use super::regularize::setup::AUGMENT_KNOBS;
 use super::{RecipeStage, Run};
 use crate::ids::{knob, stage};
 use crate::render::{is_image, tiles, Scale};
@@ -27,9 +29,9 @@ impl RecipeStage for BatchPreview {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::BATCH_PREVIEW,
-            version: 1,
+            version: 2,
             doc: "the first training batch exactly as the training loop receives it, decoded to pictures",
-            knobs: vec![knob::TRAIN_BATCH_SIZE, knob::TRAIN_SEED],
+            knobs: knobs(&[&[knob::TRAIN_BATCH_SIZE, knob::TRAIN_SEED], &AUGMENT_KNOBS]),
             checks: vec![],
             upstream: vec![stage::DATA],
             fingerprints: vec![],
@@ -44,6 +46,8 @@ impl RecipeStage for BatchPreview {
         // The very code path of the training stages: same batcher, same seed, same purpose.
         let mut batches = Batches::new(&train, batch_size, seed, "train");
         let (x, y) = batches.next_batch().map_err(err("batch"))?;
+        let augment = cx.augment(&data)?;
+        let x = augment.apply(&x, 0).map_err(err("augment"))?;
         let values: Vec<Vec<f32>> = x.to_vec2().map_err(err("batch"))?;
         let labels: Vec<u32> = y.to_vec1().map_err(err("batch"))?;
         let flat: Vec<f32> = values.iter().flatten().copied().filter(|v| v.is_finite()).collect();
@@ -58,6 +62,7 @@ impl RecipeStage for BatchPreview {
             "label_names": labels.iter().map(|&l| names.get(l as usize).cloned().unwrap_or_default()).collect::<Vec<_>>(),
             "mean": mean, "std": std, "min": min, "max": max,
             "normalize": data.meta.normalize,
+            "augmented": !augment.is_identity(),
             "rendering": "normalised values drawn with -3 as black and +3 as white, exactly as fed to the model",
         });
         let mut artifacts = vec![("batch_preview.json".to_string(), json_bytes(&summary)?)];

@@ -9,7 +9,7 @@ use workspace::{Checks, ChoiceKnob, ExecError, StageSpec, Verdict, VerdictError}
 
 use super::common::{choice_name, Cx};
 use super::{RecipeStage, Run};
-use crate::data::prepare;
+use crate::data::{downscale, prepare};
 use crate::ids::{knob, stage};
 use crate::sources::{Source, SourceOptions};
 
@@ -62,6 +62,7 @@ impl RecipeStage for Data {
                 knob::DATA_CSV_HEADER,
                 knob::DATA_IMAGES_SIZE,
                 knob::DATA_IMAGES_CHANNELS,
+                knob::DATA_DOWNSCALE,
             ],
             checks: vec![],
             upstream: vec![],
@@ -87,6 +88,7 @@ impl RecipeStage for Data {
         let seed = cx.int(knob::DATA_SEED)? as u64;
         let normalize: Normalize = cx.choice(knob::DATA_NORMALIZE)?;
         let raw = parsed.load(&options).map_err(|error| ExecError::BadInput(error.to_string()))?;
+        let raw = downscale(raw, cx.count(knob::DATA_DOWNSCALE)?).map_err(|e| ExecError::BadInput(e.to_string()))?;
         let prepared = prepare(&raw, source, &fractions, seed, choice_name(normalize)).map_err(|error| {
             // Too few examples for the split, no features: the data is wrong (exit 2).
             if error.is_bad_input() {

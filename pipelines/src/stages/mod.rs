@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod loss_at_init;
 pub mod overfit;
 pub mod overfit_batch;
+pub mod regularize;
 pub mod squeeze;
 pub mod zero_input_baseline;
 
@@ -127,18 +128,24 @@ fn entry<S: RecipeStage>(stage: S) -> Entry {
 /// the directory of `pipe.toml`.
 pub fn registry(base_dir: &Path) -> Vec<Entry> {
     let base_dir = base_dir.to_path_buf();
+    let overfit_stage = overfit::Overfit { base_dir: base_dir.clone() };
+    let data_stage = data::Data { base_dir: base_dir.clone() };
+    // A rung may change what `overfit` or the `data` stage before it reads.
+    let trainable = overfit_stage.spec().knobs.into_iter().chain(data_stage.spec().knobs);
+    let ladder_stage = regularize::Regularize::new(trainable);
     vec![
-        entry(data::Data { base_dir: base_dir.clone() }),
+        entry(data_stage),
         entry(inspect::Inspect),
         entry(batch_preview::BatchPreview),
-        entry(human_baseline::HumanBaseline { base_dir }),
+        entry(human_baseline::HumanBaseline { base_dir: base_dir.clone() }),
         entry(dumb_baselines::DumbBaselines),
         entry(grad_deps::GradDeps),
         entry(loss_at_init::LossAtInit),
         entry(zero_input_baseline::ZeroInputBaseline),
         entry(overfit_batch::OverfitBatch),
-        entry(overfit::Overfit),
+        entry(overfit_stage),
         entry(beats_baselines::BeatsBaselines),
+        entry(ladder_stage),
         entry(squeeze::Squeeze),
         entry(evaluate::Evaluate),
     ]
@@ -163,14 +170,17 @@ pub fn targets() -> Vec<Target> {
     ];
     let mut overfit = skeleton.clone();
     overfit.extend([stage::OVERFIT, stage::BEATS_BASELINES, stage::EVALUATE]);
+    let mut regularize = overfit.clone();
+    regularize.push(stage::REGULARIZE);
     let mut squeeze = overfit.clone();
     squeeze.push(stage::SQUEEZE);
     vec![
         Target::new("inspect", "become one with the data", vec![stage::DATA, stage::INSPECT]),
         Target::new("skeleton", "end-to-end skeleton with dumb baselines", skeleton),
         Target::new("overfit", "skeleton, then overfit the training split and score the test split", overfit.clone()),
+        Target::new("regularize", "overfit, then a ladder of regularized, early-stopped variants", regularize.clone()),
         Target::new("squeeze", "overfit, then an ensemble of seeds and a student distilled from it", squeeze),
-        Target::new("all", "every stage", overfit),
+        Target::new("all", "every stage", regularize),
     ]
 }
 
@@ -222,6 +232,7 @@ mod tests {
                 "overfit_batch",
                 "overfit",
                 "beats_baselines",
+                "regularize",
                 "squeeze",
                 "evaluate",
             ]

@@ -11,6 +11,7 @@
 //! then [`charts`], [`checkpoint`] and [`first_layer`] turn the result into files.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use serde_json::json;
 use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError, VerdictStatus};
 
 use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS, SCHEDULE_KNOBS};
+use super::regularize::setup::{Regularization, AUGMENT_KNOBS, TRAINING_KNOBS};
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
 use crate::ids::{knob, stage};
@@ -31,7 +33,11 @@ use charts::{charts, first_layer, lr_chart};
 pub use resume::status_note;
 use resume::{Checkpoints, Interval, Parts};
 
-pub struct Overfit;
+#[derive(Default)]
+pub struct Overfit {
+    /// The directory of `pipe.toml`: `model.init_from` starts here.
+    pub base_dir: PathBuf,
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Metrics {
@@ -49,6 +55,13 @@ pub struct Metrics {
     pub step_every: f64,
     pub step_gamma: f64,
     pub min_lr_ratio: f64,
+    /// The step the checkpoint (and the losses above) come from: the best validation
+    /// loss with early stopping, else the last step.
+    pub best_step: f64,
+    /// The last step trained (before `steps` when early stopping ended the run).
+    pub stopped_step: f64,
+    /// 1 when augmentation, dropout or early stopping was on (issue 10).
+    pub regularized: f64,
 }
 
 impl Metrics {
@@ -79,13 +92,15 @@ impl RecipeStage for Overfit {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::OVERFIT,
-            version: 4,
+            version: 5,
             doc: "train the configured model; full-split evaluations; checkpoint",
             knobs: knobs(&[
                 &MODEL_KNOBS,
                 &OPTIM_KNOBS,
                 &SCHEDULE_KNOBS,
                 &[knob::TRAIN_BATCH_SIZE, knob::TRAIN_STEPS, knob::TRAIN_EVAL_EVERY, knob::DYNAMICS_SIZE],
+                &AUGMENT_KNOBS,
+                &TRAINING_KNOBS,
             ]),
             checks: vec![
                 knob::OVERFIT_MIN_DROP,
@@ -94,7 +109,7 @@ impl RecipeStage for Overfit {
                 knob::LR_SCHEDULE_BY_FRACTION,
             ],
             upstream: vec![stage::DATA],
-            fingerprints: vec![],
+            fingerprints: vec!["init_from"],
             device_dependent: true,
         }
     }
@@ -104,9 +119,12 @@ impl RecipeStage for Overfit {
         let steps = cx.count(knob::TRAIN_STEPS)?;
         let model = cx.recipe_model(&data)?;
         let schedule = cx.schedule()?;
-        let Recorded { series, layers, dynamics } = train(cx, &data, &model, steps, schedule)?;
-        let mut metrics = metrics(&series, steps)?;
+        let mut regularization = Regularization::new(cx, &data, model.as_ref(), &self.base_dir)?;
+        let Recorded { series, layers, dynamics, best } =
+            train(cx, &data, &model, steps, schedule, &mut regularization)?;
+        let mut metrics = metrics(&series, steps, best)?;
         metrics.record_schedule(&schedule);
+        metrics.regularized = f64::from(u8::from(regularization.active));
         let (curves, layer_chart, dynamics_chart) = charts(&data, &series, &layers, &dynamics);
         let mut artifacts = vec![
             ("checkpoint.safetensors".into(), checkpoint(cx, &data, &model)?),
@@ -130,7 +148,7 @@ impl RecipeStage for Overfit {
         let min_drop = checks.f64(knob::OVERFIT_MIN_DROP)?;
         let (acc, min_acc) = (m.train_acc, checks.f64(knob::OVERFIT_MIN_TRAIN_ACC)?);
         let lr_schedule = lr_schedule_verdict(m, checks)?;
-        Ok(vec![
+        let mut verdicts = vec![
             verdict(
                 "loss_decreased",
                 drop >= min_drop,
@@ -147,8 +165,19 @@ impl RecipeStage for Overfit {
                 format!("training accuracy {acc:.4}, want >= {min_acc}"),
                 "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden), or check the data",
             ),
-            lr_schedule,
-        ])
+        ];
+        if m.regularized > 0.0 {
+            // Regularization trades training fit for validation: the ladder judges it.
+            for fit in verdicts.iter_mut().filter(|v| v.status == VerdictStatus::Fail) {
+                fit.status = VerdictStatus::Warn;
+                fit.hint = Some(format!(
+                    "expected with regularization on (augment.*, model.dropout, train.early_stopping); {}",
+                    fit.hint.take().unwrap_or_default()
+                ));
+            }
+        }
+        verdicts.push(lr_schedule);
+        Ok(verdicts)
     }
 }
 
@@ -218,6 +247,8 @@ struct Recorded {
     series: Series,
     layers: LayerStats,
     dynamics: Dynamics,
+    /// The `(step, evaluation)` of the checkpoint when early stopping chose it.
+    best: Option<(usize, usize)>,
 }
 
 /// What one evaluation measures, and the series it appends to.
@@ -308,6 +339,7 @@ fn train(
     model: &dyn Model,
     steps: usize,
     schedule: Schedule,
+    regularization: &mut Regularization,
 ) -> Result<Recorded, ExecError> {
     let eval_every = cx.count(knob::TRAIN_EVAL_EVERY)?;
     let batch_size = cx.count(knob::TRAIN_BATCH_SIZE)?;
@@ -317,25 +349,35 @@ fn train(
     let mut batches = Batches::new(&train, batch_size, cx.seed()?, "train");
     let mut interval = Interval::default();
     let mut checkpoints = Checkpoints::new(cx.exec.resume, steps, &schedule);
+    if regularization.early_stopping() {
+        // The best weights and the patience count live outside the saved training
+        // state: an early-stopped run always trains from its first step.
+        checkpoints.disable();
+    }
+    let mut stop = false;
     match checkpoints.start() {
         Some(state) => resume::restore(&state, &mut trainer, &mut batches, &mut recorder, &mut interval)?,
-        None => recorder.record(0, f64::NAN, &[])?,
+        None => {
+            recorder.record(0, f64::NAN, &[])?;
+            stop = regularization.stop_after(model, 0, 0, recorder.series.val_loss[0])?;
+        }
     }
     cx.exec.progress.begin(stage::OVERFIT.as_str(), steps as u64);
     if trainer.step > 0 {
         cx.exec.progress.advance(trainer.step as u64, &format!("resumed from step {}", trainer.step));
     }
-    while trainer.step < steps {
+    while trainer.step < steps && !stop {
         if let Err(cancelled) = cx.exec.check_cancelled() {
             checkpoints.save(Parts { trainer: &trainer, batches: &batches, recorder: &recorder, interval: &interval });
             return Err(cancelled);
         }
         let (x, y) = batches.next_batch().map_err(err("batch"))?;
+        let x = regularization.augment.apply(&x, trainer.step).map_err(err("augment"))?;
         interval.loss += trainer.step(&x, &y).map_err(train_err)? as f64;
         recorder.series.lr.push(trainer.lr);
         interval.steps += 1;
         if trainer.step % eval_every == 0 {
-            evaluation(cx, &mut recorder, &trainer, &mut interval)?;
+            stop = evaluation(cx, &mut recorder, &trainer, &mut interval, regularization, model)?;
         }
         checkpoints.after_step(Parts {
             trainer: &trainer,
@@ -344,25 +386,30 @@ fn train(
             interval: &interval,
         });
     }
-    if recorder.series.step.last() != Some(&steps) {
-        evaluation(cx, &mut recorder, &trainer, &mut interval)?;
+    if recorder.series.step.last() != Some(&trainer.step) {
+        evaluation(cx, &mut recorder, &trainer, &mut interval, regularization, model)?;
     }
     cx.exec.progress.end();
-    Ok(Recorded { series: recorder.series, layers: recorder.layers, dynamics: recorder.dynamics })
+    let best = regularization.finish(model)?;
+    Ok(Recorded { series: recorder.series, layers: recorder.layers, dynamics: recorder.dynamics, best })
 }
 
-/// One evaluation after the trainer's last step, closing the loss interval.
+/// One evaluation after the trainer's last step, closing the loss interval; says
+/// whether early stopping ends the run here.
 fn evaluation(
     cx: &Cx<'_, '_>,
     recorder: &mut Recorder<'_>,
     trainer: &Trainer<'_>,
     interval: &mut Interval,
-) -> Result<(), ExecError> {
+    regularization: &mut Regularization,
+    model: &dyn Model,
+) -> Result<bool, ExecError> {
     recorder.record(trainer.step, interval.loss / interval.steps as f64, &trainer.grad_norms)?;
     let train_loss = recorder.series.train_loss.last().copied().unwrap_or_default();
     cx.exec.progress.advance(trainer.step as u64, &format!("train loss {train_loss:.4}"));
     *interval = Interval::default();
-    Ok(())
+    let index = recorder.series.step.len() - 1;
+    regularization.stop_after(model, trainer.step, index, recorder.series.val_loss[index])
 }
 
 fn layer_stats(
@@ -397,18 +444,22 @@ fn layer_stats(
     Ok(())
 }
 
-/// The stage's metrics: the last evaluation, and the first training loss.
-fn metrics(series: &Series, steps: usize) -> Result<Metrics, ExecError> {
+/// The stage's metrics: the checkpoint's evaluation (the last one, or the best one
+/// early stopping kept), and the first training loss.
+fn metrics(series: &Series, steps: usize, best: Option<(usize, usize)>) -> Result<Metrics, ExecError> {
     let (Some(&first_train_loss), Some(last)) = (series.train_loss.first(), series.step.len().checked_sub(1)) else {
         return Err(ExecError::Failed("overfit recorded no evaluation".into()));
     };
+    let at = best.map_or(last, |(_, evaluation)| evaluation);
     Ok(Metrics {
         first_train_loss,
-        train_loss: series.train_loss[last],
-        train_acc: series.train_acc[last],
-        val_loss: series.val_loss[last],
-        val_acc: series.val_acc[last],
+        train_loss: series.train_loss[at],
+        train_acc: series.train_acc[at],
+        val_loss: series.val_loss[at],
+        val_acc: series.val_acc[at],
         steps: steps as f64,
+        best_step: series.step[at] as f64,
+        stopped_step: series.step[last] as f64,
         ..Metrics::default()
     })
 }
@@ -476,10 +527,10 @@ mod tests {
         metrics.record_schedule(&schedule);
         let values: BTreeMap<KnobId, KnobValue> = crate::knobs::schema()
             .iter()
-            .filter(|spec| Overfit.spec().checks.iter().any(|id| id.as_str() == spec.name))
+            .filter(|spec| Overfit::default().spec().checks.iter().any(|id| id.as_str() == spec.name))
             .map(|spec| (KnobId(spec.name), spec.default.clone()))
             .collect();
-        let verdicts = Overfit.judge(&metrics, &Checks::new(stage::OVERFIT, &values)).unwrap();
+        let verdicts = Overfit::default().judge(&metrics, &Checks::new(stage::OVERFIT, &values)).unwrap();
         verdicts.into_iter().find(|v| v.check == "lr_schedule").unwrap()
     }
 

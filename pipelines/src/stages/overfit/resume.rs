@@ -36,6 +36,8 @@ pub(super) struct Checkpoints<'c> {
     only_for: Option<u64>,
     /// Cleared when the trainer cannot save (an accelerator's Adam), or a save failed.
     enabled: bool,
+    /// Whether a saved state may be continued from (not for an early-stopped run).
+    reusable: bool,
 }
 
 impl<'c> Checkpoints<'c> {
@@ -47,13 +49,23 @@ impl<'c> Checkpoints<'c> {
             steps,
             only_for: depends_on_length(schedule).then_some(steps as u64),
             enabled: every > 0,
+            reusable: true,
         }
+    }
+
+    /// No states are read or written for this run.
+    pub fn disable(&mut self) {
+        self.enabled = false;
+        self.reusable = false;
     }
 
     /// The saved state to continue from: the longest one this run may use whose
     /// bytes load. Says (a warning) when a longer-trained state of the same
     /// configuration exists but cannot be used.
     pub fn start(&self) -> Option<TrainState> {
+        if !self.reusable {
+            return None;
+        }
         let states = self.resume.states(knob::TRAIN_STEPS);
         let mut usable: Vec<_> = states.iter().filter(|state| state.serves(self.steps as u64)).collect();
         usable.sort_by_key(|state| std::cmp::Reverse(state.step));
