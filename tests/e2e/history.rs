@@ -157,7 +157,6 @@ fn diff_of_two_runs_shows_metric_deltas_curves_and_checkpoint_tensors() {
             ("overfit_batch", "same"),
             ("overfit", "different"),
             ("beats_baselines", "different"),
-            ("regularize", "not_built"),
             ("evaluate", "different"),
         ])
     );

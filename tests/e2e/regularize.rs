@@ -88,10 +88,11 @@ fn a_rung_added_to_the_ladder_runs_alone() {
     assert_eq!(
         ran(&second),
         [
+            "evaluate[evaluate.model=\"regularize\"]",
             "overfit[model.dropout=0.1,train.early_stopping=true,train.optimizer=\"adamw\",train.weight_decay=0.01]",
             "regularize"
         ],
-        "only the new rung trains (and the ladder reads it)"
+        "only the new rung trains (and the ladder and the score of its best rung read it)"
     );
     let table = std::fs::read_to_string(dir.path().join(".pipe/out/regularize/ladder.json")).unwrap();
     let table: serde_json::Value = serde_json::from_str(&table).unwrap();

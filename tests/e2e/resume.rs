@@ -92,18 +92,34 @@ fn a_cosine_schedule_says_why_it_starts_over() {
 /// saved state (about 1 ms a step).
 const KILLED_STEPS: &str = "overfit[train.steps=1500]";
 
-#[test]
-fn kill_9_mid_training_resumes_from_the_last_state_bitwise() {
-    let dir = TestDir::with_pipeline(RESUME);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pipe"))
+/// `pipe build --json KILLED_STEPS` in the background, saving every `every` steps.
+fn spawn_build(dir: &TestDir, every: &str, stdout: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pipe"))
         .args(["-C", dir.path().to_str().unwrap(), "build", "--json", KILLED_STEPS])
         .env_remove("PIPE_CACHE_DIR")
         .env_remove("PIPE_LOG")
-        .env(EVERY.0, "100")
-        .stdout(Stdio::null())
+        .env(EVERY.0, every)
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// After an interrupted build: the next one continues from a step part-way and
+/// writes the bytes of an uninterrupted run in a fresh cache.
+fn rebuild_resumes_and_matches_a_clean_run(dir: &TestDir) {
+    let run = build(dir, KILLED_STEPS, &[EVERY]);
+    let from = run.stderr.split("resuming from step ").nth(1).and_then(|rest| rest.split_whitespace().next());
+    let from: u32 = from.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("did not resume:\n{}", run.stderr));
+    assert!(from > 0 && from < 1500, "resumed from step {from}");
+    let clean = TestDir::with_pipeline(RESUME);
+    assert_eq!(overfit_hashes(&run), overfit_hashes(&build(&clean, KILLED_STEPS, &[("PIPE_CHECKPOINT_EVERY", "0")])));
+}
+
+#[test]
+fn kill_9_mid_training_resumes_from_the_last_state_bitwise() {
+    let dir = TestDir::with_pipeline(RESUME);
+    let mut child = spawn_build(&dir, "100", Stdio::null());
     // Wait for the first saved state, then a little more (a step that depends on
     // timing, which is the point), and kill.
     let resume = dir.path().join(".pipe/resume");
@@ -124,17 +140,7 @@ fn kill_9_mid_training_resumes_from_the_last_state_bitwise() {
     assert!(child.try_wait().unwrap().is_none(), "the build ended before it was killed; raise KILLED_STEPS");
     child.kill().unwrap();
     child.wait().unwrap();
-    let run = build(&dir, KILLED_STEPS, &[EVERY]);
-    let from: u32 = run
-        .stderr
-        .split("resuming from step ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("did not resume:\n{}", run.stderr));
-    assert!(from > 0 && from < 1500, "resumed from step {from}");
-    let clean = TestDir::with_pipeline(RESUME);
-    assert_eq!(overfit_hashes(&run), overfit_hashes(&build(&clean, KILLED_STEPS, &[("PIPE_CHECKPOINT_EVERY", "0")])));
+    rebuild_resumes_and_matches_a_clean_run(&dir);
 }
 
 #[test]
@@ -142,15 +148,7 @@ fn ctrl_c_saves_the_state_and_the_next_build_continues_from_it_bitwise() {
     use std::io::BufRead as _;
     let dir = TestDir::with_pipeline(RESUME);
     // No periodic states: whatever is saved, the interruption saved.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pipe"))
-        .args(["-C", dir.path().to_str().unwrap(), "build", "--json", KILLED_STEPS])
-        .env_remove("PIPE_CACHE_DIR")
-        .env_remove("PIPE_LOG")
-        .env(EVERY.0, "1000000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_build(&dir, "1000000", Stdio::piped());
     let stdout = child.stdout.take().unwrap();
     for line in std::io::BufReader::new(stdout).lines() {
         if line.unwrap().contains("\"stage\":\"data\"") {
@@ -163,10 +161,5 @@ fn ctrl_c_saves_the_state_and_the_next_build_continues_from_it_bitwise() {
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     assert_eq!(child.wait().unwrap().code(), Some(130));
-    let run = build(&dir, KILLED_STEPS, &[EVERY]);
-    let from = run.stderr.split("resuming from step ").nth(1).and_then(|rest| rest.split_whitespace().next());
-    let from: u32 = from.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("did not resume:\n{}", run.stderr));
-    assert!(from > 0 && from < 1500, "resumed from step {from}");
-    let clean = TestDir::with_pipeline(RESUME);
-    assert_eq!(overfit_hashes(&run), overfit_hashes(&build(&clean, KILLED_STEPS, &[("PIPE_CHECKPOINT_EVERY", "0")])));
+    rebuild_resumes_and_matches_a_clean_run(&dir);
 }
