@@ -75,7 +75,8 @@ pub struct Metrics {
     pub n_test: f64,
     /// The validation accuracy of the same checkpoint (from `overfit`), for the headline.
     pub val_acc: f64,
-    /// `test_acc_class_<k>`: accuracy on the test examples of class k.
+    /// `test_acc_class_<k>`: accuracy on the test examples of class k; for a squeeze
+    /// model also `ensemble_test_acc` and `ensemble_test_loss` (its members averaged).
     #[serde(flatten)]
     pub per_class: BTreeMap<String, f64>,
 }
@@ -86,7 +87,7 @@ impl RecipeStage for Evaluate {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::EVALUATE,
-            version: 2,
+            version: 3,
             doc: "score the held-out test split once with the trained checkpoint",
             knobs: vec![knob::EVALUATE_WORST, knob::EVALUATE_MODEL],
             checks: vec![],
@@ -113,15 +114,15 @@ impl RecipeStage for Evaluate {
 
     fn run(&self, cx: &Cx<'_, '_>) -> Result<Run<Metrics>, ExecError> {
         let worst = cx.count(knob::EVALUATE_WORST)?;
-        let (scored_stage, scored) = cx
+        let (scored_stage, scored_output) = cx
             .exec
             .members
             .first()
             .ok_or_else(|| ExecError::Failed(format!("`{}` has no model to score", stage::EVALUATE)))?;
-        let val_acc = scored.metrics.get("val_acc").copied().ok_or_else(|| {
+        let val_acc = scored_output.metrics.get("val_acc").copied().ok_or_else(|| {
             ExecError::Failed(format!("stage `{}` reports no `val_acc` for the model it chose", scored_stage.name()))
         })?;
-        let checkpoint = scored.artifacts.get("checkpoint.safetensors").ok_or_else(|| {
+        let checkpoint = scored_output.artifacts.get("checkpoint.safetensors").ok_or_else(|| {
             ExecError::Failed(format!("stage `{}` wrote no `checkpoint.safetensors` to score", scored_stage.name()))
         })?;
         let bytes = cx.exec.read(&checkpoint.hash)?;
@@ -146,7 +147,24 @@ impl RecipeStage for Evaluate {
             })
             .collect();
         let order = worst_first(&scored.losses, worst);
-        let headline = headline(scored_stage.stage.as_str(), spec.kind_name(), val_acc, test_acc, n);
+        // A squeeze stage also scores its ensemble (its members' checkpoints are named,
+        // by hash, in `squeeze.json`, whose hash is in this stage's key).
+        let ensemble = match scored_output.artifacts.get("squeeze.json") {
+            Some(report) => {
+                let bytes = cx.exec.read(&report.hash)?;
+                let n_features = data.n_features();
+                let x = &data.test.x;
+                let score =
+                    super::squeeze::score_ensemble(cx.exec.store, &bytes, x, n_features, &data.test.y, &cx.device)
+                        .map_err(ExecError::Failed)?;
+                Some(score)
+            }
+            None => None,
+        };
+        let mut headline = headline(scored_stage.stage.as_str(), spec.kind_name(), val_acc, test_acc, n);
+        if let Some(score) = &ensemble {
+            headline.push_str(&format!(" (student); ensemble test acc {:.4}", score.acc));
+        }
         let report = report(&data, &spec, (test_loss, test_acc), &per_class, &confusion, &scored, &order);
         let mut artifacts = vec![
             ("evaluation.json".to_string(), json_bytes(&report)?),
@@ -161,7 +179,14 @@ impl RecipeStage for Evaluate {
             test_acc,
             n_test: n as f64,
             val_acc,
-            per_class: per_class.iter().enumerate().map(|(k, &acc)| (format!("test_acc_class_{k}"), acc)).collect(),
+            per_class: per_class
+                .iter()
+                .enumerate()
+                .map(|(k, &acc)| (format!("test_acc_class_{k}"), acc))
+                .chain(ensemble.iter().flat_map(|score| {
+                    [("ensemble_test_acc".to_string(), score.acc), ("ensemble_test_loss".to_string(), score.loss)]
+                }))
+                .collect(),
         };
         Ok(Run { artifacts, metrics })
     }
