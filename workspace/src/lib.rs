@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod instance;
 pub mod knob;
+pub mod plan;
 pub mod recipe;
 pub mod resume;
 pub mod runner;
