@@ -52,10 +52,15 @@ pub enum Command {
         /// Actions that may run at once [default: the number of CPUs].
         #[arg(short, long, value_name = "N", env = "PIPE_JOBS")]
         jobs: Option<usize>,
-        /// Where actions run: `local` (threads of this process) or `process` (one
-        /// `pipe exec-action` child per action, the seam a cluster scheduler uses).
+        /// Where actions run: `local` (threads of this process), `process` (one
+        /// `pipe exec-action` child per action) or `slurm` (the actions ready together
+        /// as one Slurm job array; the cache directory must be on a file system the
+        /// nodes share, or use a remote cache). With slurm, --jobs is how many tasks
+        /// may be submitted at once [default: 1000].
         #[arg(long, value_enum, default_value_t = RunnerKind::Local)]
         runner: RunnerKind,
+        #[command(flatten)]
+        slurm: SlurmArgs,
     },
     /// Say which stages are cached or stale, and why.
     Status { targets: Vec<String> },
@@ -124,4 +129,23 @@ pub enum Command {
 pub enum RunnerKind {
     Local,
     Process,
+    Slurm,
+}
+
+/// Where and how `--runner slurm` tasks run (sbatch's options of the same names).
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Slurm (--runner slurm)")]
+pub struct SlurmArgs {
+    /// Partition to submit to [default: the cluster's default].
+    #[arg(long, value_name = "NAME", env = "PIPE_SLURM_PARTITION")]
+    pub slurm_partition: Option<String>,
+    /// Time limit per task, in sbatch's format (`30`, `2:00:00`, `1-0`) [default: the partition's].
+    #[arg(long, value_name = "TIME", env = "PIPE_SLURM_TIME")]
+    pub slurm_time: Option<String>,
+    /// CPUs per task (also the task's --threads unless set).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub slurm_cpus: u32,
+    /// GPUs per task [default: none].
+    #[arg(long, value_name = "N")]
+    pub slurm_gpus: Option<u32>,
 }

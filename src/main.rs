@@ -75,8 +75,8 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
     );
     let json = cli.json;
     match &cli.command {
-        Command::Build { targets, keep_going, jobs, runner } => {
-            commands::build::run(&project, targets, *keep_going, *jobs, *runner, json)
+        Command::Build { targets, keep_going, jobs, runner, slurm } => {
+            commands::build::run(&project, targets, *keep_going, *jobs, (*runner, slurm), json)
         }
         Command::Status { targets } => commands::status::run(&project, targets, json),
         Command::Knobs => commands::knobs::run(),

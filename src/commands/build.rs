@@ -1,14 +1,15 @@
-//! `pipe build`: plan the targets, run what is missing (in parallel, in this process
-//! or in `pipe exec-action` children), print each stage as it settles, the scorecard
+//! `pipe build`: plan the targets, run what is missing (in parallel, in this process,
+//! in `pipe exec-action` children or as Slurm array tasks), print each stage as it
+//! settles, the scorecard
 //! and a summary, and record the run. Ctrl-C abandons running actions (nothing
 //! partial enters the cache), releases the lock and exits 130.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use workspace::{BuildOptions, Cancel, ProcessRunner, Runner};
+use workspace::{BuildOptions, Cancel, ExecCommand, ProcessRunner, Runner, SlurmOptions, SlurmRunner};
 
-use crate::cli::RunnerKind;
+use crate::cli::{RunnerKind, SlurmArgs};
 use crate::output::{self, Printer};
 use crate::progress::Bars;
 use crate::project::{failed, targets_or, Failure, Project};
@@ -22,7 +23,7 @@ pub fn run(
     targets: &[String],
     keep_going: bool,
     jobs: Option<usize>,
-    runner: RunnerKind,
+    (runner, slurm): (RunnerKind, &SlurmArgs),
     json: bool,
 ) -> Result<u8, Failure> {
     let started = Instant::now();
@@ -33,11 +34,18 @@ pub fn run(
     let printer = Printer::new(json, session.cache.out());
     session.db.set_progress(Arc::new(Bars::new(!json)));
     let interrupt = interrupt_on_ctrl_c();
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs = jobs.unwrap_or_else(|| match runner {
+        // The cluster schedules tasks; this is how many may be submitted at once.
+        RunnerKind::Slurm => SLURM_JOBS,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
     let options = BuildOptions { keep_going, jobs, interrupt };
     let runner: Arc<dyn Runner> = match runner {
         RunnerKind::Local => Arc::new(session.db.local_runner()),
-        RunnerKind::Process => Arc::new(process_runner(project, &session)?),
+        RunnerKind::Process => {
+            Arc::new(ProcessRunner { command: exec_command(project, None)?, cache: session.cache.clone() })
+        }
+        RunnerKind::Slurm => Arc::new(slurm_runner(project, &session, slurm)?),
     };
     let result = workspace::build(&mut session.db, &instances, &options, runner, |report| printer.stage(report));
     if result.interrupted {
@@ -82,13 +90,38 @@ fn interrupt_on_ctrl_c() -> Cancel {
     interrupt
 }
 
-/// `pipe exec-action` children of this very executable, on this cache.
-fn process_runner(project: &Project, session: &crate::project::Session) -> Result<ProcessRunner, Failure> {
+/// Tasks `--runner slurm` submits at once unless --jobs says otherwise.
+const SLURM_JOBS: usize = 1000;
+
+/// `pipe exec-action` run by this very executable, on this cache. `threads` is the
+/// child's --threads when RAYON_NUM_THREADS does not set it.
+fn exec_command(project: &Project, threads: Option<u32>) -> Result<ExecCommand, Failure> {
     let program = std::env::current_exe().map_err(|e| failed(anyhow::anyhow!("finding the pipe executable: {e}")))?;
     let mut args = vec!["--cache-dir".to_string(), project.cache_dir.display().to_string()];
     args.extend(["--device".to_string(), project.device.clone()]);
-    if let Ok(threads) = std::env::var("RAYON_NUM_THREADS") {
-        args.extend(["--threads".to_string(), threads]);
+    match (std::env::var("RAYON_NUM_THREADS"), threads) {
+        (Ok(threads), _) => args.extend(["--threads".to_string(), threads]),
+        (Err(_), Some(threads)) => args.extend(["--threads".to_string(), threads.to_string()]),
+        (Err(_), None) => {}
     }
-    Ok(ProcessRunner { program, args, cache: session.cache.clone() })
+    Ok(ExecCommand { program, args })
+}
+
+/// Slurm array tasks running `pipe exec-action` on this cache (which the nodes must
+/// share); task states are printed on stderr as they change.
+fn slurm_runner(
+    project: &Project,
+    session: &crate::project::Session,
+    args: &SlurmArgs,
+) -> Result<SlurmRunner, Failure> {
+    let options = SlurmOptions {
+        partition: args.slurm_partition.clone(),
+        time: args.slurm_time.clone(),
+        cpus_per_task: args.slurm_cpus,
+        gpus_per_task: args.slurm_gpus,
+        ..SlurmOptions::default()
+    };
+    let workdir = std::env::current_dir().map_err(|e| failed(anyhow::anyhow!("reading the working directory: {e}")))?;
+    let events: workspace::SlurmEvents = Arc::new(|line: &str| eprintln!("{line}"));
+    Ok(SlurmRunner::new(exec_command(project, Some(args.slurm_cpus))?, session.cache.clone(), options, workdir, events))
 }

@@ -11,6 +11,7 @@ mod remote;
 mod report;
 mod resume;
 mod skeleton;
+mod slurm;
 mod squeeze;
 mod support;
 mod tune;

@@ -39,14 +39,14 @@ halving = 0
 min_steps = 20
 "#;
 
-fn tune_dir(extra: &str) -> TestDir {
+pub(crate) fn tune_dir(extra: &str) -> TestDir {
     let text = TUNE.to_string() + extra;
     TestDir::with_pipeline(&text)
 }
 
 /// Stage lines of `overfit` instances with overrides (the trials; the untuned
 /// config is the plain `overfit`), by name.
-fn trials(run: &Run) -> Vec<(String, String)> {
+pub(crate) fn trials(run: &Run) -> Vec<(String, String)> {
     let mut lines: Vec<(String, String)> = run
         .lines()
         .iter()
@@ -57,7 +57,7 @@ fn trials(run: &Run) -> Vec<(String, String)> {
     lines
 }
 
-fn statuses<'a>(trials: &'a [(String, String)], status: &str) -> Vec<&'a str> {
+pub(crate) fn statuses<'a>(trials: &'a [(String, String)], status: &str) -> Vec<&'a str> {
     trials.iter().filter(|(_, s)| s == status).map(|(name, _)| name.as_str()).collect()
 }
 

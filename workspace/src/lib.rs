@@ -33,7 +33,7 @@ pub use recipe::{
     Recipe, Stage, StageFailure, StageId, StageOutput, StageSpec, Target, Verdict, VerdictError, VerdictStatus,
 };
 pub use resume::{checkpoint_every, resume_point, CacheResume, NoResume, Resume};
-pub use runner::{LocalRunner, ProcessRunner, RecipeRef, Runner};
+pub use runner::{ExecCommand, LocalRunner, ProcessRunner, RecipeRef, Runner, SlurmEvents, SlurmOptions, SlurmRunner};
 pub use snapshot::{snapshot, StageSnapshot};
 pub use verify::{verify_stage, ArtifactCheck, StageCheck};
 
