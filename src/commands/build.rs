@@ -12,7 +12,7 @@ use workspace::{BuildOptions, Cancel, ExecCommand, ProcessRunner, Runner, SlurmO
 use crate::cli::{RunnerKind, SlurmArgs};
 use crate::output::{self, Printer};
 use crate::progress::Bars;
-use crate::project::{failed, targets_or, Failure, Project};
+use crate::project::{failed, targets_or, usage, Failure, Project};
 use crate::scorecard;
 
 /// Exit code of a build stopped by Ctrl-C (128 + SIGINT).
@@ -114,6 +114,12 @@ fn slurm_runner(
     session: &crate::project::Session,
     args: &SlurmArgs,
 ) -> Result<SlurmRunner, Failure> {
+    let client = std::process::Command::new("sbatch").arg("--version").output();
+    if !client.is_ok_and(|output| output.status.success()) {
+        return Err(usage(anyhow::anyhow!(
+            "--runner slurm: `sbatch` is not installed here (Slurm's client commands: sbatch, squeue, scancel)"
+        )));
+    }
     let options = SlurmOptions {
         partition: args.slurm_partition.clone(),
         time: args.slurm_time.clone(),

@@ -196,3 +196,13 @@ fn ctrl_c_cancels_the_array_and_a_task_cancelled_elsewhere_fails_its_stage() {
     // The next build resumes nothing partial from the queue.
     assert_eq!(std::fs::read_dir(dir.path().join(".pipe/queue")).map_or(0, |entries| entries.count()), 0);
 }
+
+#[test]
+fn without_sbatch_the_slurm_runner_is_refused_before_anything_runs() {
+    // Runs everywhere: no `sbatch` on this PATH.
+    let dir = TestDir::with_pipeline("");
+    let run = dir.run_with_env(&["build", "--json", "--runner", "slurm", "data"], &[("PATH", "/nonexistent")]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("`sbatch` is not installed"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "nothing was built: {}", run.stdout);
+}
