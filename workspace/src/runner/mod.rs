@@ -8,6 +8,8 @@
 mod process;
 mod slurm;
 mod slurm_cmd;
+#[cfg(test)]
+mod slurm_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

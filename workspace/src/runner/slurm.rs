@@ -45,6 +45,8 @@ pub struct SlurmOptions {
     pub poll: Duration,
     /// The most tasks in one array (clusters default `MaxArraySize` to 1001).
     pub max_array: usize,
+    /// The directory of `sbatch`, `squeue` and `scancel` (default: found on PATH).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for SlurmOptions {
@@ -58,6 +60,7 @@ impl Default for SlurmOptions {
             gather: Duration::from_millis(100),
             poll: Duration::from_millis(250),
             max_array: 1000,
+            bin_dir: None,
         }
     }
 }
@@ -100,6 +103,7 @@ enum Ticket {
 /// A submitted job array.
 struct Array {
     job: JobId,
+    bin_dir: Option<PathBuf>,
     /// Per task: finished (its outcome was handed over) and cancelled by us.
     tasks: Mutex<Vec<(bool, bool)>>,
     events: SlurmEvents,
@@ -197,7 +201,7 @@ impl Array {
             tasks.iter().all(|(finished, cancelled)| *finished || *cancelled)
         };
         let only = [task];
-        let result = slurm_cmd::scancel(&self.job, if whole { None } else { Some(&only[..]) });
+        let result = slurm_cmd::scancel(self.bin_dir.as_deref(), &self.job, if whole { None } else { Some(&only[..]) });
         match result {
             Ok(()) if whole => (self.events)(&format!("slurm: cancelled job array {}", self.job)),
             Ok(()) => (self.events)(&format!("slurm: cancelled task {}_{task}", self.job)),
@@ -278,6 +282,7 @@ impl Shared {
         ));
         let array = Arc::new(Array {
             job: job.clone(),
+            bin_dir: shared.options.bin_dir.clone(),
             tasks: Mutex::new(vec![(false, false); batch.len()]),
             events: shared.events.clone(),
         });
@@ -312,7 +317,7 @@ impl Shared {
         let script_path =
             self.cache.write_file(&relative.join("job.sh"), script.as_bytes()).map_err(|error| error.to_string())?;
         let args = slurm_cmd::sbatch_args(&self.options, batch.len(), &dir, &self.workdir);
-        let job = slurm_cmd::sbatch(&args, &script_path)?;
+        let job = slurm_cmd::sbatch(self.options.bin_dir.as_deref(), &args, &script_path)?;
         Ok((job, dir))
     }
 }
@@ -335,7 +340,7 @@ impl Monitor {
         let mut last_answer = Instant::now();
         while !open.is_empty() {
             std::thread::sleep(self.shared.options.poll);
-            let tasks = match slurm_cmd::squeue(&self.array.job) {
+            let tasks = match slurm_cmd::squeue(self.shared.options.bin_dir.as_deref(), &self.array.job) {
                 Ok(tasks) => {
                     last_answer = Instant::now();
                     tasks

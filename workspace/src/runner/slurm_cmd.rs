@@ -3,7 +3,7 @@
 //! the text is unit-tested without a cluster.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cache::StageKey;
@@ -71,9 +71,11 @@ pub(crate) fn parse_job_id(stdout: &str) -> Option<JobId> {
     (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_string())
 }
 
-/// Runs `program args...`; its stdout, or a sentence with its stderr.
-pub(crate) fn call(program: &str, args: &[String]) -> Result<String, String> {
-    let output = Command::new(program)
+/// Runs `program args...` (from `bin_dir`, else found on PATH); its stdout, or a
+/// sentence with its stderr.
+pub(crate) fn call(bin_dir: Option<&Path>, program: &str, args: &[String]) -> Result<String, String> {
+    let path = bin_dir.map_or_else(|| PathBuf::from(program), |dir| dir.join(program));
+    let output = Command::new(path)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -87,10 +89,10 @@ pub(crate) fn call(program: &str, args: &[String]) -> Result<String, String> {
 }
 
 /// `sbatch`: submits `script` and returns the job id.
-pub(crate) fn sbatch(args: &[String], script: &Path) -> Result<JobId, String> {
+pub(crate) fn sbatch(bin_dir: Option<&Path>, args: &[String], script: &Path) -> Result<JobId, String> {
     let mut args = args.to_vec();
     args.push(script.display().to_string());
-    let stdout = call("sbatch", &args)?;
+    let stdout = call(bin_dir, "sbatch", &args)?;
     parse_job_id(&stdout).ok_or_else(|| format!("`sbatch` printed no job id: {stdout:?}"))
 }
 
@@ -122,9 +124,9 @@ impl TaskState {
 }
 
 /// The tasks of `job` that slurmctld still knows, finished ones included.
-pub(crate) fn squeue(job: &str) -> Result<BTreeMap<usize, TaskState>, String> {
+pub(crate) fn squeue(bin_dir: Option<&Path>, job: &str) -> Result<BTreeMap<usize, TaskState>, String> {
     let args = ["--noheader", "--array", "--states=all", &format!("--jobs={job}"), "--format=%K|%T|%r"];
-    let stdout = call("squeue", &args.map(String::from))?;
+    let stdout = call(bin_dir, "squeue", &args.map(String::from))?;
     Ok(parse_squeue(&stdout))
 }
 
@@ -159,12 +161,12 @@ pub(crate) fn parse_squeue(stdout: &str) -> BTreeMap<usize, TaskState> {
 }
 
 /// `scancel` of the whole array or of some of its tasks.
-pub(crate) fn scancel(job: &str, tasks: Option<&[usize]>) -> Result<(), String> {
+pub(crate) fn scancel(bin_dir: Option<&Path>, job: &str, tasks: Option<&[usize]>) -> Result<(), String> {
     let targets = match tasks {
         None => vec![job.to_string()],
         Some(tasks) => tasks.iter().map(|task| format!("{job}_{task}")).collect(),
     };
-    call("scancel", &targets).map(|_| ())
+    call(bin_dir, "scancel", &targets).map(|_| ())
 }
 
 /// The last `lines` lines of `text`.
