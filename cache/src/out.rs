@@ -224,9 +224,8 @@ impl OutDir {
 /// or hand-edited file is ignored). A build settles a member whose key is recorded from
 /// here instead of reading and verifying its action entry and re-checking its copies
 /// in `out/` and `last/`: a no-op of a 1,000-trial tune is then one read, not 1,000
-/// entries, 9,000 object stats and 1,000 directories. Member objects are verified
-/// when a stage reads them (a damaged one is re-made), and copies of members are
-/// written whenever a member's key changes.
+/// entry decodes, 1,000 `last/` reads and 1,000 directories. Copies of members are
+/// written whenever a member's key or output changes.
 #[derive(Debug)]
 pub struct MemberRecord {
     root: PathBuf,

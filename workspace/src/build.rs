@@ -248,7 +248,10 @@ pub fn build(
                         let cached = match instance_output(db, *instance).clone() {
                             Some(output) => Some(output),
                             None => member
-                                .then(|| crate::settle::recorded(&record, &instances[index], &key))
+                                .then(|| {
+                                    let store = db.engine().cache.store();
+                                    crate::settle::recorded(&record, store, &instances[index], &key)
+                                })
                                 .flatten()
                                 .or_else(|| {
                                     db.engine().cache.actions().get(&key).map(|manifest| StageOutput {

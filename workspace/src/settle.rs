@@ -2,10 +2,10 @@
 //!
 //! A no-op build of a 1,000-trial tune meets 1,000 cached members. Each is looked up
 //! in [`cache::MemberRecord`] (one file, read once) by its name and current key
-//! instead of reading and verifying its action entry, and its copies in `.pipe/out`
-//! and its `last/` entry are refreshed only when its key or output differs from the
-//! recorded one. A member's objects are still verified by the stage that reads them,
-//! and a damaged one is re-made (the build forgets the member's record first).
+//! instead of reading and decoding its action entry, its objects are verified through
+//! the stat cache as a hit's are, and its copies in `.pipe/out` and its `last/` entry
+//! are refreshed only when its key or output differs from the recorded one. A damaged
+//! object found by a reader is re-made (the build forgets the member's record first).
 
 use cache::{KeyInputs, MemberRecord, RecordedMember, StageKey};
 
@@ -14,9 +14,19 @@ use crate::db::{instance_key, instance_output, instance_verdicts, Database, Inst
 use crate::instance::InstanceSpec;
 use crate::recipe::StageOutput;
 
-/// The output recorded for member `spec` under `key`.
-pub(crate) fn recorded(record: &MemberRecord, spec: &InstanceSpec, key: &StageKey) -> Option<StageOutput> {
+/// The output recorded for member `spec` under `key`, when its objects are still in
+/// the store as they were last verified (a lost one: the member's entry is looked up,
+/// fails, and the member is re-made).
+pub(crate) fn recorded(
+    record: &MemberRecord,
+    store: &cache::Store,
+    spec: &InstanceSpec,
+    key: &StageKey,
+) -> Option<StageOutput> {
     let member = record.get(&spec.name().0, key)?;
+    if !member.artifacts.values().all(|artifact| store.verify(&artifact.hash)) {
+        return None;
+    }
     Some(StageOutput { artifacts: member.artifacts.clone(), metrics: member.metrics.clone() })
 }
 
