@@ -27,6 +27,15 @@ fn statuses(run: &Run) -> Vec<(String, String)> {
     stage_statuses(run).into_iter().filter(|(name, _)| name != "data").collect()
 }
 
+/// The `overfit` instances with overrides that ran.
+fn trained_trials(run: &Run) -> Vec<String> {
+    statuses(run)
+        .into_iter()
+        .filter(|(name, status)| name.starts_with("overfit[") && status == "ran")
+        .map(|(name, _)| name)
+        .collect()
+}
+
 fn pair(name: &str, status: &str) -> (String, String) {
     (name.to_string(), status.to_string())
 }
@@ -110,11 +119,7 @@ members = "tune"
 "#;
     let dir = TestDir::with_pipeline(config);
     let first = build(&dir, "squeeze");
-    let trained: Vec<String> = statuses(&first)
-        .into_iter()
-        .filter(|(name, status)| name.starts_with("overfit[") && status == "ran")
-        .map(|(name, _)| name)
-        .collect();
+    let trained = trained_trials(&first);
     assert_eq!(trained.len(), 3, "every trial trains: {trained:?}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/squeeze/squeeze.json")).unwrap()).unwrap();
@@ -150,11 +155,7 @@ members = "tune"
     // A fourth trial: only it trains.
     let grown = dir.run_with_env(&["build", "--json", "--set", "tune.trials=4", "squeeze"], &[NO_STATES]);
     assert_eq!(grown.code, 0, "{}", grown.stderr);
-    let ran: Vec<String> = statuses(&grown)
-        .into_iter()
-        .filter(|(name, status)| name.starts_with("overfit") && status == "ran")
-        .map(|(name, _)| name)
-        .collect();
+    let ran = trained_trials(&grown);
     assert_eq!(ran.len(), 1, "{ran:?}");
     assert!(!trained.contains(&ran[0]));
 }
