@@ -81,12 +81,15 @@ pub enum Command {
     Runs,
     /// Compare two sides: knobs, stage keys and why they differ, metrics, verdicts, curves, checkpoints.
     ///
-    /// A side is a recorded run (@latest, @prev, @N or N), a pipeline file, or `.` (the
-    /// current pipeline). A defaults to @latest and B to `.`; --set overrides apply to
+    /// A side is a recorded run (@latest, @prev, @N or N), a pipeline file, `.` (the
+    /// current pipeline), a tuning trial (`tune/trial-3`, at its last rung) or a stage
+    /// instance (`overfit[train.lr=0.001]`: the pipeline under those overrides, that
+    /// stage and its upstream). A defaults to @latest and B to `.`; --set overrides apply to
     /// the B side only, so `pipe diff . --set train.lr=1e-3` shows what that override
     /// would change and `pipe diff @prev @latest` compares the last two builds.
     Diff {
-        /// A side: @latest, @prev, @N, N, a pipeline file or `.` [default: @latest]
+        /// A side: @latest, @prev, @N, N, a pipeline file, `.`, a tuning trial
+        /// (`tune/trial-3`) or an instance (`overfit[train.lr=0.001]`) [default: @latest]
         a: Option<String>,
         /// B side, which --set overrides apply to [default: .]
         b: Option<String>,
