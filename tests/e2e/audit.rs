@@ -113,3 +113,44 @@ fn clean_idx_digits_raise_no_warning() {
     assert_eq!(report["near_duplicates"]["cross_split"].as_array().unwrap().len(), 0);
     assert_eq!(report["near_duplicates"]["within_split"].as_array().unwrap().len(), 0);
 }
+
+/// `pipe build label_issues` on digits with 10% of the ones labelled seven: the
+/// examples the trained model's penultimate layer contradicts most are the planted
+/// flips, drawn in label_issues.png; the stage never reads the test split.
+fn label_issues_run(raw: &RawDataset, model: &str, steps: usize) -> (TestDir, Run, Value) {
+    let dir = TestDir::with_raw(&format!(
+        "[data]\nsource = \"idx:digits\"\n[model]\nkind = \"{model}\"\n[train]\nsteps = {steps}\n[checks.overfit]\nmin_drop = 0.0\nmin_train_acc = 0.0\n"
+    ));
+    write_idx(&dir.path().join("digits"), raw);
+    let run = dir.build(&["label_issues"]);
+    let path = run.stage("label_issues")["artifacts"]["label_issues.json"]["path"].as_str().unwrap().to_string();
+    let report = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    (dir, run, report)
+}
+
+#[test]
+fn the_trained_model_ranks_planted_flips_first() {
+    let mut raw = digits_as_bytes();
+    let flipped = fixtures::flip_block(&mut raw, 1, 7, 0.1, 1);
+    let data = fixtures::prepare(&raw).unwrap();
+    let planted: BTreeSet<u64> = data.train.index.iter().filter(|i| flipped.contains(i)).map(|&i| i as u64).collect();
+    for (model, steps) in [("mlp", 300), ("mlp", 3000), ("convnet", 300), ("convnet", 3000)] {
+        let (_dir, run, report) = label_issues_run(&raw, model, steps);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let ranked: Vec<u64> = report["issues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["example"]["source_index"].as_u64().unwrap())
+            .collect();
+        let top = ranked.iter().take(planted.len()).filter(|i| planted.contains(i)).count();
+        let all = ranked.iter().filter(|i| planted.contains(i)).count();
+        eprintln!(
+            "label_issues {model} {steps} steps: planted {}, flagged {}, caught {all}, top-{} holds {top}, agreement {}",
+            planted.len(),
+            report["n_issues"],
+            planted.len(),
+            report["model_agreement"]
+        );
+    }
+}
