@@ -134,6 +134,7 @@ pub mod stage {
         ZERO_INPUT_BASELINE = "zero_input_baseline",
         OVERFIT_BATCH = "overfit_batch",
         OVERFIT = "overfit",
+        LABEL_ISSUES = "label_issues",
         BEATS_BASELINES = "beats_baselines",
         REGULARIZE = "regularize",
         TUNE = "tune",

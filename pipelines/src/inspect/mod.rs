@@ -13,6 +13,7 @@ pub mod embed;
 mod explain;
 pub mod fixtures;
 pub mod label_issues;
+pub mod model_eyes;
 pub mod near_duplicates;
 pub mod neighbours;
 #[cfg(test)]
@@ -92,10 +93,10 @@ impl View<'_> {
     }
 }
 
-pub fn inspect(data: &Prepared, options: &InspectOptions) -> Result<Inspection, candle_core::Error> {
+/// Each split of `data` with its raw (un-normalised) values.
+pub(crate) fn views(data: &Prepared) -> Vec<View<'_>> {
     let d = data.n_features();
-    let views: Vec<View<'_>> = data
-        .splits()
+    data.splits()
         .into_iter()
         .map(|(name, split)| {
             let mut raw = split.x.clone();
@@ -106,7 +107,18 @@ pub fn inspect(data: &Prepared, options: &InspectOptions) -> Result<Inspection, 
             }
             View { name, split, raw }
         })
-        .collect();
+        .collect()
+}
+
+/// The scale pictures are drawn with: the format's value range, else 0..255.
+fn picture_scale(data: &Prepared) -> Scale {
+    let (low, high) = data.meta.value_range.unwrap_or((0.0, 255.0));
+    Scale { low, high }
+}
+
+pub fn inspect(data: &Prepared, options: &InspectOptions) -> Result<Inspection, candle_core::Error> {
+    let d = data.n_features();
+    let views = views(data);
     let mut metrics = BTreeMap::new();
     let mut report = serde_json::Map::new();
 
@@ -141,10 +153,7 @@ pub fn inspect(data: &Prepared, options: &InspectOptions) -> Result<Inspection, 
     ));
     if is_image(&data.meta.shape) {
         files.extend(pictures(data, &views, &outliers));
-        let scale = Scale {
-            low: data.meta.value_range.map_or(0.0, |r| r.0),
-            high: data.meta.value_range.map_or(255.0, |r| r.1),
-        };
+        let scale = picture_scale(data);
         let picture = explain::Picture { views: &views, shape: &data.meta.shape, scale, names: &data.meta.class_names };
         if let Some(png) = picture.label_issues(&labels.issues, options.top_k) {
             files.push(("suspects.png".to_string(), png));
@@ -447,8 +456,7 @@ fn histogram(train: &View<'_>, _d: usize) -> String {
 fn pictures(data: &Prepared, views: &[View<'_>], outliers: &[Outlier]) -> Vec<(String, Vec<u8>)> {
     let d = data.n_features();
     let shape = &data.meta.shape;
-    let (low, high) = data.meta.value_range.unwrap_or((0.0, 255.0));
-    let scale = Scale { low, high };
+    let scale = picture_scale(data);
     let train = &views[0];
     let names = &data.meta.class_names;
     let row_of = |view: &View<'_>, index: usize| -> Vec<f32> { view.raw[index * d..(index + 1) * d].to_vec() };

@@ -126,3 +126,37 @@ fn fashion_flipped_blocks_and_noisy_copies() {
     let (inspection, _) = audit(&base, &options());
     assert!(inspection.near_duplicates.is_empty(), "{:?}", &inspection.near_duplicates[..1]);
 }
+
+#[test]
+fn the_model_eyes_audit_finds_and_ranks_flips_in_a_given_embedding() {
+    use super::model_eyes::{self, ModelEyesOptions, ModelView};
+    let mut raw = digits();
+    let flipped = fixtures::flip_block(&mut raw, 1, 7, 0.1, 1);
+    let data = fixtures::prepare(&raw).unwrap();
+    // A stand-in for a trained model: its "penultimate layer" is the standardised
+    // input and it predicts nothing (uniform probabilities).
+    let n = data.train.len();
+    let view =
+        ModelView { embedding: data.train.x.clone(), width: data.n_features(), probabilities: vec![vec![0.1; 10]; n] };
+    let options = ModelEyesOptions {
+        top_k: 8,
+        knn_k: 10,
+        knn_queries: 1_000_000,
+        folds: 5,
+        seed: 0,
+        max_self_confidence: 0.2,
+        embed_dims: EMBED_DIMS,
+    };
+    let audit = model_eyes::audit(&data, view, &options).unwrap();
+    let truth: BTreeSet<u32> = data.train.index.iter().copied().filter(|i| flipped.contains(i)).collect();
+    let found: BTreeSet<u32> = audit.issues.iter().map(|i| i.issue.example.source_index).collect();
+    let (recall, precision) = recall_precision(&found, &truth);
+    eprintln!("model eyes on pixels: recall {recall}, precision {precision}, {} flagged", found.len());
+    assert!(recall >= 0.6 && precision >= 0.4, "recall {recall}, precision {precision}");
+    let margin = |i: &model_eyes::ModelIssue| i.issue.self_confidence - i.issue.suggested_confidence;
+    assert!(audit.issues.windows(2).all(|w| margin(&w[0]) <= margin(&w[1])));
+    assert!(audit.issues.iter().all(|i| (i.model_confidence_in_label - 0.1).abs() < 1e-6));
+    assert_eq!(audit.report["n_issues"], audit.issues.len());
+    let names: Vec<&str> = audit.files.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["confident_joint.svg", "label_issues.png"]);
+}

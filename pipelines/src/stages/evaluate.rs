@@ -218,7 +218,7 @@ fn thousands(n: usize) -> String {
 
 /// The model described by a checkpoint, with its parameters and buffers loaded, in
 /// evaluation mode.
-fn restore(cx: &Cx<'_, '_>, bytes: &[u8]) -> Result<(ModelSpec, Box<dyn Model>), ExecError> {
+pub(crate) fn restore(cx: &Cx<'_, '_>, bytes: &[u8]) -> Result<(ModelSpec, Box<dyn Model>), ExecError> {
     let bad = |what: String| ExecError::Failed(format!("overfit checkpoint: {what}"));
     let file = TensorFile::decode(bytes).map_err(|e| bad(e.to_string()))?;
     let meta: Value = file.meta().map_err(|e| bad(e.to_string()))?;

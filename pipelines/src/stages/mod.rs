@@ -17,6 +17,7 @@ pub mod flat;
 pub mod grad_deps;
 pub mod human_baseline;
 pub mod inspect;
+pub mod label_issues;
 pub mod loss_at_init;
 pub mod overfit;
 pub mod overfit_batch;
@@ -145,6 +146,7 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(zero_input_baseline::ZeroInputBaseline),
         entry(overfit_batch::OverfitBatch),
         entry(overfit_stage),
+        entry(label_issues::LabelIssues),
         entry(beats_baselines::BeatsBaselines),
         entry(ladder_stage),
         entry(tune::Tune),
@@ -239,6 +241,7 @@ mod tests {
                 "zero_input_baseline",
                 "overfit_batch",
                 "overfit",
+                "label_issues",
                 "beats_baselines",
                 "regularize",
                 "tune",
