@@ -1,4 +1,4 @@
-//! Exact nearest neighbours in the audit's embedding: one matrix product per chunk of
+//! Exact nearest neighbours in the audit's embedding: our GEMM over tiles of queries x
 //! queries, then a scan keeping two short lists per query: the nearest examples of any
 //! split (near-duplicate candidates) and, for a training query, the nearest training
 //! examples of *other folds* (the out-of-fold vote of confident learning).
@@ -10,6 +10,8 @@
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+
+use crate::kernels::gemm::{gemm, MatRef, Scratch, Start};
 
 /// One neighbour: its row and its Euclidean distance in the embedding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,81 +76,112 @@ impl Best {
     }
 }
 
-const CHUNK: usize = 128;
+/// Queries per task: the rows of `A` in one product (a multiple of the GEMM's row
+/// block, so each column tile of `B` is packed once per 384 queries).
+const QUERIES: usize = 384;
+/// Columns per tile: a `QUERIES x COLUMNS` tile of dot products stays in cache while
+/// it is scanned, instead of a `QUERIES x n` matrix going through memory.
+const COLUMNS: usize = 512;
 
-/// One query's scan over its row of dot products: (vote list, any-split list).
-fn scan(
-    query: usize,
-    row: &[f32],
-    squared: &[f32],
-    search: &Search<'_>,
-    finish: &(dyn Fn(Best, usize) -> Vec<Neighbour> + Sync),
-) -> (Vec<Neighbour>, Vec<Neighbour>) {
-    let mut any = Best::new(search.k_any);
+/// One query's running lists: (vote, any split).
+struct Lists {
+    vote: Best,
+    any: Best,
+}
+
+/// Offers query `query` the columns `col0..col0 + dots.len()` of its row of dot
+/// products.
+fn scan(query: usize, col0: usize, dots: &[f32], squared: &[f32], search: &Search<'_>, lists: &mut Lists) {
     let is_train = query < search.n_train;
-    let mut vote = Best::new(if is_train { search.k_vote } else { 0 });
     let own_fold = if is_train { search.fold[query] } else { u8::MAX };
-    let (mut any_bound, mut vote_bound) = (any.bound(), vote.bound());
-    for (j, (dot, sq)) in row.iter().zip(squared).enumerate() {
+    let (mut any_bound, mut vote_bound) = (lists.any.bound(), lists.vote.bound());
+    for (offset, (dot, sq)) in dots.iter().zip(&squared[col0..]).enumerate() {
         let key = sq - 2.0 * dot;
+        let j = col0 + offset;
         if key >= any_bound && key >= vote_bound || j == query {
             continue;
         }
         if key < any_bound {
-            any.offer(key, j as u32);
-            any_bound = any.bound();
+            lists.any.offer(key, j as u32);
+            any_bound = lists.any.bound();
         }
         if is_train && key < vote_bound && search.fold[j] != own_fold {
-            vote.offer(key, j as u32);
-            vote_bound = vote.bound();
+            lists.vote.offer(key, j as u32);
+            vote_bound = lists.vote.bound();
         }
     }
-    (finish(vote, query), finish(any, query))
 }
 
 /// Searches `embedding` (n rows, training split first) as `search` says.
+///
+/// Dot products come from our GEMM ([`crate::kernels::gemm`]: each one a single
+/// FMA chain in a fixed order), so the lists are the same for any thread count.
 pub fn search(embedding: &Tensor, search: &Search<'_>) -> Result<Found, candle_core::Error> {
     let (n, dims) = embedding.dims2()?;
     let values = embedding.flatten_all()?.to_vec1::<f32>()?;
     let squared: Vec<f32> = values.chunks(dims.max(1)).map(|row| row.iter().map(|v| v * v).sum()).collect();
-    let all_t = embedding.t()?.contiguous()?;
-    let train_t = embedding.narrow(0, 0, search.n_train)?.t()?.contiguous()?;
+    // The embedding transposed (`dims x n`, row-major): tiles of `B` are contiguous rows.
+    let mut columns = vec![0f32; n * dims];
+    for (row, values) in values.chunks(dims.max(1)).enumerate() {
+        for (l, &value) in values.iter().enumerate() {
+            columns[l * n + row] = value;
+        }
+    }
     let exact = |a: usize, b: usize| -> f64 {
         let (x, y) = (&values[a * dims..(a + 1) * dims], &values[b * dims..(b + 1) * dims]);
         x.iter().zip(y).map(|(p, q)| (*p as f64 - *q as f64).powi(2)).sum::<f64>().sqrt()
     };
-    let finish = |best: Best, query: usize| -> Vec<Neighbour> {
+    let finish = |best: &Best, query: usize| -> Vec<Neighbour> {
         let mut list: Vec<Neighbour> =
             best.items.iter().map(|&(_, row)| Neighbour { row, distance: exact(query, row as usize) }).collect();
         list.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.row.cmp(&b.row)));
         list
     };
-    let mut found = Found { votes: Vec::with_capacity(search.n_train), nearest: Vec::with_capacity(n) };
+    // Blocks never straddle the end of the training split: a training query is
+    // compared with training rows only, a val/test query with every row.
+    let mut blocks = Vec::new();
     let mut start = 0;
     while start < n {
-        // Chunks never straddle the end of the training split.
-        let end = if start < search.n_train { (start + CHUNK).min(search.n_train) } else { (start + CHUNK).min(n) };
-        let columns = if start < search.n_train { &train_t } else { &all_t };
-        let dots = embedding.narrow(0, start, end - start)?.matmul(columns)?;
-        let (storage, layout) = dots.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Err(candle_core::Error::Msg("the audit's neighbour search runs on the CPU".into()));
-        };
-        let width = columns.dims2()?.1;
-        let dots = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + (end - start) * width];
-        // Rows are independent and collected in order: the same lists on any pool size.
-        let lists: Vec<(Vec<Neighbour>, Vec<Neighbour>)> = dots
-            .par_chunks(width)
-            .enumerate()
-            .map(|(offset, row)| scan(start + offset, row, &squared, search, &finish))
-            .collect();
-        for (query, (vote, any)) in (start..end).zip(lists) {
-            if query < search.n_train {
-                found.votes.push(vote);
-            }
-            found.nearest.push(any);
-        }
+        let end = if start < search.n_train { (start + QUERIES).min(search.n_train) } else { (start + QUERIES).min(n) };
+        blocks.push(start..end);
         start = end;
+    }
+    // Blocks are independent and collected in order: the same lists on any pool size.
+    let per_block: Vec<Vec<(Vec<Neighbour>, Vec<Neighbour>)>> = blocks
+        .into_par_iter()
+        .map_init(
+            || (Scratch::default(), vec![0f32; QUERIES * COLUMNS]),
+            |(scratch, tile), rows| {
+                let width = if rows.start < search.n_train { search.n_train } else { n };
+                let mut lists: Vec<Lists> = rows
+                    .clone()
+                    .map(|query| Lists {
+                        vote: Best::new(if query < search.n_train { search.k_vote } else { 0 }),
+                        any: Best::new(search.k_any),
+                    })
+                    .collect();
+                let a = MatRef::row_major(&values[rows.start * dims..rows.end * dims], dims);
+                let mut col0 = 0;
+                while col0 < width {
+                    let cols = COLUMNS.min(width - col0);
+                    let b = MatRef::row_major(&columns[col0..], n);
+                    gemm(rows.len(), cols, dims, &a, &b, tile, COLUMNS, Start::Zero, scratch);
+                    for (i, list) in lists.iter_mut().enumerate() {
+                        let dots = &tile[i * COLUMNS..i * COLUMNS + cols];
+                        scan(rows.start + i, col0, dots, &squared, search, list);
+                    }
+                    col0 += cols;
+                }
+                rows.zip(&lists).map(|(query, list)| (finish(&list.vote, query), finish(&list.any, query))).collect()
+            },
+        )
+        .collect();
+    let mut found = Found { votes: Vec::with_capacity(search.n_train), nearest: Vec::with_capacity(n) };
+    for (query, (vote, any)) in per_block.into_iter().flatten().enumerate() {
+        if query < search.n_train {
+            found.votes.push(vote);
+        }
+        found.nearest.push(any);
     }
     Ok(found)
 }
