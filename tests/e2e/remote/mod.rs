@@ -1,5 +1,10 @@
-//! A shared remote cache (issue 12, HTTP half): Debian's nginx with WebDAV PUT serves
-//! Bazel's HTTP cache layout (`ac/<key>`, `cas/<hash>`) on 127.0.0.1, started here.
+//! A shared remote cache (issue 12): Debian's nginx with WebDAV PUT serves Bazel's HTTP
+//! cache layout (`ac/<key>`, `cas/<hash>`) on 127.0.0.1, started here; `s3.rs` does the
+//! same against a real S3-compatible server; `claims.rs` runs concurrent builds
+//! sharing one remote and counts executions.
+
+mod claims;
+mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,15 +13,15 @@ use std::time::{Duration, Instant};
 use crate::support::{stage_statuses, Run, TestDir};
 
 /// nginx serving a WebDAV root, stopped on drop.
-struct Nginx {
+pub struct Nginx {
     child: Child,
     root: PathBuf,
-    url: String,
+    pub url: String,
 }
 
 impl Nginx {
     /// `None` when nginx is not installed (`scripts/test` installs Debian's nginx-light).
-    fn start(name: &str) -> Option<Nginx> {
+    pub fn start(name: &str) -> Option<Nginx> {
         let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|path| Path::new(path).exists())?;
         let dir = std::env::temp_dir().join(format!("pipe-nginx-{name}-{}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
@@ -36,7 +41,7 @@ impl Nginx {
              events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  \
              proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  \
              client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n    \
-             location / {{ dav_methods PUT; create_full_put_path on; dav_access user:rw group:rw all:r; }}\n  }}\n}}\n",
+             location / {{ dav_methods PUT MKCOL; create_full_put_path on; dav_access user:rw group:rw all:r; }}\n  }}\n}}\n",
             root.display()
         );
         std::fs::write(dir.join("nginx.conf"), config).unwrap();
@@ -79,6 +84,15 @@ impl Drop for Nginx {
 
 fn build(dir: &TestDir, url: &str) -> Run {
     dir.run_with_env(&["--json", "build", "inspect"], &[("PIPE_REMOTE_CACHE", url)])
+}
+
+/// `pipe -C DIR ARGS...` started in the background with `env`.
+pub fn spawn(dir: &TestDir, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pipe"));
+    command.args(["-C", dir.path().to_str().unwrap()]).args(args).current_dir(dir.path());
+    command.env_remove("PIPE_CACHE_DIR").env_remove("PIPE_THREADS").env_remove("PIPE_LOG");
+    command.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.spawn().expect("pipe starts")
 }
 
 fn statuses(run: &Run) -> Vec<String> {
@@ -138,6 +152,6 @@ fn remote_cache_url_in_pipe_toml_is_checked_and_never_written_anywhere() {
     let run = dir.run(&["build", "inspect"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("pipe.toml:"), "located: {}", run.stderr);
-    assert!(run.stderr.contains("only http:// is supported"), "{}", run.stderr);
+    assert!(run.stderr.contains("only http:// and s3:// are supported"), "{}", run.stderr);
     assert!(!run.stderr.contains("secret"), "credentials are never echoed: {}", run.stderr);
 }
