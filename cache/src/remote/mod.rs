@@ -152,5 +152,9 @@ mod tests {
         assert_eq!(redact("http://host/x"), "http://host/x");
         let error = open("ftp://u:secret@example.org/x").unwrap_err().to_string();
         assert!(!error.contains("secret"), "{error}");
+        // Credentials in an s3:// URL are refused (they come from AWS_* only), unechoed.
+        let error = open("s3://key:secret@bucket/prefix").unwrap_err().to_string();
+        assert!(error.contains("AWS_") && !error.contains("secret"), "{error}");
+        assert!(open("s3:///prefix").is_err());
     }
 }
