@@ -111,6 +111,12 @@ fn supported(tier: &Tier) -> bool {
         let name = format!("probe-{}", owner());
         let first = tier.call(|remote| remote.create_claim(&name));
         let second = tier.call(|remote| remote.create_claim(&name));
+        if first.is_some() {
+            tier.call(|remote| {
+                remote.remove_claim(&name);
+                Ok(())
+            });
+        }
         match (first, second) {
             (Some(true), Some(false)) => true,
             (Some(_), Some(_)) => {

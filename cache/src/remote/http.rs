@@ -124,6 +124,13 @@ impl Remote for HttpRemote {
         self.put_raw("claims", &format!("{name}/lease"), bytes)
     }
 
+    fn remove_claim(&self, name: &str) {
+        // Needs `dav_methods ... DELETE`; without it the empty collection stays.
+        let url = format!("{}/claims/{name}/", self.base);
+        self.agent.delete(&format!("{url}lease")).call().ok();
+        self.agent.delete(&url).call().ok();
+    }
+
     fn describe(&self) -> String {
         redact(&self.base)
     }

@@ -54,6 +54,8 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     fn get_claim(&self, name: &str) -> Result<Option<Vec<u8>>, RemoteError>;
     /// Writes the lease of a claim this process holds (renewal, release).
     fn put_claim(&self, name: &str, bytes: &[u8]) -> Result<(), RemoteError>;
+    /// Removes claim `name`, best effort (only the probe's, see [`claim`]).
+    fn remove_claim(&self, name: &str);
     /// Where it is, for messages (no credentials).
     fn describe(&self) -> String;
 }

@@ -148,6 +148,12 @@ impl Remote for S3Remote {
         self.put(&self.object("claims", name), bytes, false).map(drop)
     }
 
+    fn remove_claim(&self, name: &str) {
+        let object = self.object("claims", name);
+        let url = self.bucket.delete_object(self.credentials.as_ref(), &object).sign(SIGNED_FOR);
+        self.agent.delete(url.as_str()).call().ok();
+    }
+
     fn describe(&self) -> String {
         self.shown.clone()
     }

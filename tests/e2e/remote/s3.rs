@@ -140,6 +140,12 @@ fn s3_remote_round_trip_corrupt_object_unreachable_and_no_secret_written() {
     assert_eq!(statuses(&run2), ["data=cached", "inspect=cached"], "{}", run2.stderr);
     assert_eq!(run2.hashes(), run.hashes());
     assert_secret_absent(second.path(), &run2);
+    // Claims were taken (one per executed action) and the support probe cleaned up.
+    let (status, listing) = server.request("GET", "/team-bucket?list-type=2&prefix=pipe-cache/claims/", b"");
+    let listing = String::from_utf8_lossy(&listing);
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(listing.matches("<Key>").count(), 2, "{listing}");
+    assert!(!listing.contains("probe-"), "{listing}");
 
     // A corrupted remote object is detected, not used, and its stage runs locally.
     let dataset = run.stage("data")["artifacts"]["dataset.safetensors"]["hash"].as_str().unwrap().to_string();
