@@ -32,7 +32,7 @@ pub(crate) const MAX_DOWNLOAD: u64 = 8 << 30;
 pub enum RemoteError {
     #[error("{url}: {message}")]
     Unavailable { url: String, message: String },
-    #[error("remote cache URL `{0}`: only http:// and s3:// are supported here (https is not built in yet)")]
+    #[error("remote cache URL `{0}`: expected http://, https:// or s3://")]
     Unsupported(String),
     #[error("remote cache `{url}`: {message}")]
     Invalid { url: String, message: String },
@@ -116,9 +116,9 @@ impl Tier {
     }
 }
 
-/// Opens the remote named by `url` (`http://host:port/prefix` or `s3://bucket/prefix`).
+/// Opens the remote named by `url` (`http[s]://host:port/prefix` or `s3://bucket/prefix`).
 pub fn open(url: &str) -> Result<Box<dyn Remote>, RemoteError> {
-    if url.starts_with("http://") {
+    if url.starts_with("http://") || url.starts_with("https://") {
         Ok(Box::new(HttpRemote::new(url)))
     } else if url.starts_with("s3://") {
         Ok(Box::new(S3Remote::open(url)?))

@@ -6,7 +6,7 @@
 //! `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`; without a key the requests are
 //! unsigned), `AWS_REGION` or `AWS_DEFAULT_REGION` (default `us-east-1`), and
 //! `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` for an S3-compatible server (path-style
-//! URLs). Messages name `s3://bucket/prefix/...`, never a signed URL. Claims are
+//! URLs; without one, AWS itself over https, virtual-host style). Messages name `s3://bucket/prefix/...`, never a signed URL. Claims are
 //! created with a conditional `PUT` (`If-None-Match: *`: 412 when the object exists),
 //! which S3 has honoured since 2024.
 
@@ -56,16 +56,6 @@ impl S3Remote {
             Some(endpoint) => (endpoint, UrlStyle::Path),
             None => (format!("https://s3.{region}.amazonaws.com"), UrlStyle::VirtualHost),
         };
-        if !endpoint.starts_with("http://") {
-            return Err(RemoteError::Invalid {
-                url: super::redact(url),
-                message: format!(
-                    "endpoint {}: only http:// endpoints are built in (TLS is not); set AWS_ENDPOINT_URL \
-                     to an http:// S3-compatible server or a local TLS-terminating proxy",
-                    super::redact(&endpoint)
-                ),
-            });
-        }
         let endpoint = endpoint.parse().map_err(|_| invalid("AWS_ENDPOINT_URL is not a URL"))?;
         let bucket = Bucket::new(endpoint, style, bucket.to_string(), region)
             .map_err(|error| invalid(&format!("bucket: {error}")))?;

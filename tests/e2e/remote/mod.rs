@@ -152,7 +152,7 @@ fn remote_cache_url_in_pipe_toml_is_checked_and_never_written_anywhere() {
     let run = dir.run(&["build", "inspect"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("pipe.toml:"), "located: {}", run.stderr);
-    assert!(run.stderr.contains("only http:// and s3:// are supported"), "{}", run.stderr);
+    assert!(run.stderr.contains("expected http://, https:// or s3://"), "{}", run.stderr);
     assert!(!run.stderr.contains("secret"), "credentials are never echoed: {}", run.stderr);
 }
 
