@@ -99,7 +99,7 @@ pub fn parse_instance(recipe: &Recipe, text: &str) -> Result<Option<InstanceSpec
     let Some(inner) = overrides else { return Ok(Some(InstanceSpec::plain(spec.id))) };
     let mut config = Config::defaults(&recipe.schema);
     let mut values = Vec::new();
-    for assignment in inner.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+    for assignment in top_level_parts(inner).into_iter().map(str::trim).filter(|part| !part.is_empty()) {
         config.set(&recipe.schema, assignment).map_err(|error| format!("`{text}`: {error}"))?;
         let name = assignment.split_once('=').map_or(assignment, |(name, _)| name.trim());
         let knob: &KnobSpec = recipe
@@ -111,4 +111,43 @@ pub fn parse_instance(recipe: &Recipe, text: &str) -> Result<Option<InstanceSpec
         values.push((knob.id(), value));
     }
     Ok(Some(InstanceSpec::new(spec.id, values).normalized(recipe)))
+}
+
+/// `inner` split at the commas that separate assignments: not those inside a list
+/// value (`regularize.rungs=["dropout=0.1", "augment"]`) or a quoted string.
+fn top_level_parts(inner: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut depth, mut quote) = (Vec::new(), 0, 0usize, None);
+    let mut chars = inner.char_indices();
+    while let Some((at, ch)) = chars.next() {
+        match (quote, ch) {
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(open), ch) if ch == open => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(ch),
+            (None, '[') => depth += 1,
+            (None, ']') => depth = depth.saturating_sub(1),
+            (None, ',') if depth == 0 => {
+                parts.push(&inner[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&inner[start..]);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_level_parts;
+
+    #[test]
+    fn assignments_split_at_top_level_commas_only() {
+        assert_eq!(top_level_parts("a=1,b=2"), ["a=1", "b=2"]);
+        assert_eq!(top_level_parts(r#"r=["x=1, y", "z"],train.lr=0.1"#), [r#"r=["x=1, y", "z"]"#, "train.lr=0.1"]);
+        assert_eq!(top_level_parts(r#"s="a,]b",t='c,d'"#), [r#"s="a,]b""#, "t='c,d'"]);
+        assert_eq!(top_level_parts(r#"s="a\",b",t=1"#), [r#"s="a\",b""#, "t=1"]);
+    }
 }

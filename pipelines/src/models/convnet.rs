@@ -131,12 +131,8 @@ impl Model for Convnet {
         self.dropout.set_training(training);
     }
 
-    fn set_dropout(&self, rate: f64) {
-        self.dropout.set_rate(rate);
-    }
-
-    fn set_step(&self, step: usize) {
-        self.dropout.set_step(step);
+    fn dropout(&self) -> Option<&Dropout> {
+        Some(&self.dropout)
     }
 
     /// The first convolution's kernels, one `[c_in, 3, 3]` picture each.

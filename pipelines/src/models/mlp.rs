@@ -74,16 +74,8 @@ impl Model for Mlp {
             .collect()
     }
 
-    fn set_training(&self, training: bool) {
-        self.dropout.set_training(training);
-    }
-
-    fn set_dropout(&self, rate: f64) {
-        self.dropout.set_rate(rate);
-    }
-
-    fn set_step(&self, step: usize) {
-        self.dropout.set_step(step);
+    fn dropout(&self) -> Option<&Dropout> {
+        Some(&self.dropout)
     }
 
     fn first_layer(&self) -> Option<(Tensor, Option<Vec<usize>>)> {

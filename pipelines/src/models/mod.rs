@@ -53,14 +53,33 @@ pub trait Model {
     /// Switches layers that mix the batch by design (batch norm) between training
     /// (batch statistics, running statistics updated) and evaluation (running
     /// statistics). Models start in training mode; models without such layers ignore it.
-    fn set_training(&self, _training: bool) {}
+    /// Dropout follows the mode too; a model with batch norm overrides this to switch
+    /// its own layers as well.
+    fn set_training(&self, training: bool) {
+        if let Some(dropout) = self.dropout() {
+            dropout.set_training(training);
+        }
+    }
+
+    /// The model's dropout state (rate, mode, the step keying the masks), if it has any.
+    fn dropout(&self) -> Option<&Dropout> {
+        None
+    }
 
     /// The dropout rate of training mode (`model.dropout`; models start at 0).
-    fn set_dropout(&self, _rate: f64) {}
+    fn set_dropout(&self, rate: f64) {
+        if let Some(dropout) = self.dropout() {
+            dropout.set_rate(rate);
+        }
+    }
 
     /// The optimizer step the next training forward pass belongs to: it keys the
     /// dropout masks, so they depend on the step, not on how many passes ran.
-    fn set_step(&self, _step: usize) {}
+    fn set_step(&self, step: usize) {
+        if let Some(dropout) = self.dropout() {
+            dropout.set_step(step);
+        }
+    }
 
     /// The first layer's weights as rows `[units, ...]`, and the shape to draw each
     /// row in (`None`: the input's shape).
@@ -87,6 +106,9 @@ impl<M: Model + ?Sized> Model for Box<M> {
     }
     fn set_training(&self, training: bool) {
         (**self).set_training(training)
+    }
+    fn dropout(&self) -> Option<&Dropout> {
+        (**self).dropout()
     }
     fn set_dropout(&self, rate: f64) {
         (**self).set_dropout(rate)

@@ -149,3 +149,14 @@ fn a_member_list_that_cannot_be_read_fails_as_bad_input() {
     assert!(e.failed() && e.bad_input, "{e:?}");
     assert!(e.error.as_deref().unwrap().contains("e.lrs[1]: `fast` is not a number"), "{e:?}");
 }
+
+#[test]
+fn an_instance_with_a_list_override_is_built_by_its_own_name() {
+    let mut fx = Fixture::new("fanin-list-name");
+    let name = r#"e[e.lrs=["0.25", "0.5"]]"#;
+    let instances = fx.instances(&[name]);
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0].name().0, name, "the name parses back to the same instance");
+    let (executed, _) = fx.build_with(&[name], options(1));
+    assert_eq!(executed, ["a(a.x=11)", "b(b.lr=0.25)", "b(b.lr=0.5)", "e(b[b.lr=0.25];b[b.lr=0.5])"]);
+}

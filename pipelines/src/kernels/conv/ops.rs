@@ -1,0 +1,204 @@
+//! The candle custom ops: the differentiable convolution and its backward helpers.
+
+use super::*;
+
+/// The differentiable op: `(x, weight)` or `(x, weight, bias)`.
+pub(super) struct Conv2d {
+    pub(super) params: Conv2dParams,
+    /// With `params.pool`: each pooled output's winning window element, written by
+    /// the forward pass for the backward pass (one op value per application).
+    pub(super) winners: Mutex<Option<Arc<Vec<u8>>>>,
+}
+
+impl Conv2d {
+    fn fwd(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(x.1.dims(), w.1.dims(), self.params)?;
+        let (x, w) = (f32_slice(x.0, x.1, "conv2d")?, f32_slice(w.0, w.1, "conv2d")?);
+        if self.params.pool {
+            let (y, winners) = forward_pooled(&g, x, w, bias, self.params.relu);
+            *self.winners.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(winners));
+            let (ho, wo) = g.pooled();
+            return Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, ho, wo))));
+        }
+        let y = forward(&g, x, w, bias, self.params.relu);
+        Ok((CpuStorage::F32(y), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
+    }
+
+    /// Gradients of `x` (if tracked) and of the weight and bias (if either is).
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        with_bias: bool,
+        wants_weight: bool,
+    ) -> Result<Grads> {
+        let g = Geometry::new(x.dims(), w.dims(), self.params)?;
+        let dy = dy.contiguous()?;
+        let dy = if self.params.pool {
+            let winners = self.winners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(winners) = winners else { bail!("conv2d backward: the pooled forward left no winners") };
+            dy.apply_op2_no_bwd(&y.contiguous()?, &Unpool { geometry: g, winners, relu: self.params.relu })?
+        } else if self.params.relu {
+            dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)?
+        } else {
+            dy
+        };
+        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGrad { geometry: g })?) } else { None };
+        if !wants_weight {
+            return Ok(Grads { dx, dw: None, db: None });
+        }
+        let flat = dy.apply_op2_no_bwd(x, &WeightGrad { geometry: g, with_bias })?;
+        let dw = flat.narrow(0, 0, g.c_out * g.taps())?.reshape(w.shape())?;
+        let db = if with_bias { Some(flat.narrow(0, g.c_out * g.taps(), g.c_out)?) } else { None };
+        Ok(Grads { dx, dw: Some(dw), db })
+    }
+}
+
+pub(super) struct Grads {
+    pub(super) dx: Option<Tensor>,
+    pub(super) dw: Option<Tensor>,
+    pub(super) db: Option<Tensor>,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grads = self.grads(x, w, y, dy, false, w.track_op())?;
+        Ok((grads.dx, grads.dw))
+    }
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(s3, l3, "conv2d bias")?;
+        if l2.dims().first() != Some(&bias.len()) {
+            bail!("conv2d: bias has {} elements for weight {:?}", bias.len(), l2.dims())
+        }
+        self.fwd((s1, l1), (s2, l2), Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = self.grads(x, w, y, dy, true, w.track_op() || b.track_op())?;
+        Ok((grads.dx, grads.dw, grads.db))
+    }
+}
+
+/// `(dy, weight) -> dx`, no backward of its own.
+pub(super) struct InputGrad {
+    pub(super) geometry: Geometry,
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (dy, w) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
+        if dy.len() != g.batch * g.c_out * g.pixels() || w.len() != g.c_out * g.taps() {
+            bail!("conv2d backward: gradient {:?} or weight {:?} do not match {g:?}", l1.dims(), l2.dims())
+        }
+        let dx = input_grad(g, dy, w);
+        Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.c_in, g.h, g.w))))
+    }
+}
+
+/// `(dy, x) -> [dweight (flat), dbias]`, no backward of its own.
+pub(super) struct WeightGrad {
+    pub(super) geometry: Geometry,
+    pub(super) with_bias: bool,
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (dy, x) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
+        if dy.len() != g.batch * g.c_out * g.pixels() || x.len() != g.batch * g.image() {
+            bail!("conv2d backward: gradient {:?} or input {:?} do not match {g:?}", l1.dims(), l2.dims())
+        }
+        let out = weight_grad(g, dy, x, self.with_bias);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// `(dy, y) -> dy * (y > 0)`: the fused ReLU's backward, no backward of its own.
+pub(super) struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "pipe-relu-mask"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (dy, y) = (f32_slice(s1, l1, "relu backward")?, f32_slice(s2, l2, "relu backward")?);
+        if dy.len() != y.len() {
+            bail!("relu backward: gradient {:?} does not match output {:?}", l1.dims(), l2.dims())
+        }
+        Ok((CpuStorage::F32(relu_mask(dy, y)), l1.shape().clone()))
+    }
+}
+
+/// `(dy, y) -> dy_full`: the fused pooling's (and ReLU's) backward, no backward of
+/// its own.
+pub(super) struct Unpool {
+    pub(super) geometry: Geometry,
+    pub(super) winners: Arc<Vec<u8>>,
+    pub(super) relu: bool,
+}
+
+impl CustomOp2 for Unpool {
+    fn name(&self) -> &'static str {
+        "pipe-conv2d-unpool"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let (dy, y) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
+        let (ho, wo) = g.pooled();
+        let len = g.batch * g.c_out * ho * wo;
+        if dy.len() != len || y.len() != len || self.winners.len() != len {
+            bail!("conv2d backward: pooled gradient {:?} or output {:?} do not match {g:?}", l1.dims(), l2.dims())
+        }
+        let full = unpool(g, dy, y, &self.winners, self.relu);
+        Ok((CpuStorage::F32(full), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
+    }
+}

@@ -1,0 +1,240 @@
+//! The forward and backward passes on plain slices.
+
+use super::*;
+
+/// Forward, fused with 2x2 max-pooling: each sample's activation goes through a
+/// per-thread buffer; returns the pooled output and each window's winner.
+pub(super) fn forward_pooled(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> (Vec<f32>, Vec<u8>) {
+    let (ho, wo) = g.pooled();
+    let per_sample = g.c_out * ho * wo;
+    let mut y = vec![0f32; g.batch * per_sample];
+    let mut winners = vec![0u8; g.batch * per_sample];
+    if per_sample == 0 {
+        return (y, winners);
+    }
+    let tables = Tables::new(g);
+    let weight = PackedA::new(g.c_out, g.taps(), &MatRef::row_major(weight, g.taps()));
+    let chunks = y.par_chunks_mut(per_sample).zip(winners.par_chunks_mut(per_sample));
+    chunks.enumerate().for_each(|(n, (y_n, winners_n))| {
+        with_workspace(|workspace| {
+            let mut full = std::mem::take(&mut workspace.activation);
+            full.resize(g.c_out * g.pixels(), 0.0);
+            forward_sample(
+                g,
+                &tables,
+                &weight,
+                &x[n * g.image()..(n + 1) * g.image()],
+                bias,
+                relu,
+                &mut full,
+                workspace,
+            );
+            let planes = full.chunks_exact(g.pixels()).zip(y_n.chunks_exact_mut(ho * wo));
+            for ((plane, y_plane), codes) in planes.zip(winners_n.chunks_exact_mut(ho * wo)) {
+                crate::kernels::pool::pool_plane_recording(plane, g.w_out, y_plane, codes, wo);
+            }
+            workspace.activation = full;
+        })
+    });
+    (y, winners)
+}
+
+/// One sample's `y_n = bias + weight · im2col(image)` (then ReLU if `relu`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_sample(
+    g: &Geometry,
+    tables: &Tables,
+    weight: &PackedA,
+    image: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y_n: &mut [f32],
+    workspace: &mut Workspace,
+) {
+    let pixels = g.pixels();
+    let start = match bias {
+        Some(bias) => {
+            for (row, &b) in y_n.chunks_exact_mut(pixels).zip(bias) {
+                row.fill(b);
+            }
+            Start::Accumulate
+        }
+        None => Start::Zero,
+    };
+    if g.is_pointwise() {
+        let b = MatRef::row_major(image, pixels);
+        gemm_packed(weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
+    } else {
+        let padded = pad_image(g, image, &mut workspace.padded);
+        let b = Im2col { padded, tables, ones: false, transposed: false };
+        gemm_packed(weight, pixels, &b, y_n, pixels, start, &mut workspace.gemm);
+    }
+    if relu {
+        // Not `max(0.0)`: a NaN must survive for the non-finite guard. A select,
+        // not a branch (signs are random: a branch would mispredict).
+        y_n.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+    }
+}
+
+/// Forward: `y[n] = bias + weight · im2col(x[n])` (then ReLU if `relu`), parallel
+/// over samples.
+pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+    let (pixels, taps) = (g.pixels(), g.taps());
+    let mut y = vec![0f32; g.batch * g.c_out * pixels];
+    if pixels == 0 {
+        return y;
+    }
+    let tables = Tables::new(g);
+    let weight = PackedA::new(g.c_out, taps, &MatRef::row_major(weight, taps));
+    y.par_chunks_mut(g.c_out * pixels).enumerate().for_each(|(n, y_n)| {
+        with_workspace(|workspace| {
+            let image = &x[n * g.image()..(n + 1) * g.image()];
+            forward_sample(g, &tables, &weight, image, bias, relu, y_n, workspace);
+        })
+    });
+    y
+}
+
+/// The pooled op's backward into the full-resolution gradient: each window's `dy`
+/// to its winner (0 where the pooled ReLU output is not positive), zero elsewhere.
+pub(super) fn unpool(g: &Geometry, dy: &[f32], y: &[f32], winners: &[u8], relu: bool) -> Vec<f32> {
+    let (ho, wo) = g.pooled();
+    let (pixels, pooled) = (g.pixels(), ho * wo);
+    let mut full = vec![0f32; g.batch * g.c_out * pixels];
+    if pooled == 0 {
+        return full;
+    }
+    full.par_chunks_mut(pixels).enumerate().for_each(|(plane, out)| {
+        let range = plane * pooled..(plane + 1) * pooled;
+        let (dy, y, winners) = (&dy[range.clone()], &y[range.clone()], &winners[range]);
+        let rows = dy.chunks_exact(wo).zip(y.chunks_exact(wo)).zip(winners.chunks_exact(wo));
+        for (oy, ((dy_row, y_row), code_row)) in rows.enumerate() {
+            let (upper, lower) = out[2 * oy * g.w_out..].split_at_mut(g.w_out);
+            let (top, bottom) = (&mut upper[..2 * wo], &mut lower[..2 * wo]);
+            let windows = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+            for ((t, b), ((&g, &y), &code)) in windows.zip(dy_row.iter().zip(y_row).zip(code_row)) {
+                // Selects: all four positions written, the winner gets the gradient.
+                let g = if !relu || y > 0.0 { g } else { 0.0 };
+                t[0] = if code == 0 { g } else { 0.0 };
+                t[1] = if code == 1 { g } else { 0.0 };
+                b[0] = if code == 2 { g } else { 0.0 };
+                b[1] = if code == 3 { g } else { 0.0 };
+            }
+        }
+    });
+    full
+}
+
+/// `dy` where the ReLU output `y` is positive, else 0.
+pub(super) fn relu_mask(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; dy.len()];
+    out.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(out, (dy, y))| {
+        for ((o, &d), &v) in out.iter_mut().zip(dy).zip(y) {
+            *o = if v > 0.0 { d } else { 0.0 };
+        }
+    });
+    out
+}
+
+/// Input gradient: `dx[n] = col2im(weightᵀ · dy[n])`, parallel over samples.
+pub(super) fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+    let (pixels, taps) = (g.pixels(), g.taps());
+    let mut dx = vec![0f32; g.batch * g.image()];
+    if pixels == 0 || g.image() == 0 {
+        return dx;
+    }
+    let tables = Tables::new(g);
+    let weight_t = PackedA::new(taps, g.c_out, &MatRef::transposed(weight, taps));
+    dx.par_chunks_mut(g.image()).enumerate().for_each(|(n, dx_n)| {
+        with_workspace(|workspace| {
+            let dy_n = MatRef::row_major(&dy[n * g.c_out * pixels..(n + 1) * g.c_out * pixels], pixels);
+            if g.is_pointwise() {
+                gemm_packed(&weight_t, pixels, &dy_n, dx_n, pixels, Start::Zero, &mut workspace.gemm);
+            } else {
+                let columns = grown(&mut workspace.columns, taps * pixels);
+                gemm_packed(&weight_t, pixels, &dy_n, columns, pixels, Start::Zero, &mut workspace.gemm);
+                col2im(g, &tables, columns, &mut workspace.padded, dx_n);
+            }
+        })
+    });
+    dx
+}
+
+/// Splits `0..len` into `parts` ranges whose inner bounds are multiples of `align`.
+pub(super) fn split(len: usize, parts: usize, align: usize) -> Vec<Range<usize>> {
+    let mut bounds: Vec<usize> = (0..=parts).map(|i| (len * i / parts).div_ceil(align) * align).collect();
+    bounds[parts] = len;
+    bounds.iter_mut().for_each(|b| *b = (*b).min(len));
+    bounds.dedup();
+    bounds.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+/// Weight (and bias) gradient, flat: `dweight [c_out, taps]` then `dbias [c_out]`.
+/// `dW_aug = sum over n of dy[n] · [im2col(x[n]); ones]ᵀ`: one chain over `(n, p)` per
+/// element. Parallel over blocks of output elements, never over the reduction.
+pub(super) fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) -> Vec<f32> {
+    let (pixels, taps) = (g.pixels(), g.taps());
+    let columns_total = taps + usize::from(with_bias);
+    let mut out = vec![0f32; g.c_out * columns_total];
+    if pixels == 0 || g.c_out == 0 {
+        return out;
+    }
+    let tables = Tables::new(g);
+    // Narrow layers (few taps) split the output channels instead of the taps.
+    let threads = rayon::current_num_threads().max(1);
+    let column_parts = (columns_total / 32).clamp(1, threads);
+    let row_parts = (threads / column_parts).clamp(1, g.c_out.div_ceil(8));
+    let tasks: Vec<(Range<usize>, Range<usize>)> = split(g.c_out, row_parts, 8)
+        .into_iter()
+        .flat_map(|rows| split(columns_total, column_parts, 16).into_iter().map(move |cols| (rows.clone(), cols)))
+        .collect();
+    // A block is computed as `dy · colsᵀ` (rows x cols) or, when it has fewer columns
+    // than rows, as its transpose `cols · dyᵀ`, so the wider side runs along the SIMD
+    // lanes. Either way each element is the same chain: fma(dy, col, acc) over (n, p).
+    let blocks: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|(rows, cols)| {
+            with_workspace(|workspace| {
+                let transposed = cols.len() < rows.len();
+                let mut block = vec![0f32; rows.len() * cols.len()];
+                for n in 0..g.batch {
+                    let image = &x[n * g.image()..(n + 1) * g.image()];
+                    let padded = pad_image(g, image, &mut workspace.padded);
+                    // The im2col rows of this block's columns: a tap window [cols.start..].
+                    let window = Im2col { padded, tables: &tables, ones: with_bias, transposed: !transposed };
+                    let window = Shifted { inner: &window, taps_from: cols.start, transposed: !transposed };
+                    let dy_n = &dy[(n * g.c_out + rows.start) * pixels..(n * g.c_out + rows.end) * pixels];
+                    let scratch = &mut workspace.gemm;
+                    if transposed {
+                        let b = MatRef::transposed(dy_n, pixels);
+                        gemm_acc(cols.len(), rows.len(), pixels, &window, &b, &mut block, rows.len(), scratch);
+                    } else {
+                        let a = MatRef::row_major(dy_n, pixels);
+                        gemm_acc(rows.len(), cols.len(), pixels, &a, &window, &mut block, cols.len(), scratch);
+                    }
+                }
+                block
+            })
+        })
+        .collect();
+    for ((rows, cols), block) in tasks.iter().zip(&blocks) {
+        let transposed = cols.len() < rows.len();
+        for (i, co) in rows.clone().enumerate() {
+            for (j, column) in cols.clone().enumerate() {
+                let value = if transposed { block[j * rows.len() + i] } else { block[i * cols.len() + j] };
+                if column == taps {
+                    out[g.c_out * taps + co] = value;
+                } else {
+                    out[co * taps + column] = value;
+                }
+            }
+        }
+    }
+    out
+}
