@@ -108,27 +108,24 @@ fn owner() -> String {
 /// and creating it again must say it exists. Asked once per process.
 fn supported(tier: &Tier) -> bool {
     *tier.claims.get_or_init(|| {
+        // Straight to the backend: a server refusing the probe (403, 501) has no claims
+        // but may serve the cache all the same, so it is not switched off for this.
         let name = format!("probe-{}", owner());
-        let first = tier.call(|remote| remote.create_claim(&name));
-        let second = tier.call(|remote| remote.create_claim(&name));
-        if first.is_some() {
-            tier.call(|remote| {
-                remote.remove_claim(&name);
-                Ok(())
-            });
+        let first = tier.backend.create_claim(&name);
+        let second = first.is_ok().then(|| tier.backend.create_claim(&name));
+        if first.is_ok() {
+            tier.backend.remove_claim(&name);
         }
-        match (first, second) {
-            (Some(true), Some(false)) => true,
-            (Some(_), Some(_)) => {
-                tracing::warn!(
-                    remote = %tier.describe(),
-                    "the remote cache cannot create objects only if absent (S3: If-None-Match; WebDAV: MKCOL): \
-                     no claims, so concurrent builds may execute the same action twice"
-                );
-                false
-            }
-            _ => false,
-        }
+        let why = match (first, second) {
+            (Ok(true), Some(Ok(false))) => return true,
+            (Err(error), _) | (_, Some(Err(error))) => error.to_string(),
+            _ => "it does not create objects only if absent (S3: If-None-Match; WebDAV: MKCOL)".to_string(),
+        };
+        tracing::warn!(
+            remote = %tier.describe(),
+            "no claims on the remote cache ({why}): concurrent builds may execute the same action twice"
+        );
+        false
     })
 }
 
@@ -137,7 +134,7 @@ impl ActionCache {
     /// remote, or with one that cannot hold claims, says to run.
     pub fn claim(&self, key: &StageKey, stage: &str, cancelled: &dyn Fn() -> bool) -> Claimed {
         let Some(tier) = self.remote_tier() else { return Claimed::Run(None) };
-        if !supported(&tier) {
+        if tier.down.load(std::sync::atomic::Ordering::SeqCst) || !supported(&tier) {
             return Claimed::Run(None);
         }
         let lease = lease_period();

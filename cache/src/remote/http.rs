@@ -9,10 +9,16 @@ use std::time::Duration;
 use super::{redact, Remote, RemoteError, MAX_DOWNLOAD};
 use crate::{ArtifactHash, StageKey};
 
-#[derive(Debug)]
 pub struct HttpRemote {
     base: String,
     agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for HttpRemote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials a URL may carry.
+        f.debug_struct("HttpRemote").field("base", &redact(&self.base)).finish_non_exhaustive()
+    }
 }
 
 impl HttpRemote {
@@ -109,9 +115,14 @@ impl Remote for HttpRemote {
         if let Some(created) = self.mkcol(&url)? {
             return Ok(created);
         }
-        // The parent collections do not exist yet (a fresh remote): make them.
-        self.mkcol(&format!("{}/", self.base))?;
-        self.mkcol(&claims)?;
+        // The parent collections do not exist yet (a fresh remote): make each of them,
+        // outermost first, from the first one of the URL's path down to `claims/`.
+        let path = self.base.find("://").and_then(|at| self.base[at + 3..].find('/').map(|slash| at + 3 + slash));
+        if let Some(path) = path {
+            for (at, _) in claims.match_indices('/').filter(|(at, _)| *at > path) {
+                self.mkcol(&claims[..=at])?;
+            }
+        }
         self.mkcol(&url)?.ok_or_else(|| unavailable(&url, "MKCOL: 409 Conflict"))
     }
 

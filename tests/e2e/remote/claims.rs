@@ -90,3 +90,19 @@ fn a_claim_whose_holder_went_silent_is_taken_over() {
     assert_eq!(taken["released"], true, "{taken}");
     assert_eq!(server.request("GET", &claim, b"").1, lease);
 }
+
+#[test]
+fn a_remote_without_create_if_absent_warns_once_and_builds() {
+    let Some(nginx) = Nginx::with_methods("no-mkcol", "PUT") else {
+        eprintln!("skipped: nginx is not installed (scripts/test installs nginx-light)");
+        return;
+    };
+    let dir = TestDir::with_pipeline("");
+    let run = dir.run_with_env(&["--json", "build", "inspect"], &[("PIPE_REMOTE_CACHE", &nginx.url)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr.matches("no claims on the remote cache").count(), 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("remote cache unavailable"), "the cache itself still works: {}", run.stderr);
+    let again = TestDir::with_pipeline("");
+    let fetched = again.run_with_env(&["--json", "build", "inspect"], &[("PIPE_REMOTE_CACHE", &nginx.url)]);
+    assert_eq!(executions(&[&fetched]).values().sum::<usize>(), 0, "{}", fetched.stdout);
+}

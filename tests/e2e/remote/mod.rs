@@ -22,6 +22,11 @@ pub struct Nginx {
 impl Nginx {
     /// `None` when nginx is not installed (`scripts/test` installs Debian's nginx-light).
     pub fn start(name: &str) -> Option<Nginx> {
+        Nginx::with_methods(name, "PUT MKCOL")
+    }
+
+    /// nginx allowing the WebDAV `methods` (`PUT` alone: no create-if-absent).
+    pub fn with_methods(name: &str, methods: &str) -> Option<Nginx> {
         let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|path| Path::new(path).exists())?;
         let dir = std::env::temp_dir().join(format!("pipe-nginx-{name}-{}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
@@ -41,7 +46,7 @@ impl Nginx {
              events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  \
              proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  \
              client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    root {};\n    \
-             location / {{ dav_methods PUT MKCOL; create_full_put_path on; dav_access user:rw group:rw all:r; }}\n  }}\n}}\n",
+             location / {{ dav_methods {methods}; create_full_put_path on; dav_access user:rw group:rw all:r; }}\n  }}\n}}\n",
             root.display()
         );
         std::fs::write(dir.join("nginx.conf"), config).unwrap();
