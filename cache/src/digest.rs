@@ -6,6 +6,16 @@ use std::str::FromStr;
 
 use crate::CacheError;
 
+/// Lower-case hex of `bytes` into `out` (twice as long), without formatting machinery:
+/// keys of fan-in stages hold thousands of hashes.
+pub(crate) fn hex_into(bytes: &[u8; 32], out: &mut [u8; 64]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(byte >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(byte & 15)];
+    }
+}
+
 macro_rules! digest_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -22,11 +32,10 @@ macro_rules! digest_type {
             }
 
             pub fn to_hex(&self) -> String {
-                let mut text = String::with_capacity(64);
-                for byte in self.0 {
-                    text.push_str(&format!("{byte:02x}"));
-                }
-                text
+                let mut text = [0u8; 64];
+                crate::digest::hex_into(&self.0, &mut text);
+                // Only ASCII hex digits were written.
+                String::from_utf8_lossy(&text).into_owned()
             }
 
             /// The first 12 hex digits, for people.
@@ -37,7 +46,9 @@ macro_rules! digest_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
+                let mut text = [0u8; 64];
+                crate::digest::hex_into(&self.0, &mut text);
+                f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
             }
         }
 

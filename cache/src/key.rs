@@ -50,19 +50,22 @@ pub struct KeyInputs {
 impl KeyInputs {
     /// The canonical byte encoding hashed into the key.
     pub fn canonical(&self) -> String {
-        let mut text = String::new();
-        text.push_str(&format!("pipe-key-v1\nstage={}\nstage_version={}\n", self.stage, self.stage_version));
-        text.push_str(&format!("tool_version={}\n", self.tool_version));
+        use std::fmt::Write as _;
+        let hashes = self.upstream.len() + self.fingerprints.len();
+        let mut text = String::with_capacity(256 + 64 * self.knobs.len() + 128 * hashes);
+        // Writing into a String cannot fail.
+        let _ = write!(text, "pipe-key-v1\nstage={}\nstage_version={}\n", self.stage, self.stage_version);
+        let _ = writeln!(text, "tool_version={}", self.tool_version);
         for (name, value) in &self.knobs {
-            text.push_str(&format!("knob {name}={value}\n"));
+            let _ = writeln!(text, "knob {name}={value}");
         }
         for (name, hash) in &self.upstream {
-            text.push_str(&format!("upstream {name}={hash}\n"));
+            let _ = writeln!(text, "upstream {name}={hash}");
         }
         for (name, hash) in &self.fingerprints {
-            text.push_str(&format!("fingerprint {name}={hash}\n"));
+            let _ = writeln!(text, "fingerprint {name}={hash}");
         }
-        text.push_str(&format!("device={}\ndtype={}\n", self.device, self.dtype));
+        let _ = write!(text, "device={}\ndtype={}\n", self.device, self.dtype);
         text
     }
 

@@ -48,7 +48,7 @@ pub use gc::{gc, gc_retaining, FreedAction, FreedObject, GcOptions, GcReport, DE
 pub use input::{check_regular, open_input, read_input, read_input_text, InputError};
 pub use key::{value_text, KeyInputs, KnobValueText};
 pub use lock::CacheLock;
-pub use out::OutDir;
+pub use out::{MemberRecord, OutDir, RecordedMember};
 pub use queue::ActionQueue;
 pub use resume::{best_state, PrefixKey, ResumeIndex, SavedState};
 pub use run_index::{changed_knobs, RunSummary};

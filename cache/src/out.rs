@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fs::{create_dirs, guard, remove_file, write_atomic};
-use crate::{ArtifactHash, ArtifactRef, CacheError, Manifest, Store};
+use crate::{ArtifactHash, ArtifactRef, CacheError, Manifest, Metrics, StageKey, Store};
 
 /// Artifacts at least this large are materialised lazily where clones are not available.
 pub const LAZY_BYTES: u64 = 64 << 20;
@@ -218,6 +218,82 @@ impl OutDir {
     }
 }
 
+/// What `out/` holds for the members of fan-in stages (trials, rungs, ensemble
+/// members), by instance name: the key each was last settled under and its output.
+/// Saved as `out/.members.json`: one JSON line, then the blake3 of that line (a torn
+/// or hand-edited file is ignored). A build settles a member whose key is recorded from
+/// here instead of reading and verifying its action entry and re-checking its copies
+/// in `out/` and `last/`: a no-op of a 1,000-trial tune is then one read, not 1,000
+/// entry decodes, 1,000 `last/` reads and 1,000 directories. Copies of members are
+/// written whenever a member's key or output changes.
+#[derive(Debug)]
+pub struct MemberRecord {
+    root: PathBuf,
+    path: PathBuf,
+    members: BTreeMap<String, RecordedMember>,
+    dirty: bool,
+}
+
+/// One member's latest key and output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedMember {
+    pub key: StageKey,
+    pub artifacts: BTreeMap<String, ArtifactRef>,
+    pub metrics: Metrics,
+}
+
+impl OutDir {
+    /// The member record (empty when there is none, or it cannot be trusted).
+    pub fn members(&self) -> MemberRecord {
+        let path = self.out.join(".members.json");
+        let members = crate::fs::read(&self.root, &path)
+            .ok()
+            .and_then(|bytes| {
+                let text = std::str::from_utf8(&bytes).ok()?;
+                let (json, digest) = text.trim_end().rsplit_once('\n')?;
+                (digest.parse::<ArtifactHash>().ok()? == ArtifactHash::of(json.as_bytes()))
+                    .then(|| serde_json::from_str(json).ok())?
+            })
+            .unwrap_or_default();
+        MemberRecord { root: self.root.clone(), path, members, dirty: false }
+    }
+}
+
+impl MemberRecord {
+    /// The output recorded for member `name` under exactly `key`.
+    pub fn get(&self, name: &str, key: &StageKey) -> Option<&RecordedMember> {
+        self.members.get(name).filter(|member| member.key == *key)
+    }
+
+    /// Records `member` as the latest result of `name`.
+    pub fn insert(&mut self, name: &str, member: RecordedMember) {
+        if self.members.get(name) != Some(&member) {
+            self.members.insert(name.to_string(), member);
+            self.dirty = true;
+        }
+    }
+
+    /// Forgets `name` (its objects were found damaged: the next build looks it up again).
+    pub fn forget(&mut self, name: &str) {
+        self.dirty |= self.members.remove(name).is_some();
+    }
+
+    /// Writes the record back if anything changed.
+    pub fn save(&mut self) -> Result<(), CacheError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let mut bytes =
+            serde_json::to_vec(&self.members).map_err(|source| CacheError::Json { path: self.path.clone(), source })?;
+        let digest = ArtifactHash::of(&bytes);
+        bytes.extend_from_slice(format!("\n{digest}\n").as_bytes());
+        create_dirs(&self.root, self.path.parent().unwrap_or(&self.root))?;
+        write_atomic(&self.root, &self.path, &bytes)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +403,32 @@ mod tests {
             std::io::Write::write_all(&mut file, b"edited in place").unwrap();
         }
         assert!(cache.store().verify_deep(&manifest.artifacts["dataset.safetensors"].hash));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn member_record_round_trips_and_ignores_an_edited_file() {
+        let dir = crate::store::tests::test_dir("out-members");
+        let cache = Cache::open(&dir).unwrap();
+        let manifest = manifest(&cache, &[("metrics.json", b"{}")]);
+        let member = RecordedMember {
+            key: manifest.key,
+            artifacts: manifest.artifacts.clone(),
+            metrics: BTreeMap::from([("val_acc".to_string(), 0.5)]),
+        };
+        let mut record = cache.out().members();
+        assert!(record.get("overfit[train.lr=0.1]", &manifest.key).is_none());
+        record.insert("overfit[train.lr=0.1]", member.clone());
+        record.save().unwrap();
+        let record = cache.out().members();
+        assert_eq!(record.get("overfit[train.lr=0.1]", &manifest.key), Some(&member));
+        let other = StageKey::from_bytes([9; 32]);
+        assert!(record.get("overfit[train.lr=0.1]", &other).is_none(), "another key is not this member's");
+        // A hand edit (here: the metric) breaks the digest: nothing is trusted.
+        let path = dir.join("out/.members.json");
+        let text = std::fs::read_to_string(&path).unwrap().replace("0.5", "0.9");
+        std::fs::write(&path, text).unwrap();
+        assert!(cache.out().members().get("overfit[train.lr=0.1]", &manifest.key).is_none());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -113,6 +113,7 @@ pub mod knob {
         SQUEEZE_ALPHA = "squeeze.alpha",
         SQUEEZE_STUDENT = "squeeze.student",
         SQUEEZE_STUDENT_HIDDEN = "squeeze.student_hidden",
+        SQUEEZE_MEMBERS = "squeeze.members",
         SQUEEZE_MIN_GAIN = "checks.squeeze.min_gain",
         SQUEEZE_MIN_KEPT = "checks.squeeze.min_kept",
     });

@@ -120,6 +120,10 @@ fn side(project: &Project, cache: &Cache, name: &str, sets: &[String]) -> Result
         }
         return run_side(cache, name);
     }
+    if let Some(instance) = super::diff_instance::resolve(project, name)? {
+        let sets: Vec<String> = instance.sets.iter().chain(sets).cloned().collect();
+        return config_side(project, name, project.file.clone(), &sets, &instance.stage, instance.label);
+    }
     let file = if name == "." {
         project.file.clone()
     } else {
@@ -136,8 +140,25 @@ fn side(project: &Project, cache: &Cache, name: &str, sets: &[String]) -> Result
             file.display()
         )));
     }
+    let mut label = if name == "." { file.display().to_string() } else { name.to_string() };
+    for set in sets {
+        label.push_str(&format!(" --set {set}"));
+    }
+    config_side(project, name, file, sets, "all", label)
+}
+
+/// A side read from pipeline `file` under `sets`: the instances of `target` (with
+/// their upstream) as the cache knows them.
+fn config_side(
+    project: &Project,
+    name: &str,
+    file: PathBuf,
+    sets: &[String],
+    target: &str,
+    label: String,
+) -> Result<Side, Failure> {
     let mut session = project.open_file(&file, sets)?;
-    let instances = session.instances(&[], "all")?;
+    let instances = session.instances(&[], target)?;
     let mut stages = BTreeMap::new();
     for snapshot in workspace::snapshot(&mut session.db, &instances) {
         let verdicts = snapshot
@@ -159,10 +180,6 @@ fn side(project: &Project, cache: &Cache, name: &str, sets: &[String]) -> Result
                 verdicts,
             },
         );
-    }
-    let mut label = if name == "." { file.display().to_string() } else { name.to_string() };
-    for set in sets {
-        label.push_str(&format!(" --set {set}"));
     }
     Ok(Side {
         label,

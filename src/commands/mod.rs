@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod diff;
+mod diff_instance;
 pub mod exec_action;
 pub mod fsck;
 pub mod gc;

@@ -27,6 +27,15 @@ fn statuses(run: &Run) -> Vec<(String, String)> {
     stage_statuses(run).into_iter().filter(|(name, _)| name != "data").collect()
 }
 
+/// The `overfit` instances with overrides that ran.
+fn trained_trials(run: &Run) -> Vec<String> {
+    statuses(run)
+        .into_iter()
+        .filter(|(name, status)| name.starts_with("overfit[") && status == "ran")
+        .map(|(name, _)| name)
+        .collect()
+}
+
 fn pair(name: &str, status: &str) -> (String, String) {
     (name.to_string(), status.to_string())
 }
@@ -80,4 +89,73 @@ fn a_new_or_changed_member_retrains_only_that_member() {
         ]
     );
     assert_eq!(repaired.hashes(), grown.hashes());
+}
+
+/// `squeeze.members = "tune"`: the k best trials of a small digits tune, ranked as
+/// `tune` ranks them, shared with the tune's own trials; more trials train only the
+/// new one.
+#[test]
+fn members_from_tune_are_its_best_trials() {
+    let config = r#"
+[model]
+kind = "mlp"
+hidden = [16]
+
+[train]
+steps = 40
+eval_every = 20
+
+[checks.overfit]
+min_drop = 0.0
+min_train_acc = 0.0
+
+[tune]
+trials = 3
+space = ["train.lr = log(1e-3, 3e-2)"]
+
+[squeeze]
+k = 2
+members = "tune"
+"#;
+    let dir = TestDir::with_pipeline(config);
+    let first = build(&dir, "squeeze");
+    let trained = trained_trials(&first);
+    assert_eq!(trained.len(), 3, "every trial trains: {trained:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/squeeze/squeeze.json")).unwrap()).unwrap();
+    assert_eq!(report["source"], "tune");
+    let members: Vec<(String, f64, f64)> = report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (m["name"].as_str().unwrap().to_string(), m["val_acc"].as_f64().unwrap(), m["val_loss"].as_f64().unwrap())
+        })
+        .collect();
+    // The two best trials by validation accuracy (then loss), best first.
+    let mut ranked: Vec<(String, f64, f64)> = trained
+        .iter()
+        .map(|name| {
+            let metrics = &first.stage(name)["metrics"];
+            (name.clone(), metrics["val_acc"].as_f64().unwrap(), metrics["val_loss"].as_f64().unwrap())
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.total_cmp(&b.2)));
+    let names = |list: &[(String, f64, f64)]| list.iter().map(|m| m.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&members), names(&ranked[..2]), "{report}");
+
+    // The tune's trials are the same instances: nothing trains again.
+    let tune = build(&dir, "tune");
+    let trials = statuses(&tune);
+    assert!(
+        trials.iter().filter(|(name, _)| name.starts_with("overfit")).all(|(_, status)| status == "cached"),
+        "{trials:?}"
+    );
+
+    // A fourth trial: only it trains.
+    let grown = dir.run_with_env(&["build", "--json", "--set", "tune.trials=4", "squeeze"], &[NO_STATES]);
+    assert_eq!(grown.code, 0, "{}", grown.stderr);
+    let ran = trained_trials(&grown);
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(!trained.contains(&ran[0]));
 }

@@ -258,3 +258,49 @@ fn each_running_trial_has_its_own_progress_line() {
     assert_eq!(labels.len(), 3, "one label per trial: {labels:?}\n{}", run.stderr);
     assert!(labels.iter().all(|l| l.contains("train.lr=") && l.ends_with("train.steps=40")), "{labels:?}");
 }
+
+/// `pipe diff` compares two trials artifact by artifact, named by index
+/// (`tune/trial-N`) or by instance name, reading the cache only.
+#[test]
+fn diff_compares_two_trials() {
+    let dir = tune_dir("");
+    let built = dir.build(&["tune"]);
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    let rows = tune_json(&dir)["trials"].as_array().unwrap().clone();
+    let diff = dir.run(&["diff", "--json", "tune/trial-0", "tune/trial-2"]);
+    assert_eq!(diff.code, 0, "{}\n{}", diff.stdout, diff.stderr);
+    let report: Value = serde_json::from_str(diff.stdout.lines().last().unwrap()).unwrap();
+    // Only the trial's stage and its upstream, keyed apart by the trial's knobs.
+    let stages: Vec<(&str, &str)> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(stages, [("data", "same"), ("overfit", "different")], "{report}");
+    let knobs: Vec<&str> = report["knobs"].as_array().unwrap().iter().map(|k| k["knob"].as_str().unwrap()).collect();
+    assert!(knobs.contains(&"train.lr"), "{knobs:?}");
+    // The metrics are the trials' own (as trials.json has them).
+    let val_acc = report["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["stage"] == "overfit" && m["metric"] == "val_acc")
+        .unwrap()
+        .clone();
+    assert_eq!(val_acc["a"].as_f64(), rows[0]["metrics"]["val_acc"].as_f64());
+    assert_eq!(val_acc["b"].as_f64(), rows[2]["metrics"]["val_acc"].as_f64());
+    let checkpoint = &report["checkpoints"][0];
+    assert_eq!(checkpoint["artifact"], "checkpoint.safetensors", "{report}");
+    assert_ne!(checkpoint["hash_a"], checkpoint["hash_b"]);
+
+    // By instance name (as the build prints it): the same trial as tune/trial-0.
+    let label = report["a"]["label"].as_str().unwrap();
+    let name = label.strip_prefix("tune/trial-0 = ").unwrap();
+    assert!(trials(&built).iter().any(|(trial, _)| trial == name), "{name}");
+    let same = dir.run(&["diff", "--json", name, "tune/trial-0"]);
+    assert_eq!(same.code, 0, "{}", same.stderr);
+    let report: Value = serde_json::from_str(same.stdout.lines().last().unwrap()).unwrap();
+    assert!(report["stages"].as_array().unwrap().iter().all(|s| s["status"] == "same"), "{report}");
+    assert_eq!(report["knobs"].as_array().unwrap().len(), 0, "{report}");
+}

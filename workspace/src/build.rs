@@ -174,6 +174,8 @@ pub fn build(
         !options.keep_going && (report.status == Some(StageStatus::Failed) || (index < targeted && report.failed()))
     };
     let mut handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
+    // Members settle through their record (crate::settle): no entry reads on a no-op.
+    let mut record = db.engine().cache.out().members();
     let mut present: HashSet<InstanceSpec> = instances.iter().cloned().collect();
     let stop = Cancel::default();
     let (sender, receiver) = mpsc::channel::<ActionOutcome>();
@@ -243,17 +245,36 @@ pub fn build(
                         continue;
                     }
                     Ok(inputs) => {
-                        let key = inputs.key();
+                        let Some(key) = crate::db::instance_key(db, *instance) else { continue };
+                        let member = index >= targeted && !healed.contains(&index);
                         let cached = match instance_output(db, *instance).clone() {
                             Some(output) => Some(output),
-                            None => db.engine().cache.actions().get(&key).map(|manifest| StageOutput {
-                                artifacts: manifest.artifacts,
-                                metrics: manifest.metrics,
-                            }),
+                            None => member
+                                .then(|| {
+                                    let store = db.engine().cache.store();
+                                    crate::settle::recorded(&record, store, &instances[index], &key)
+                                })
+                                .flatten()
+                                .or_else(|| {
+                                    db.engine().cache.actions().get(&key).map(|manifest| StageOutput {
+                                        artifacts: manifest.artifacts,
+                                        metrics: manifest.metrics,
+                                    })
+                                }),
                         };
                         if let Some(output) = cached {
                             db.set_result(*instance, Some(Done { key, output }));
-                            let report = settled(db, *instance, &inputs, StageStatus::Cached, 0.0);
+                            let report = match member {
+                                true => crate::settle::settled_member(
+                                    db,
+                                    *instance,
+                                    &inputs,
+                                    StageStatus::Cached,
+                                    0.0,
+                                    &mut record,
+                                ),
+                                false => settled(db, *instance, &inputs, StageStatus::Cached, 0.0),
+                            };
                             stopped |= stops(index, &report);
                             on_stage(&report);
                             reports.insert(index, report);
@@ -358,6 +379,7 @@ pub fn build(
                 );
                 for index in writers {
                     healed.insert(index);
+                    record.forget(&instances[index].name().0);
                     db.set_result(handles[index], None);
                     reports.remove(&index);
                     known.remove(&index);
@@ -375,6 +397,14 @@ pub fn build(
                     db.set_result(instance, Some(Done { key: outcome.key, output: output.clone() }));
                     let inputs = instance_key_inputs(db, instance).clone();
                     match inputs {
+                        Ok(inputs) if index >= targeted => crate::settle::settled_member(
+                            db,
+                            instance,
+                            &inputs,
+                            status,
+                            outcome.secs,
+                            &mut record,
+                        ),
                         Ok(inputs) => settled(db, instance, &inputs, status, outcome.secs),
                         Err(_) => continue,
                     }
@@ -397,6 +427,9 @@ pub fn build(
             on_stage(&report);
             reports.insert(index, report);
         }
+    }
+    if let Err(err) = record.save() {
+        tracing::warn!(%err, "could not save the member record in .pipe/out");
     }
     if interrupted {
         // Give running actions a moment to notice; whatever they were doing is abandoned.
@@ -488,7 +521,7 @@ pub(crate) fn settled(
     let spec = instance.spec(db);
     let output = instance_output(db, instance).clone();
     let engine = db.engine();
-    let key = inputs.key();
+    let key = crate::db::instance_key(db, instance).unwrap_or_else(|| inputs.key());
     if let Some(output) = &output {
         let manifest = Manifest {
             stage: spec.name().0,

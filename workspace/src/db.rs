@@ -371,6 +371,8 @@ pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(Instance
     let lookup = Lookup { db, parent: spec };
     let members = stage.members(&knobs, &lookup)?;
     let mut resolved: Vec<(InstanceSpec, Option<StageOutput>)> = Vec::with_capacity(members.len());
+    // Each distinct member once (a hash set: a tune lists thousands).
+    let mut seen: std::collections::HashSet<InstanceSpec> = std::collections::HashSet::with_capacity(members.len());
     for member in &members {
         if !declared.contains(&member.stage) {
             return Err(format!(
@@ -379,7 +381,7 @@ pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(Instance
             ));
         }
         let full = spec.member(&engine.recipe, member);
-        if resolved.iter().any(|(seen, _)| *seen == full) {
+        if !seen.insert(full.clone()) {
             continue;
         }
         let output = lookup.full_output(&full);
@@ -494,7 +496,10 @@ pub(crate) fn key_inputs(
     }
 }
 
-/// The key of an instance, when its upstream instances have results.
+/// The key of an instance, when its upstream instances have results. Tracked, so
+/// the hash (of thousands of member artifacts, for a fan-in stage) is computed once
+/// per change of its inputs, not at each reader.
+#[salsa::tracked(returns(copy))]
 pub fn instance_key(db: &dyn Db, instance: Instance) -> Option<StageKey> {
     instance_key_inputs(db, instance).as_ref().ok().map(KeyInputs::key)
 }

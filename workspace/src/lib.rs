@@ -16,6 +16,7 @@ pub mod plan;
 pub mod recipe;
 pub mod resume;
 pub mod runner;
+mod settle;
 pub mod snapshot;
 pub mod verify;
 

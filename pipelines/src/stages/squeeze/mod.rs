@@ -11,6 +11,7 @@
 
 pub mod distill;
 pub mod ensemble;
+mod members;
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,7 @@ use crate::ids::{knob, stage};
 use crate::models::{Activation, Init, MlpSpec, ModelSpec};
 use distill::{Distill, Lesson};
 pub use ensemble::{ensemble_probs, load_checkpoint, Probs, Score};
+pub use members::MemberSource;
 
 pub struct Squeeze;
 
@@ -115,7 +117,10 @@ impl RecipeStage for Squeeze {
                     knob::SQUEEZE_ALPHA,
                     knob::SQUEEZE_STUDENT,
                     knob::SQUEEZE_STUDENT_HIDDEN,
+                    knob::SQUEEZE_MEMBERS,
                 ],
+                &members::TUNE_KNOBS,
+                &super::tune::plan::list_knobs(),
             ]),
             checks: vec![knob::SQUEEZE_MIN_GAIN, knob::SQUEEZE_MIN_KEPT],
             upstream: vec![stage::DATA],
@@ -128,28 +133,21 @@ impl RecipeStage for Squeeze {
         vec![stage::OVERFIT]
     }
 
-    /// `overfit` (the configuration itself), then `overfit[train.seed=seed+i]` for
-    /// i in 1..k.
+    /// `squeeze.members = "seeds"`: `overfit` (the configuration itself), then
+    /// `overfit[train.seed=seed+i]` for i in 1..k. `"tune"`: every trial of the tune
+    /// until all are known, then the k best ([`members`]).
     fn members(
         &self,
         knobs: &BTreeMap<KnobId, KnobValue>,
-        _known: &dyn MemberLookup,
+        known: &dyn MemberLookup,
     ) -> Result<Vec<InstanceSpec>, String> {
-        let int = |id: KnobId| knobs.get(&id).and_then(KnobValue::as_i64).ok_or(format!("`{id}` is not an integer"));
-        let (k, seed) = (int(knob::SQUEEZE_K)?, int(knob::TRAIN_SEED)?);
-        (0..k)
-            .map(|i| match i {
-                0 => Ok(InstanceSpec::plain(stage::OVERFIT)),
-                _ => {
-                    let seed = seed.checked_add(i).ok_or(format!("`{}` + {i} overflows", knob::TRAIN_SEED))?;
-                    Ok(InstanceSpec::new(stage::OVERFIT, [(knob::TRAIN_SEED, KnobValue::Int(seed))]))
-                }
-            })
-            .collect()
+        members::members(knobs, known)
     }
 
     fn run(&self, cx: &Cx<'_, '_>) -> Result<Run<Metrics>, ExecError> {
         let settings = Settings::read(cx)?;
+        let source: MemberSource = cx.choice(knob::SQUEEZE_MEMBERS)?;
+        members::check_tune_knobs(cx, source)?;
         if cx.exec.members.len() != settings.k {
             return Err(ExecError::Failed(format!(
                 "squeeze has {} members, squeeze.k asks for {}",
@@ -186,6 +184,7 @@ impl RecipeStage for Squeeze {
                 "val_loss": m.score.loss,
             })).collect::<Vec<_>>(),
             "best_member": members[best].name,
+            "source": crate::stages::common::choice_name(source),
             "ensemble": {"val_acc": ensemble.acc, "val_loss": ensemble.loss, "combine": "mean of softmax probabilities"},
             "student": {
                 "model": student_spec.kind_name(),

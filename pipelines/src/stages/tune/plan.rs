@@ -1,7 +1,7 @@
 //! The tune stage's knobs, read once, and its members: the untuned config at the
 //! trial budget, then every trial of every rung known so far.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use workspace::{InstanceSpec, KnobId, KnobKind, KnobValue, StageOutput};
 
@@ -141,17 +141,25 @@ pub struct TrialRun {
 pub struct Plan {
     pub members: Vec<InstanceSpec>,
     pub runs: Vec<TrialRun>,
+    /// Where each member is in `members` (a tune has thousands: no linear search).
+    index: HashMap<InstanceSpec, usize>,
 }
 
 impl Plan {
     fn member(&mut self, spec: InstanceSpec) -> usize {
-        match self.members.iter().position(|m| *m == spec) {
-            Some(at) => at,
+        match self.index.get(&spec) {
+            Some(at) => *at,
             None => {
+                self.index.insert(spec.clone(), self.members.len());
                 self.members.push(spec);
                 self.members.len() - 1
             }
         }
+    }
+
+    /// Where `spec` is in `members`.
+    pub fn position(&self, spec: &InstanceSpec) -> Option<usize> {
+        self.index.get(spec).copied()
     }
 }
 
@@ -164,7 +172,7 @@ pub fn score(output: &StageOutput) -> Score {
 /// Every member known so far, given the outputs found (`output`); the list only
 /// grows as outputs arrive (a rung's promotions are appended once it is complete).
 pub fn plan(setup: &Setup, output: &dyn Fn(&InstanceSpec) -> Option<StageOutput>) -> Plan {
-    let mut plan = Plan { members: Vec::new(), runs: Vec::new() };
+    let mut plan = Plan { members: Vec::new(), runs: Vec::new(), index: HashMap::new() };
     plan.member(setup.untuned());
     let rungs = setup.rungs();
     let trials = match &setup.halving {
@@ -188,7 +196,7 @@ pub fn replan(setup: &Setup, members: &[(InstanceSpec, StageOutput)]) -> Result<
     let mut current = plan(setup, &|_| None);
     loop {
         let lookup = |spec: &InstanceSpec| {
-            let at = current.members.iter().position(|m| m == spec)?;
+            let at = current.position(spec)?;
             members.get(at).map(|(_, output)| output.clone())
         };
         let next = plan(setup, &lookup);

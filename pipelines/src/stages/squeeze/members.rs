@@ -1,0 +1,113 @@
+//! Which models `squeeze` ensembles (`squeeze.members`): k seeds of the configuration,
+//! or the k best trials of `tune`. Either way each member is an ordinary cached
+//! `overfit` instance, so a changed member retrains alone.
+//!
+//! With `"tune"`, `squeeze` reads the tune's knobs (they are in its key, as are the
+//! members' artifacts) and lists every trial of the tune's plan (rung by rung, as
+//! `tune` does) until all are known, then only the k best: trials at a later halving
+//! rung first, then by validation accuracy, loss and trial index, the order `tune`
+//! ranks by, so the choice never depends on finish order or `--jobs`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use workspace::{ExecError, InstanceSpec, KnobId, KnobValue, MemberLookup};
+
+use crate::ids::{knob, stage};
+use crate::stages::common::Cx;
+use crate::stages::tune::plan::{list_knobs, plan, score, Setup};
+
+/// `squeeze.members`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberSource {
+    /// `overfit` under `train.seed`, `train.seed + 1`, ...
+    Seeds,
+    /// The `squeeze.k` best trials of `tune`.
+    Tune,
+}
+
+impl workspace::ChoiceKnob for MemberSource {
+    const OPTIONS: &'static [&'static str] = &["seeds", "tune"];
+
+    fn from_index(index: usize) -> MemberSource {
+        [MemberSource::Seeds, MemberSource::Tune][index]
+    }
+}
+
+/// The tune's knobs `squeeze` declares (`train.steps` it declares anyway).
+pub const TUNE_KNOBS: [KnobId; 6] =
+    [knob::TUNE_TRIALS, knob::TUNE_SEED, knob::TUNE_SPACE, knob::TUNE_STEPS, knob::TUNE_HALVING, knob::TUNE_MIN_STEPS];
+
+fn int(knobs: &BTreeMap<KnobId, KnobValue>, id: KnobId) -> Result<i64, String> {
+    knobs.get(&id).and_then(KnobValue::as_i64).ok_or(format!("`{id}` is not an integer"))
+}
+
+/// The members for the stage's knobs and the member outputs known so far.
+pub fn members(knobs: &BTreeMap<KnobId, KnobValue>, known: &dyn MemberLookup) -> Result<Vec<InstanceSpec>, String> {
+    let k = int(knobs, knob::SQUEEZE_K)?;
+    let source = knobs.get(&knob::SQUEEZE_MEMBERS).and_then(KnobValue::as_str);
+    match source.and_then(<MemberSource as workspace::ChoiceKnob>::parse) {
+        Some(MemberSource::Seeds) => seeds(k, int(knobs, knob::TRAIN_SEED)?),
+        Some(MemberSource::Tune) => best_trials(knobs, known, k as usize),
+        None => Err(format!("`{}` is {source:?}, not one of seeds, tune", knob::SQUEEZE_MEMBERS)),
+    }
+}
+
+/// `overfit` (the configuration itself), then `overfit[train.seed=seed+i]` for i in 1..k.
+fn seeds(k: i64, seed: i64) -> Result<Vec<InstanceSpec>, String> {
+    (0..k)
+        .map(|i| match i {
+            0 => Ok(InstanceSpec::plain(stage::OVERFIT)),
+            _ => {
+                let seed = seed.checked_add(i).ok_or(format!("`{}` + {i} overflows", knob::TRAIN_SEED))?;
+                Ok(InstanceSpec::new(stage::OVERFIT, [(knob::TRAIN_SEED, KnobValue::Int(seed))]))
+            }
+        })
+        .collect()
+}
+
+/// Every trial of the tune while any is unknown; then the `k` best, best first.
+fn best_trials(
+    knobs: &BTreeMap<KnobId, KnobValue>,
+    known: &dyn MemberLookup,
+    k: usize,
+) -> Result<Vec<InstanceSpec>, String> {
+    let setup = Setup::new(knobs).map_err(|error| error.to_string())?;
+    if k > setup.trials {
+        return Err(format!(
+            "`{}` = {k} asks for more members than the tune has trials (`{}` = {})",
+            knob::SQUEEZE_K,
+            knob::TUNE_TRIALS,
+            setup.trials
+        ));
+    }
+    let plan = plan(&setup, &|spec| known.output(spec));
+    let mut scored = Vec::with_capacity(plan.runs.len());
+    for run in &plan.runs {
+        let member = &plan.members[run.member];
+        match known.output(member) {
+            Some(output) => scored.push((run, score(&output))),
+            // Not all trials are known: list them all, so the engine builds them.
+            None => return Ok(plan.runs.iter().map(|run| plan.members[run.member].clone()).collect()),
+        }
+    }
+    scored.sort_by(|(a, sa), (b, sb)| b.rung.cmp(&a.rung).then(sa.rank(sb)).then(a.trial.cmp(&b.trial)));
+    let mut seen = HashSet::new();
+    Ok(scored
+        .into_iter()
+        .filter(|(run, _)| seen.insert(run.trial))
+        .take(k)
+        .map(|(run, _)| plan.members[run.member].clone())
+        .collect())
+}
+
+/// The knobs `run` does not otherwise need: read (so a missing one is named), and the
+/// tune's parsed when it is the source.
+pub fn check_tune_knobs(cx: &Cx<'_, '_>, source: MemberSource) -> Result<(), ExecError> {
+    for id in TUNE_KNOBS.into_iter().chain(list_knobs()) {
+        cx.exec.knob(id)?;
+    }
+    if source == MemberSource::Tune {
+        Setup::new(cx.exec.knobs).map_err(|error| ExecError::Failed(error.to_string()))?;
+    }
+    Ok(())
+}
