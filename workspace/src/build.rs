@@ -397,14 +397,9 @@ pub fn build(
                     db.set_result(instance, Some(Done { key: outcome.key, output: output.clone() }));
                     let inputs = instance_key_inputs(db, instance).clone();
                     match inputs {
-                        Ok(inputs) if index >= targeted => crate::settle::settled_member(
-                            db,
-                            instance,
-                            &inputs,
-                            status,
-                            outcome.secs,
-                            &mut record,
-                        ),
+                        Ok(inputs) if index >= targeted => {
+                            crate::settle::settled_member(db, instance, &inputs, status, outcome.secs, &mut record)
+                        }
                         Ok(inputs) => settled(db, instance, &inputs, status, outcome.secs),
                         Err(_) => continue,
                     }
