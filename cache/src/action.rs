@@ -105,9 +105,13 @@ impl ActionCache {
         self.remote.as_deref()
     }
 
+    pub(crate) fn remote_tier(&self) -> Option<std::sync::Arc<crate::remote::Tier>> {
+        self.remote.clone()
+    }
+
     /// The entry of `key` from the remote cache, written locally once every object it
     /// names is in the local store and verified (a corrupt remote object is refused).
-    fn fetch(&self, key: &StageKey) -> Option<Manifest> {
+    pub(crate) fn fetch(&self, key: &StageKey) -> Option<Manifest> {
         let tier = self.remote.as_deref()?;
         let bytes = tier.call(|remote| remote.get_action(key))??;
         let manifest = match Manifest::decode(&bytes) {

@@ -9,7 +9,7 @@ use crate::support::{Run, TestDir};
 
 /// Tiny budgets: each trial trains a small MLP for 40 steps. Thresholds that a short
 /// training cannot meet are lowered so that the build reaches `tune`.
-const TUNE: &str = r#"
+pub const TUNE: &str = r#"
 [model]
 kind = "mlp"
 hidden = [32]

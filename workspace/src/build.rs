@@ -179,6 +179,8 @@ pub fn build(
     let mut present: HashSet<InstanceSpec> = instances.iter().cloned().collect();
     let stop = Cancel::default();
     let (sender, receiver) = mpsc::channel::<ActionOutcome>();
+    // Keys whose result another claimant of the shared remote produced.
+    let fetched: Arc<std::sync::Mutex<HashSet<StageKey>>> = Arc::default();
     let mut reports: HashMap<usize, StageReport> = HashMap::new();
     // key -> indices of the instances waiting for it (equal keys are one action).
     let mut running: HashMap<StageKey, Vec<usize>> = HashMap::new();
@@ -310,7 +312,7 @@ pub fn build(
         for (index, action) in ready {
             let key = action.key();
             running.insert(key, vec![index]);
-            dispatch(db, action, runner.clone(), stop.clone(), sender.clone());
+            dispatch(db, action, runner.clone(), stop.clone(), sender.clone(), fetched.clone());
         }
         if rescan {
             // Plan the newly met instances before waiting for anything.
@@ -334,6 +336,10 @@ pub fn build(
             }
         };
         let Some(outcome) = outcome else { continue };
+        let status = match fetched.lock().map(|mut keys| keys.remove(&outcome.key)) {
+            Ok(true) => StageStatus::Cached,
+            _ => StageStatus::Ran,
+        };
         // Every instance with this key gets the result (equal keys are one action).
         let mut waiting = running.remove(&outcome.key).unwrap_or_default();
         for (index, key) in &known {
@@ -391,15 +397,10 @@ pub fn build(
                     db.set_result(instance, Some(Done { key: outcome.key, output: output.clone() }));
                     let inputs = instance_key_inputs(db, instance).clone();
                     match inputs {
-                        Ok(inputs) if index >= targeted => crate::settle::settled_member(
-                            db,
-                            instance,
-                            &inputs,
-                            StageStatus::Ran,
-                            outcome.secs,
-                            &mut record,
-                        ),
-                        Ok(inputs) => settled(db, instance, &inputs, StageStatus::Ran, outcome.secs),
+                        Ok(inputs) if index >= targeted => {
+                            crate::settle::settled_member(db, instance, &inputs, status, outcome.secs, &mut record)
+                        }
+                        Ok(inputs) => settled(db, instance, &inputs, status, outcome.secs),
                         Err(_) => continue,
                     }
                 }
@@ -468,14 +469,38 @@ fn outcome_name(waiting: &[usize], instances: &[InstanceSpec]) -> String {
     waiting.first().map(|index| instances[*index].name().0).unwrap_or_default()
 }
 
-fn dispatch(db: &Database, action: Action, runner: Arc<dyn Runner>, stop: Cancel, sender: mpsc::Sender<ActionOutcome>) {
+/// Runs `action` on a thread, once it holds the action's claim on the shared remote;
+/// when another claimant executes it meanwhile, its result is used instead and the
+/// key goes into `fetched` (reported as cached).
+fn dispatch(
+    db: &Database,
+    action: Action,
+    runner: Arc<dyn Runner>,
+    stop: Cancel,
+    sender: mpsc::Sender<ActionOutcome>,
+    fetched: Arc<std::sync::Mutex<HashSet<StageKey>>>,
+) {
     let engine = db.engine();
     if let Err(error) = engine.cache.queue().put(&action.key(), &action.to_json()) {
         tracing::warn!(%error, "could not queue the action");
     }
     let progress = engine.progress.action(&action.name);
+    let actions = engine.cache.actions().clone();
     std::thread::spawn(move || {
-        let outcome = runner.run(&action, progress.as_ref(), &stop);
+        let key = action.key();
+        let outcome = match actions.claim(&key, &action.name, &|| stop.is_cancelled()) {
+            cache::remote::Claimed::Run(claim) => {
+                let outcome = runner.run(&action, progress.as_ref(), &stop);
+                drop(claim);
+                outcome
+            }
+            cache::remote::Claimed::Done(manifest) => {
+                fetched.lock().map(|mut keys| keys.insert(key)).ok();
+                let output = StageOutput { artifacts: manifest.artifacts, metrics: manifest.metrics };
+                ActionOutcome { key, secs: 0.0, result: Ok(output) }
+            }
+            cache::remote::Claimed::Cancelled => ActionOutcome { key, secs: 0.0, result: Err(StageFailure::Cancelled) },
+        };
         sender.send(outcome).ok();
     });
 }

@@ -12,22 +12,30 @@
 //! the rest of the build runs locally: it never fails a build. Credentials never
 //! appear in pipe.toml or anything `pipe` writes.
 
-use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use crate::{ArtifactHash, StageKey};
 
+pub mod claim;
+mod http;
+mod s3;
+
+pub use claim::{ClaimGuard, Claimed};
+pub use http::HttpRemote;
+pub use s3::S3Remote;
+
 /// The largest object or entry fetched from a remote (a bound, not a hope).
-const MAX_DOWNLOAD: u64 = 8 << 30;
+pub(crate) const MAX_DOWNLOAD: u64 = 8 << 30;
 
 /// Why a remote request did not give an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("{url}: {message}")]
     Unavailable { url: String, message: String },
-    #[error("remote cache URL `{0}`: only http:// is supported here (https and s3 are not built in yet)")]
+    #[error("remote cache URL `{0}`: expected http://, https:// or s3://")]
     Unsupported(String),
+    #[error("remote cache `{url}`: {message}")]
+    Invalid { url: String, message: String },
 }
 
 /// A remote content-addressed store and action cache.
@@ -39,6 +47,15 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// The manifest bytes stored under `ac/<key>`, `None` when absent.
     fn get_action(&self, key: &StageKey) -> Result<Option<Vec<u8>>, RemoteError>;
     fn put_action(&self, key: &StageKey, bytes: &[u8]) -> Result<(), RemoteError>;
+    /// Creates the claim `name` (empty) only if it does not exist: `Ok(true)` when this
+    /// call created it, `Ok(false)` when it was there (see [`claim`]).
+    fn create_claim(&self, name: &str) -> Result<bool, RemoteError>;
+    /// The lease written into claim `name`, `None` when absent.
+    fn get_claim(&self, name: &str) -> Result<Option<Vec<u8>>, RemoteError>;
+    /// Writes the lease of a claim this process holds (renewal, release).
+    fn put_claim(&self, name: &str, bytes: &[u8]) -> Result<(), RemoteError>;
+    /// Removes claim `name`, best effort (only the probe's, see [`claim`]).
+    fn remove_claim(&self, name: &str);
     /// Where it is, for messages (no credentials).
     fn describe(&self) -> String;
 }
@@ -49,6 +66,8 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
 pub struct Tier {
     backend: Box<dyn Remote>,
     down: AtomicBool,
+    /// Whether the remote creates claims only when absent (probed once, see [`claim`]).
+    pub(crate) claims: std::sync::OnceLock<bool>,
     /// Objects and entries fetched or uploaded, for `pipe` to report.
     pub stats: TierStats,
 }
@@ -62,7 +81,7 @@ pub struct TierStats {
 
 impl Tier {
     pub fn new(backend: Box<dyn Remote>) -> Tier {
-        Tier { backend, down: AtomicBool::new(false), stats: TierStats::default() }
+        Tier { backend, down: AtomicBool::new(false), claims: std::sync::OnceLock::new(), stats: TierStats::default() }
     }
 
     /// Runs `request` unless the remote is down; a failure switches it off (warning once).
@@ -97,99 +116,14 @@ impl Tier {
     }
 }
 
-/// Opens the remote named by `url` (`http://host:port/prefix`).
+/// Opens the remote named by `url` (`http[s]://host:port/prefix` or `s3://bucket/prefix`).
 pub fn open(url: &str) -> Result<Box<dyn Remote>, RemoteError> {
-    if url.starts_with("http://") {
+    if url.starts_with("http://") || url.starts_with("https://") {
         Ok(Box::new(HttpRemote::new(url)))
+    } else if url.starts_with("s3://") {
+        Ok(Box::new(S3Remote::open(url)?))
     } else {
         Err(RemoteError::Unsupported(redact(url)))
-    }
-}
-
-/// The Bazel HTTP remote-cache protocol: `GET`/`PUT`/`HEAD` on `<base>/cas/<hash>`
-/// and `<base>/ac/<key>`; 404 means absent.
-#[derive(Debug)]
-pub struct HttpRemote {
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl HttpRemote {
-    pub fn new(base: &str) -> HttpRemote {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(3))
-            .timeout_read(Duration::from_secs(60))
-            .timeout_write(Duration::from_secs(60))
-            .build();
-        HttpRemote { base: base.trim_end_matches('/').to_string(), agent }
-    }
-
-    fn url(&self, kind: &str, name: &str) -> String {
-        format!("{}/{kind}/{name}", self.base)
-    }
-
-    fn unavailable(url: &str, error: impl std::fmt::Display) -> RemoteError {
-        let message = error.to_string();
-        // ureq's transport errors already name the URL.
-        let message = match message.strip_prefix(url) {
-            Some(rest) => rest.trim_start_matches(": ").to_string(),
-            None => message,
-        };
-        RemoteError::Unavailable { url: url.to_string(), message }
-    }
-
-    fn get(&self, url: &str) -> Result<Option<Vec<u8>>, RemoteError> {
-        match self.agent.get(url).call() {
-            Ok(response) => {
-                let mut bytes = Vec::new();
-                response
-                    .into_reader()
-                    .take(MAX_DOWNLOAD)
-                    .read_to_end(&mut bytes)
-                    .map_err(|error| Self::unavailable(url, error))?;
-                Ok(Some(bytes))
-            }
-            Err(ureq::Error::Status(404, _)) => Ok(None),
-            Err(error) => Err(Self::unavailable(url, error)),
-        }
-    }
-
-    fn put(&self, url: &str, bytes: &[u8]) -> Result<(), RemoteError> {
-        match self.agent.put(url).send_bytes(bytes) {
-            Ok(_) => Ok(()),
-            Err(error) => Err(Self::unavailable(url, error)),
-        }
-    }
-}
-
-impl Remote for HttpRemote {
-    fn get_object(&self, hash: &ArtifactHash) -> Result<Option<Vec<u8>>, RemoteError> {
-        self.get(&self.url("cas", &hash.to_hex()))
-    }
-
-    fn has_object(&self, hash: &ArtifactHash) -> Result<bool, RemoteError> {
-        let url = self.url("cas", &hash.to_hex());
-        match self.agent.head(&url).call() {
-            Ok(_) => Ok(true),
-            Err(ureq::Error::Status(404, _)) => Ok(false),
-            Err(error) => Err(Self::unavailable(&url, error)),
-        }
-    }
-
-    fn put_object(&self, hash: &ArtifactHash, bytes: &[u8]) -> Result<(), RemoteError> {
-        self.put(&self.url("cas", &hash.to_hex()), bytes)
-    }
-
-    fn get_action(&self, key: &StageKey) -> Result<Option<Vec<u8>>, RemoteError> {
-        self.get(&self.url("ac", &key.to_hex()))
-    }
-
-    fn put_action(&self, key: &StageKey, bytes: &[u8]) -> Result<(), RemoteError> {
-        self.put(&self.url("ac", &key.to_hex()), bytes)
-    }
-
-    fn describe(&self) -> String {
-        redact(&self.base)
     }
 }
 
@@ -220,5 +154,9 @@ mod tests {
         assert_eq!(redact("http://host/x"), "http://host/x");
         let error = open("ftp://u:secret@example.org/x").unwrap_err().to_string();
         assert!(!error.contains("secret"), "{error}");
+        // Credentials in an s3:// URL are refused (they come from AWS_* only), unechoed.
+        let error = open("s3://key:secret@bucket/prefix").unwrap_err().to_string();
+        assert!(error.contains("AWS_") && !error.contains("secret"), "{error}");
+        assert!(open("s3:///prefix").is_err());
     }
 }
