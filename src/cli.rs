@@ -25,8 +25,9 @@ pub struct Cli {
     /// CPU threads for candle (sets RAYON_NUM_THREADS before candle starts).
     #[arg(long, value_name = "N", global = true, env = "PIPE_THREADS")]
     pub threads: Option<usize>,
-    /// A shared remote cache behind the local one: http://host:port/prefix (Bazel's
-    /// HTTP cache protocol; WebDAV PUT). Overrides `cache.remote` in pipe.toml.
+    /// A shared remote cache behind the local one: http[s]://host:port/prefix (Bazel's
+    /// HTTP cache protocol; WebDAV PUT, MKCOL for claims) or s3://bucket/prefix
+    /// (credentials from AWS_* in the environment). Overrides `cache.remote` in pipe.toml.
     #[arg(long, value_name = "URL", global = true, env = "PIPE_REMOTE_CACHE")]
     pub remote_cache: Option<String>,
     /// Print one JSON object per line instead of human output.

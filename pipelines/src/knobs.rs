@@ -235,7 +235,7 @@ pub fn schema() -> Vec<KnobSpec> {
             "cache.remote",
             Str,
             text(""),
-            "a shared remote cache behind .pipe: http://host:port/prefix (Bazel's HTTP cache protocol); never in a key; --remote-cache and env PIPE_REMOTE_CACHE override it",
+            "a shared remote cache behind .pipe: http[s]://host:port/prefix (Bazel's HTTP cache protocol) or s3://bucket/prefix (credentials from AWS_* in the environment); never in a key; --remote-cache and env PIPE_REMOTE_CACHE override it",
         ),
         KnobSpec::choice(
             knob::EVALUATE_MODEL,
