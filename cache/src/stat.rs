@@ -3,6 +3,7 @@
 //! are unchanged its hash (and so every key built on it) is too.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -26,7 +27,9 @@ struct Entry {
 pub struct StatCache {
     path: PathBuf,
     root: PathBuf,
-    entries: Mutex<BTreeMap<PathBuf, Entry>>,
+    /// By the absolute path's bytes (a byte order: comparing `Path`s component by
+    /// component cost a fifth of a no-op build with many cached objects).
+    entries: Mutex<BTreeMap<OsString, Entry>>,
     dirty: Mutex<bool>,
 }
 
@@ -65,7 +68,7 @@ impl StatCache {
         crate::check_regular(path)?;
         let (size, mtime_ns, inode) =
             stat(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
-        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let key = key_of(path);
         if let Some(entry) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             if entry.size == size && entry.mtime_ns == mtime_ns && entry.inode == inode {
                 return Ok(entry.hash);
@@ -81,7 +84,7 @@ impl StatCache {
     /// Whether `path` still has the stat recorded when it was last hashed to `hash`.
     pub fn unchanged(&self, path: &Path, hash: &ArtifactHash) -> bool {
         let Ok((size, mtime_ns, inode)) = stat(path) else { return false };
-        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let key = key_of(path);
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|entry| {
             entry.size == size && entry.mtime_ns == mtime_ns && entry.inode == inode && entry.hash == *hash
         })
@@ -90,7 +93,7 @@ impl StatCache {
     /// Records that `path` was just verified (or written) with content `hash`.
     pub fn remember(&self, path: &Path, hash: ArtifactHash) {
         if let Ok((size, mtime_ns, inode)) = stat(path) {
-            let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            let key = key_of(path);
             self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Entry { size, mtime_ns, inode, hash });
             *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
@@ -98,7 +101,7 @@ impl StatCache {
 
     /// Forgets `path` (after it was found corrupt or removed).
     pub fn forget(&self, path: &Path) {
-        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let key = key_of(path);
         if self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&key).is_some() {
             *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
         }
@@ -119,14 +122,19 @@ impl StatCache {
     }
 }
 
+/// The key of `path`: its absolute form.
+fn key_of(path: &Path) -> OsString {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).into_os_string()
+}
+
 /// One line per entry: `size mtime_ns inode hash path` (the path last, as bytes; a
 /// path holding a newline is not remembered: it is re-hashed instead).
-fn format(entries: &BTreeMap<PathBuf, Entry>) -> Vec<u8> {
+fn format(entries: &BTreeMap<OsString, Entry>) -> Vec<u8> {
     use std::io::Write as _;
     use std::os::unix::ffi::OsStrExt as _;
     let mut bytes = Vec::with_capacity(entries.len() * 160);
     for (path, entry) in entries {
-        let path = path.as_os_str().as_bytes();
+        let path = path.as_bytes();
         if path.contains(&b'\n') {
             continue;
         }
@@ -140,7 +148,7 @@ fn format(entries: &BTreeMap<PathBuf, Entry>) -> Vec<u8> {
 
 /// The entries of [`format`]'s bytes; a line that does not parse is skipped (its file
 /// is re-hashed when next asked for).
-fn parse(bytes: &[u8]) -> BTreeMap<PathBuf, Entry> {
+fn parse(bytes: &[u8]) -> BTreeMap<OsString, Entry> {
     use std::os::unix::ffi::OsStrExt as _;
     let mut entries = BTreeMap::new();
     for line in bytes.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
@@ -154,7 +162,7 @@ fn parse(bytes: &[u8]) -> BTreeMap<PathBuf, Entry> {
             Some(Entry { size, mtime_ns, inode, hash })
         })();
         if let (Some(entry), Some(path)) = (parsed, fields.next()) {
-            entries.insert(PathBuf::from(std::ffi::OsStr::from_bytes(path)), entry);
+            entries.insert(std::ffi::OsStr::from_bytes(path).to_os_string(), entry);
         }
     }
     entries
