@@ -67,6 +67,15 @@ pub fn argmax(row: &[f32]) -> u32 {
 }
 
 impl Cx<'_, '_> {
+    /// The bytes of artifact `name` of `output` (the output of `who`: a member or an
+    /// upstream instance). A missing name is an error naming both; a missing or corrupt
+    /// object is [`ExecError::DamagedInput`], so the build heals it and runs again.
+    pub fn artifact(&self, who: &str, output: &workspace::StageOutput, name: &str) -> Result<Vec<u8>, ExecError> {
+        let found =
+            output.artifacts.get(name).ok_or_else(|| ExecError::Failed(format!("`{who}` wrote no `{name}`")))?;
+        self.exec.read(&found.hash)
+    }
+
     pub fn f64(&self, id: KnobId) -> Result<f64, ExecError> {
         self.exec.knob(id)?.as_f64().ok_or_else(|| ExecError::Failed(format!("knob `{id}` is not a number")))
     }

@@ -122,10 +122,7 @@ impl RecipeStage for Evaluate {
         let val_acc = scored_output.metrics.get("val_acc").copied().ok_or_else(|| {
             ExecError::Failed(format!("stage `{}` reports no `val_acc` for the model it chose", scored_stage.name()))
         })?;
-        let checkpoint = scored_output.artifacts.get("checkpoint.safetensors").ok_or_else(|| {
-            ExecError::Failed(format!("stage `{}` wrote no `checkpoint.safetensors` to score", scored_stage.name()))
-        })?;
-        let bytes = cx.exec.read(&checkpoint.hash)?;
+        let bytes = cx.artifact(scored_stage.name().as_str(), scored_output, "checkpoint.safetensors")?;
         let (spec, model) = restore(cx, &bytes)?;
         let data = cx.data_with_test(TestAccess::Score)?;
         let scored = score(cx, &data, model.as_ref())?;

@@ -78,13 +78,7 @@ impl RecipeStage for Regularize {
         let rungs = self.rungs(cx.exec.knobs).map_err(ExecError::Failed)?;
         let members = cx.exec.members;
         let rows = ladder::rows(&rungs, members)?;
-        let artifact = |output: &workspace::StageOutput, name: &str| -> Result<Vec<u8>, ExecError> {
-            let found = output
-                .artifacts
-                .get(name)
-                .ok_or_else(|| ExecError::Failed(format!("a ladder rung has no artifact `{name}`")))?;
-            cx.exec.store.get(&found.hash).map_err(|error| ExecError::Failed(error.to_string()))
-        };
+        let artifact = |output: &workspace::StageOutput, name: &str| cx.artifact("a ladder rung", output, name);
         let curves = members
             .iter()
             .map(|(_, output)| Ok(Curves::from_metrics_json(&artifact(output, "metrics.json")?)))

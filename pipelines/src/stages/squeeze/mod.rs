@@ -262,7 +262,7 @@ fn predict_members(cx: &Cx<'_, '_>, data: &Prepared, temperature: f64) -> Result
         let failed = |what: String| ExecError::Failed(format!("member `{name}`: {what}"));
         let artifact =
             output.artifacts.get("checkpoint.safetensors").ok_or_else(|| failed("no checkpoint.safetensors".into()))?;
-        let bytes = cx.exec.store.get(&artifact.hash).map_err(|e| failed(e.to_string()))?;
+        let bytes = cx.exec.read(&artifact.hash)?;
         let (spec, model, _) = load_checkpoint(&bytes, &cx.device).map_err(failed)?;
         let classes = ensemble::spec_classes(&spec);
         let val_logits = ensemble::logits(model.as_ref(), &data.val.x, features, &cx.device).map_err(err("predict"))?;

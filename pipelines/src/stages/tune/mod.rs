@@ -137,12 +137,7 @@ impl RecipeStage for Tune {
                 metrics.positions.insert(format!("{POSITION}{}", dim.knob), position);
             }
         }
-        let checkpoint = best
-            .output
-            .artifacts
-            .get("checkpoint.safetensors")
-            .ok_or_else(|| ExecError::Failed(format!("trial {} has no checkpoint.safetensors", best.trial)))?;
-        let checkpoint = cx.exec.store.get(&checkpoint.hash).map_err(|error| ExecError::Failed(error.to_string()))?;
+        let checkpoint = cx.artifact(&format!("trial {}", best.trial), &best.output, "checkpoint.safetensors")?;
         let entries = cx.exec.knob(knob::TUNE_SPACE)?.as_str_list().unwrap_or_default();
         let rungs = setup.rungs();
         let summary =
