@@ -283,10 +283,17 @@ impl ModelSpec {
                 "model": name, "n_in": s.n_in, "hidden": s.hidden, "n_out": s.n_out,
                 "activation": s.activation.name(),
             }),
-            ModelSpec::Convnet(s) => json!({
-                "model": name, "image": [s.channels_in, s.height, s.width], "channels": s.channels,
-                "pool_every": s.pool_every, "n_out": s.n_out, "activation": s.activation.name(),
-            }),
+            ModelSpec::Convnet(s) => {
+                let mut meta = json!({
+                    "model": name, "image": [s.channels_in, s.height, s.width], "channels": s.channels,
+                    "pool_every": s.pool_every, "n_out": s.n_out, "activation": s.activation.name(),
+                });
+                // Only when there are dense layers: earlier checkpoints keep their bytes.
+                if !s.dense.is_empty() {
+                    meta["dense"] = json!(s.dense);
+                }
+                meta
+            }
             ModelSpec::Resnet(s) => json!({
                 "model": name, "image": [s.channels_in, s.height, s.width], "depth": s.depth,
                 "width": s.width_base, "n_out": s.n_out,
@@ -328,6 +335,7 @@ impl ModelSpec {
                     width,
                     channels: ints("channels")?,
                     pool_every: int("pool_every")?,
+                    dense: if meta.get("dense").is_some() { ints("dense")? } else { Vec::new() },
                     n_out: int("n_out")?,
                     activation: activation()?,
                 }))
