@@ -389,13 +389,10 @@ pub fn layer_init(
     }
 }
 
-/// `x [batch, in] @ weight[out, in]^T + bias`, the bias entering as
-/// `ones[batch, 1] x bias[1, out]`: its gradient is then a matmul too, where a
-/// broadcast add would make backprop reduce over the batch with candle's slow
-/// strided sum (16% of a digits training step, measured).
+/// `x [batch, in] @ weight[out, in]^T + bias` on our deterministic GEMM
+/// ([`crate::kernels::linear`]): the same bits on every CPU and thread count.
 pub fn linear(x: &Tensor, weight: &Var, bias: &Var) -> Result<Tensor> {
-    let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
-    x.matmul(&weight.as_tensor().t()?)? + ones.matmul(&bias.as_tensor().unsqueeze(0)?)?
+    crate::kernels::linear(x, weight.as_tensor(), bias.as_tensor())
 }
 
 /// Rows per forward pass when a whole split is evaluated at once: a convolution's

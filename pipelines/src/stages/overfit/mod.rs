@@ -94,7 +94,7 @@ impl RecipeStage for Overfit {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::OVERFIT,
-            version: 5,
+            version: 6,
             doc: "train the configured model; full-split evaluations; checkpoint",
             knobs: knobs(&[
                 &MODEL_KNOBS,
