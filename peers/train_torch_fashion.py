@@ -1,7 +1,9 @@
 """PyTorch CPU peer of `pipe build overfit` on examples/fashion-mnist: the same model
 (conv 1->C1 3x3 p1, relu, maxpool 2, conv C1->C2 3x3 p1, relu, maxpool 2, optional
-dense hidden layers with relu, linear head), batch, optimizer (Adam, betas 0.9/0.999,
-eps 1e-8, no weight decay, constant rate), steps and evaluation cadence, trained on
+dense hidden layers with relu, linear head; `--dropout` as pipe's model.dropout:
+whole channels after each conv block, units after each dense layer), batch,
+optimizer (Adam, betas 0.9/0.999, eps 1e-8, no weight decay; constant rate or
+pipe's cosine to 0 over the run), steps and evaluation cadence, trained on
 the real Fashion-MNIST IDX files; prints the wall time of training (with its
 evaluations) and the test accuracy, for the closing note's side-by-side figure.
 
@@ -40,8 +42,9 @@ def idx(path):
 
 
 class Net(nn.Module):
-    def __init__(self, channels, dense):
+    def __init__(self, channels, dense, dropout):
         super().__init__()
+        self.drop2d, self.drop = nn.Dropout2d(dropout), nn.Dropout(dropout)
         self.c1 = nn.Conv2d(1, channels[0], 3, padding=1)
         self.c2 = nn.Conv2d(channels[0], channels[1], 3, padding=1)
         widths = [channels[1] * 7 * 7] + dense
@@ -50,10 +53,10 @@ class Net(nn.Module):
 
     def forward(self, x):
         x = x.view(-1, 1, 28, 28)
-        x = F.max_pool2d(F.relu(self.c1(x)), 2)
-        x = F.max_pool2d(F.relu(self.c2(x)), 2).flatten(1)
+        x = self.drop2d(F.max_pool2d(F.relu(self.c1(x)), 2))
+        x = self.drop2d(F.max_pool2d(F.relu(self.c2(x)), 2)).flatten(1)
         for layer in self.dense:
-            x = F.relu(layer(x))
+            x = self.drop(F.relu(layer(x)))
         return self.fc(x)
 
 
@@ -79,6 +82,8 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--channels", default="32,64")
     ap.add_argument("--dense", default="", help="dense hidden widths, e.g. 256")
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,16 +102,20 @@ def main():
     xs, ys = norm(x_test), torch.from_numpy(y_test)
     channels = [int(c) for c in args.channels.split(",")]
     dense = [int(d) for d in args.dense.split(",") if d]
-    model = Net(channels, dense)
+    model = Net(channels, dense, args.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    span = max(args.steps - 1, 1)
     g = torch.Generator().manual_seed(args.seed)
     order, pos = torch.randperm(len(xt), generator=g), 0
     print(f"torch {torch.__version__} threads={torch.get_num_threads()} steps={args.steps} batch={args.batch} "
-          f"channels={channels} dense={dense}", flush=True)
+          f"channels={channels} dense={dense} dropout={args.dropout} lr={args.lr} schedule={args.schedule}", flush=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(1, args.steps + 1):
         if pos + args.batch > len(xt):
             order, pos = torch.randperm(len(xt), generator=g), 0
+        if args.schedule == "cosine":  # pipe's factor for 0-based step s: 0.5 (1 + cos(pi s / (steps - 1)))
+            for group in opt.param_groups:
+                group["lr"] = args.lr * 0.5 * (1.0 + np.cos(np.pi * min((step - 1) / span, 1.0)))
         batch = order[pos:pos + args.batch]
         pos += args.batch
         loss = F.cross_entropy(model(xt[batch]), yt[batch])
