@@ -351,6 +351,12 @@ fn main() -> std::result::Result<(), String> {
         let (candle, ours) = sgemm_rates(1024)?;
         println!("sgemm 1024^3: gemm crate (candle matmul, {threads} threads) {candle:.1} GFLOP/s, ours (1 thread) {ours:.1} GFLOP/s");
     }
+    // As `pipe` runs a stage: on a worker of a pool of `threads` (one thread: inline).
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+    pool.install(|| run_models(&options, threads))
+}
+
+fn run_models(options: &Options, threads: usize) -> std::result::Result<(), String> {
     for spec in &options.models {
         let flops = spec.flops_per_step();
         for &backend in &options.backends {

@@ -19,6 +19,12 @@ fn main() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
+    // As `pipe` runs a stage: on a worker of a pool of RAYON_NUM_THREADS (one: inline).
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(rayon::current_num_threads()).build().expect("pool");
+    pool.install(bench);
+}
+
+fn bench() {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
     let raw = Source::Digits.load(&SourceOptions::default()).expect("digits");
     let prepared = data::prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, "standard").expect("prepare");

@@ -90,10 +90,24 @@ impl<S: RecipeStage> Stage for Typed<S> {
     }
 
     fn execute(&self, ctx: &ExecContext<'_>) -> Result<ExecOutput, ExecError> {
-        let _span = tracing::info_span!("execute", stage = %self.spec.id).entered();
+        let span = tracing::info_span!("execute", stage = %self.spec.id);
         let cx = Cx { exec: ctx, device: common::device(ctx.device)? };
-        let run = self.stage.run(&cx)?;
-        Ok(ExecOutput { artifacts: run.artifacts, metrics: flat::to_map(&run.metrics)? })
+        // The stage runs on a worker of its own pool (as many threads as pipe's
+        // --threads), so the kernels' parallel loops start on a rayon thread: with one
+        // thread they run inline, instead of handing every op to the global pool and
+        // sleeping until it is done (a busy machine then gives the core away at each
+        // hand-off: the digits CNN trained at half speed beside other work).
+        let threads = rayon::current_num_threads();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("pipe-stage-{i}"))
+            .build()
+            .map_err(|error| ExecError::Failed(format!("a thread pool of {threads}: {error}")))?;
+        pool.install(|| {
+            let _span = span.enter();
+            let run = self.stage.run(&cx)?;
+            Ok(ExecOutput { artifacts: run.artifacts, metrics: flat::to_map(&run.metrics)? })
+        })
     }
 
     fn verdicts(&self, output: &StageOutput, checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
