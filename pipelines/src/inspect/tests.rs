@@ -62,12 +62,15 @@ fn copy_recall(base: &RawDataset, n: usize, levels: i64) -> f64 {
 fn digits_flipped_blocks_are_found_with_few_false_alarms() {
     let base = digits();
     let (recall, precision) = label_case(&base, 1, 7, 0.1, &options());
+    eprintln!("1>7 at 10%: recall {recall}, precision {precision}");
     assert!(recall >= 0.85 && precision >= 0.5, "1>7 at 10%: recall {recall}, precision {precision}");
     let (recall, precision) = label_case(&base, 0, 6, 0.2, &options());
+    eprintln!("0>6 at 20%: recall {recall}, precision {precision}");
     assert!(recall >= 0.6 && precision >= 0.5, "0>6 at 20%: recall {recall}, precision {precision}");
     // A looser self-confidence bound catches more of a larger block.
     let loose = InspectOptions { max_self_confidence: 0.3, ..options() };
     let (recall, precision) = label_case(&base, 0, 6, 0.2, &loose);
+    eprintln!("0>6 at 20%, loose: recall {recall}, precision {precision}");
     assert!(recall >= 0.85 && precision >= 0.5, "0>6 at 20%, loose: recall {recall}, precision {precision}");
 }
 
@@ -78,6 +81,7 @@ fn digits_noisy_copies_are_near_duplicates_and_clean_digits_have_none() {
     let (inspection, data) = audit(&base, &options());
     assert!(inspection.near_duplicates.is_empty(), "{:?}", inspection.near_duplicates);
     let share = inspection.labels.issues.len() as f64 / data.train.len() as f64;
+    eprintln!("clean digits: {share}");
     assert!(share < 0.02, "clean digits: {share} of training examples flagged");
     assert_eq!(inspection.metrics["suspect_share"], share);
 }
@@ -121,6 +125,7 @@ fn fashion_flipped_blocks_and_noisy_copies() {
     // Trouser labelled dress: measured recall 69%, precision 14% (the kNN vote on
     // 3,000 training images is a weak classifier; see the audit bench).
     let (recall, precision) = label_case(&base, 1, 3, 0.2, &options());
+    eprintln!("fashion 1>3 at 20%: recall {recall}, precision {precision}");
     assert!(recall >= 0.6 && precision >= 0.12, "1>3 at 20%: recall {recall}, precision {precision}");
     assert!(copy_recall(&base, 25, 3) >= 0.95);
     let (inspection, _) = audit(&base, &options());
