@@ -128,26 +128,35 @@ fn cholesky_solve(mut a: Vec<f64>, n: usize, mut b: Vec<f64>, m: usize) -> Optio
     Some(b)
 }
 
-/// Out-of-fold scores of every row: fold `f`'s rows scored by the fit on every other
-/// fold's rows that `keep` allows.
-fn scores(features: &Features, labels: &[u32], n_classes: usize, fold: &[u8], keep: &[bool]) -> Vec<f64> {
+/// Per fold: the Gram sums of its rows that `select` allows.
+type Grams = Vec<(Vec<f64>, Vec<f64>)>;
+
+fn fold_grams(
+    features: &Features,
+    labels: &[u32],
+    n_classes: usize,
+    members: &[Vec<usize>],
+    select: impl Fn(usize) -> bool + Sync,
+) -> Grams {
+    let rows: Vec<Vec<usize>> = members.iter().map(|m| m.iter().copied().filter(|&r| select(r)).collect()).collect();
+    rows.par_iter().map(|rows| gram(features, labels, n_classes, rows)).collect()
+}
+
+/// Out-of-fold scores of every row: fold `f`'s rows (`members[f]`) scored by the fit
+/// on every other fold's Gram sums (`grams`, over `fitted[f]` rows each).
+fn scores(features: &Features, n_classes: usize, members: &[Vec<usize>], grams: &Grams, fitted: &[usize]) -> Vec<f64> {
     let (n, dims) = (features.n, features.dims);
-    let n_folds = fold.iter().map(|&f| f as usize + 1).max().unwrap_or(0);
-    let members: Vec<Vec<usize>> = (0..n_folds).map(|f| (0..n).filter(|&r| fold[r] as usize == f).collect()).collect();
-    let kept: Vec<Vec<usize>> =
-        members.iter().map(|rows| rows.iter().copied().filter(|&r| keep[r]).collect()).collect();
-    let grams: Vec<(Vec<f64>, Vec<f64>)> =
-        kept.par_iter().map(|rows| gram(features, labels, n_classes, rows)).collect();
+    let n_folds = members.len();
     let mut total = (vec![0f64; dims * dims], vec![0f64; dims * n_classes]);
-    for (g, b) in &grams {
+    for (g, b) in grams {
         total.0.iter_mut().zip(g).for_each(|(t, v)| *t += v);
         total.1.iter_mut().zip(b).for_each(|(t, v)| *t += v);
     }
     let per_fold: Vec<Vec<(usize, Vec<f64>)>> = (0..n_folds)
         .into_par_iter()
         .map(|f| {
-            let fitted = kept.iter().enumerate().filter(|(g, _)| *g != f).map(|(_, rows)| rows.len()).sum::<usize>();
-            let penalty = LAMBDA * fitted.max(1) as f64;
+            let others = fitted.iter().enumerate().filter(|(g, _)| *g != f).map(|(_, &rows)| rows).sum::<usize>();
+            let penalty = LAMBDA * others.max(1) as f64;
             let mut a: Vec<f64> = total.0.iter().zip(&grams[f].0).map(|(t, v)| t - v).collect();
             (0..dims).for_each(|i| a[i * dims + i] += penalty);
             let b: Vec<f64> = total.1.iter().zip(&grams[f].1).map(|(t, v)| t - v).collect();
@@ -198,22 +207,34 @@ fn temperature(scores: &[f64], labels: &[u32], n_classes: usize) -> f64 {
 /// Out-of-fold probabilities of every row of `features` (two rounds, see the module docs).
 pub fn out_of_fold(features: &Features, labels: &[u32], n_classes: usize, fold: &[u8]) -> OutOfFold {
     let n = features.n;
-    let mut keep = vec![true; n];
+    let n_folds = fold.iter().map(|&f| f as usize + 1).max().unwrap_or(0);
+    let members: Vec<Vec<usize>> = (0..n_folds).map(|f| (0..n).filter(|&r| fold[r] as usize == f).collect()).collect();
+    let mut grams = fold_grams(features, labels, n_classes, &members, |_| true);
+    let mut fitted: Vec<usize> = members.iter().map(Vec::len).collect();
     let mut pruned = 0;
     let mut result = OutOfFold { probabilities: Vec::new(), temperature: 1.0, pruned: 0, accuracy: 0.0 };
     for round in 0..2 {
-        let s = scores(features, labels, n_classes, fold, &keep);
+        let s = scores(features, n_classes, &members, &grams, &fitted);
         let t = temperature(&s, labels, n_classes);
         let probabilities: Vec<Vec<f64>> = s.chunks(n_classes.max(1)).map(|row| softmax(row, t)).collect();
         if round == 0 {
-            for (row, p) in probabilities.iter().enumerate() {
-                let given = labels[row] as usize;
-                let other = (0..n_classes).filter(|&c| c != given).map(|c| p[c]).fold(0.0, f64::max);
-                if p[given] - other < -PRUNE_MARGIN {
-                    keep[row] = false;
-                    pruned += 1;
-                }
+            // The second round fits without the rows this one contradicted: their Gram
+            // sums are taken out of their fold's.
+            let contradicted: Vec<bool> = probabilities
+                .iter()
+                .zip(labels)
+                .map(|(p, &y)| {
+                    let other = (0..n_classes).filter(|&c| c != y as usize).map(|c| p[c]).fold(0.0, f64::max);
+                    p[y as usize] - other < -PRUNE_MARGIN
+                })
+                .collect();
+            let removed = fold_grams(features, labels, n_classes, &members, |r| contradicted[r]);
+            for (f, ((g, b), (rg, rb))) in grams.iter_mut().zip(&removed).enumerate() {
+                g.iter_mut().zip(rg).for_each(|(v, r)| *v -= r);
+                b.iter_mut().zip(rb).for_each(|(v, r)| *v -= r);
+                fitted[f] -= members[f].iter().filter(|&&r| contradicted[r]).count();
             }
+            pruned = contradicted.iter().filter(|&&c| c).count();
         }
         let correct =
             probabilities.iter().zip(labels).filter(|(p, &y)| (0..n_classes).all(|c| p[c] <= p[y as usize])).count();
