@@ -59,9 +59,10 @@ pub const EMBED_DIMS: usize = 64;
 /// majority), where the probabilities are neighbour votes (`model_eyes.rs`).
 pub const MIN_SUGGESTED_CONFIDENCE: f64 = 0.5;
 /// A label issue's suggested label holds at least this out-of-fold probability of the
-/// audit's own classifier (`oof.rs`). Measured on all of Fashion-MNIST (clean, 45,000
-/// training images): 0.5 flags 6.5% of them, 0.7 4.6%, 0.8 3.3%, 0.9 1.9%; planted
-/// flips keep 0.8 (see `benches/audit.rs`).
+/// audit's own classifier (`oof.rs`). On all of Fashion-MNIST (clean, 45,000 training
+/// images) `pipe build inspect` flags 4.2% at 0.8 (a NumPy prototype of the same
+/// classifier: 6.5% at 0.5, 4.6% at 0.7, 3.3% at 0.8, 1.9% at 0.9, while recall of
+/// planted flips falls from 0.8 on; see `benches/audit.rs`).
 pub const MIN_CLASSIFIER_CONFIDENCE: f64 = 0.8;
 /// Nearest rows of any split kept per example as near-duplicate candidates.
 const NEAR_CANDIDATES: usize = 3;
