@@ -121,11 +121,12 @@ fn clean_case(name: &str, raw: &RawDataset) {
     let (inspection, secs, data) = run(raw);
     let nearest = inspection.near_duplicates.first().map_or(f64::NAN, |p| p.distance);
     println!(
-        "audit/clean {name}: {} label issues ({:.2}% of {} training examples; estimated noise {:.2}%), {} near-duplicate pairs (closest {nearest:.4}), {secs:.2} s",
+        "audit/clean {name}: {} label issues ({:.2}% of {} training examples; estimated noise {:.2}%; out-of-fold accuracy {:.2}%), {} near-duplicate pairs (closest {nearest:.4}), {secs:.2} s",
         inspection.labels.issues.len(),
         100.0 * inspection.labels.issues.len() as f64 / data.train.len() as f64,
         data.train.len(),
         100.0 * inspection.labels.estimated_noise,
+        100.0 * inspection.metrics.get("label_classifier_accuracy").copied().unwrap_or(f64::NAN),
         inspection.near_duplicates.len(),
     );
 }

@@ -1,11 +1,13 @@
-//! Label issues of the training split: out-of-fold k-nearest-neighbour votes in the
-//! fixed embedding become class probabilities, confident learning (`confident.rs`)
-//! picks the likely errors, and each one keeps the neighbours that outvoted it.
+//! Label issues of the training split: out-of-fold class probabilities (the audit's own
+//! classifier, `oof.rs`, or neighbour votes in a trained model's embedding) go through
+//! confident learning (`confident.rs`), which picks the likely errors; each one keeps
+//! its nearest out-of-fold training neighbours as the explanation.
 
 use serde::Serialize;
 
 use super::confident::{self, ConfidentLearning, Filter};
 use super::neighbours::Neighbour;
+pub use super::oof::Classifier;
 use super::{ExampleRef, View};
 use crate::rng::Rng;
 
@@ -41,6 +43,9 @@ pub struct LabelAudit {
     pub noise_rate: Vec<Vec<f64>>,
     pub estimated_noise: f64,
     pub issues: Vec<LabelIssue>,
+    /// The out-of-fold classifier behind the probabilities, when the audit fitted one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<Classifier>,
 }
 
 /// Seeded fold of each of `n` training rows (balanced: sizes differ by at most one).
@@ -65,7 +70,8 @@ pub fn audited_rows(n: usize, max: usize, seed: u64) -> Vec<usize> {
     rows
 }
 
-/// Confident learning over the audited training rows' out-of-fold votes.
+/// Confident learning over the audited training rows' out-of-fold neighbour votes (the
+/// votes are the probabilities and explain each issue).
 pub(crate) fn audit(
     train: &View<'_>,
     votes: &[Vec<Neighbour>],
@@ -84,9 +90,23 @@ pub(crate) fn audit(
             confident::votes_to_probabilities(&labels, &priors, PRIOR_WEIGHT)
         })
         .collect();
+    audit_probabilities(train, &probabilities, votes, audited, n_classes, filter)
+}
+
+/// Confident learning over the audited training rows' out-of-fold `probabilities`
+/// (one row per audited row); each issue is explained by its out-of-fold neighbours
+/// (`votes`, per training row).
+pub(crate) fn audit_probabilities(
+    train: &View<'_>,
+    probabilities: &[Vec<f64>],
+    votes: &[Vec<Neighbour>],
+    audited: &[usize],
+    n_classes: usize,
+    filter: &Filter,
+) -> LabelAudit {
     let labels: Vec<u32> = audited.iter().map(|&row| train.split.y[row]).collect();
     let ConfidentLearning { thresholds, confident_joint, noise_rate, estimated_noise, issues } =
-        confident::find(&probabilities, &labels, n_classes, filter);
+        confident::find(probabilities, &labels, n_classes, filter);
     let issues = issues
         .iter()
         .map(|issue| {
@@ -103,7 +123,15 @@ pub(crate) fn audit(
             }
         })
         .collect();
-    LabelAudit { n_audited: audited.len(), thresholds, confident_joint, noise_rate, estimated_noise, issues }
+    LabelAudit {
+        n_audited: audited.len(),
+        thresholds,
+        confident_joint,
+        noise_rate,
+        estimated_noise,
+        issues,
+        classifier: None,
+    }
 }
 
 /// Weight of the class priors in the vote, in neighbours.

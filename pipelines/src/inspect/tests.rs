@@ -61,14 +61,18 @@ fn copy_recall(base: &RawDataset, n: usize, levels: i64) -> f64 {
 #[test]
 fn digits_flipped_blocks_are_found_with_few_false_alarms() {
     let base = digits();
+    // Measured: 1>7 at 10% recall 100%, precision 86%; 0>6 at 20% 96% and 96%.
     let (recall, precision) = label_case(&base, 1, 7, 0.1, &options());
-    assert!(recall >= 0.85 && precision >= 0.5, "1>7 at 10%: recall {recall}, precision {precision}");
+    assert!(recall >= 0.95 && precision >= 0.75, "1>7 at 10%: recall {recall}, precision {precision}");
     let (recall, precision) = label_case(&base, 0, 6, 0.2, &options());
-    assert!(recall >= 0.6 && precision >= 0.5, "0>6 at 20%: recall {recall}, precision {precision}");
-    // A looser self-confidence bound catches more of a larger block.
+    assert!(recall >= 0.9 && precision >= 0.85, "0>6 at 20%: recall {recall}, precision {precision}");
+    // A looser self-confidence bound flags at least as many.
     let loose = InspectOptions { max_self_confidence: 0.3, ..options() };
-    let (recall, precision) = label_case(&base, 0, 6, 0.2, &loose);
-    assert!(recall >= 0.85 && precision >= 0.5, "0>6 at 20%, loose: recall {recall}, precision {precision}");
+    let (loose_recall, loose_precision) = label_case(&base, 0, 6, 0.2, &loose);
+    assert!(
+        loose_recall >= recall && loose_precision >= 0.8,
+        "0>6 at 20%, loose: recall {loose_recall}, precision {loose_precision}"
+    );
 }
 
 #[test]
@@ -78,7 +82,7 @@ fn digits_noisy_copies_are_near_duplicates_and_clean_digits_have_none() {
     let (inspection, data) = audit(&base, &options());
     assert!(inspection.near_duplicates.is_empty(), "{:?}", inspection.near_duplicates);
     let share = inspection.labels.issues.len() as f64 / data.train.len() as f64;
-    assert!(share < 0.02, "clean digits: {share} of training examples flagged");
+    assert!(share < 0.01, "clean digits: {share} of training examples flagged");
     assert_eq!(inspection.metrics["suspect_share"], share);
 }
 
@@ -118,13 +122,23 @@ fn fashion() -> Option<RawDataset> {
 #[test]
 fn fashion_flipped_blocks_and_noisy_copies() {
     let Some(base) = fashion() else { return };
-    // Trouser labelled dress: measured recall 69%, precision 14% (the kNN vote on
-    // 3,000 training images is a weak classifier; see the audit bench).
+    // Measured (3,000 training images; cleanlab on out-of-fold kNN probabilities in
+    // brackets, see the audit bench): trouser labelled dress recall 90% at precision
+    // 43% (93% at 12%); bag labelled T-shirt at 10% recall 92% at 18% (92% at 6%).
     let (recall, precision) = label_case(&base, 1, 3, 0.2, &options());
-    assert!(recall >= 0.6 && precision >= 0.12, "1>3 at 20%: recall {recall}, precision {precision}");
+    assert!(recall >= 0.85 && precision >= 0.35, "1>3 at 20%: recall {recall}, precision {precision}");
+    let (recall, precision) = label_case(&base, 8, 0, 0.1, &options());
+    eprintln!("fashion 8>0 at 10%: recall {recall}, precision {precision}");
+    assert!(recall >= 0.85 && precision >= 0.15, "8>0 at 10%: recall {recall}, precision {precision}");
     assert!(copy_recall(&base, 25, 3) >= 0.95);
-    let (inspection, _) = audit(&base, &options());
+    // Clean data: few flags (Fashion has real confusions: shirt, pullover, coat).
+    let (inspection, data) = audit(&base, &options());
     assert!(inspection.near_duplicates.is_empty(), "{:?}", &inspection.near_duplicates[..1]);
+    let share = inspection.labels.issues.len() as f64 / data.train.len() as f64;
+    assert!(share < 0.05, "clean fashion: {share} of training examples flagged");
+    let accuracy = inspection.metrics["label_classifier_accuracy"];
+    eprintln!("clean fashion: {share} flagged, out-of-fold accuracy {accuracy}");
+    assert!(accuracy > 0.83, "out-of-fold accuracy {accuracy}");
 }
 
 #[test]

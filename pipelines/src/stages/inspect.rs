@@ -47,7 +47,7 @@ impl RecipeStage for Inspect {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::INSPECT,
-            version: 3,
+            version: 4,
             doc: "become one with the data: balance, duplicates, leakage, corrupt values, outliers, label noise, pictures",
             knobs: vec![
                 knob::INSPECT_TOP_K,
@@ -121,7 +121,7 @@ impl RecipeStage for Inspect {
             value: share,
             expected: max_share,
             message: format!(
-                "{} of {} training examples look mislabelled: most of their out-of-fold nearest neighbours carry one other label (confident learning; {})",
+                "{} of {} training examples look mislabelled: the audit's own out-of-fold classifier confidently gives them one other label (confident learning; {})",
                 m.n_suspects.unwrap_or(f64::NAN),
                 m.knn_queries.unwrap_or(f64::NAN),
                 limit_text(knob::INSPECT_MAX_SUSPECT_SHARE, share, max_share)
