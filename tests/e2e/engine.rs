@@ -80,11 +80,12 @@ fn ctrl_c_abandons_training_releases_the_lock_and_exits_130() {
     let mut child = dir.spawn(&["build", "--json", "--jobs", "2"]);
     let stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
+    // Wait for `overfit_batch` and `inspect` (which runs beside the others with
+    // --jobs 2 and may finish after them on a busy machine): then only `overfit` runs.
+    let finished = |seen: &[String], stage: &str| seen.iter().any(|l| l.contains(&format!("\"stage\":\"{stage}\"")));
     for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        let done = line.contains("\"overfit_batch\"");
-        seen.push(line);
-        if done {
+        seen.push(line.unwrap());
+        if finished(&seen, "overfit_batch") && finished(&seen, "inspect") {
             break;
         }
     }
