@@ -81,6 +81,7 @@ pub mod knob {
         INSPECT_MAX_SELF_CONFIDENCE = "checks.inspect.max_self_confidence",
         MODEL_CHANNELS = "model.channels",
         MODEL_POOL_EVERY = "model.pool_every",
+        MODEL_DENSE = "model.dense",
         MODEL_DEPTH = "model.depth",
         MODEL_WIDTH = "model.width",
         EVALUATE_WORST = "checks.evaluate.worst",

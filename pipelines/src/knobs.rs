@@ -204,6 +204,12 @@ pub fn schema() -> Vec<KnobSpec> {
             KnobValue::IntList(vec![16, 32]),
             "convnet: output channels of each 3x3 convolution (padding 1)",
         ),
+        KnobSpec::new(
+            "model.dense",
+            IntList { min: 1, max: 65_536 },
+            KnobValue::IntList(Vec::new()),
+            "convnet: widths of dense hidden layers between the convolutions and the linear head (activation, unit dropout)",
+        ),
         KnobSpec::new("model.pool_every", Int { min: 1, max: 64 }, int(2), "convnet: a 2x2 max pool after every this many convolutions"),
         KnobSpec::new("model.depth", Int { min: 1, max: 64 }, int(1), "resnet: basic blocks in each of its three stages"),
         KnobSpec::new("model.width", Int { min: 1, max: 1024 }, int(16), "resnet: channels of the first stage (then 2x and 4x)"),

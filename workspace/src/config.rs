@@ -262,7 +262,9 @@ fn convert(spec: &KnobSpec, value: &DeValue<'_>, location: &str) -> Result<KnobV
                     .ok_or_else(|| wrong(&found))?,
                 other => vec![integer(other).ok_or_else(|| wrong(&found))?],
             };
-            if items.is_empty() || items.iter().any(|v| !(min..=max).contains(v)) {
+            // An empty list only where the default is one (`model.dense = []`: none).
+            let empty_ok = spec.default == KnobValue::IntList(Vec::new());
+            if (items.is_empty() && !empty_ok) || items.iter().any(|v| !(min..=max).contains(v)) {
                 return Err(wrong(&found));
             }
             Ok(KnobValue::IntList(items))
@@ -367,6 +369,7 @@ mod tests {
                 KnobValue::IntList(vec![2]),
                 "sizes",
             ),
+            KnobSpec::new("model.dense", KnobKind::IntList { min: 1, max: 64 }, KnobValue::IntList(vec![]), "widths"),
             KnobSpec::new(
                 "data.split",
                 KnobKind::FloatList { min: 0.0, max: 1.0 },
@@ -389,6 +392,14 @@ mod tests {
         // Integers are accepted where floats are expected; a single size is a list.
         let config = Config::parse(&schema(), "train.lr = 1\n", "p").unwrap();
         assert_eq!(config.get("train.lr"), Some(&KnobValue::Float(Float(1.0))));
+    }
+
+    #[test]
+    fn an_empty_list_only_where_the_default_is_empty() {
+        let config = Config::parse(&schema(), "[model]\ndense = []\n", "p").unwrap();
+        assert_eq!(config.get("model.dense"), Some(&KnobValue::IntList(vec![])));
+        let err = Config::parse(&schema(), "[checks.overfit_batch]\nsize = []\n", "p").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("checks.overfit_batch.size"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Deterministic CPU kernels for convolutional nets: conv2d (forward, backward to
-//! input, weight and bias) and 2x2 max-pooling, as candle custom ops.
+//! input, weight and bias), 2x2 max-pooling and the dense layer ([`linear`]), as
+//! candle custom ops.
 //!
 //! candle's own CPU `conv2d` trains the digits CNN at about a quarter of PyTorch's
 //! speed; these kernels are a small GEMM of our own ([`gemm`]) over an im2col matrix
@@ -65,6 +66,7 @@
 
 pub mod conv;
 pub mod gemm;
+pub mod linear;
 pub mod pool;
 
 #[cfg(test)]
@@ -73,6 +75,7 @@ mod tests;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use conv::{conv2d, Conv2dParams};
+pub use linear::linear;
 pub use pool::max_pool2d;
 
 /// The instruction set a GEMM micro-kernel runs on. All three give the same bits.

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor, Var};
 
 use super::gemm::{gemm, gemm_acc, gemm_packed, MatRef, PackedA, Scratch, Start};
-use super::{conv2d, max_pool2d, Conv2dParams, Isa};
+use super::{conv2d, linear, max_pool2d, Conv2dParams, Isa};
 use crate::rng::Rng;
 
 /// `(batch, c_in, h, w, c_out, k, padding, stride)`.
@@ -276,11 +276,16 @@ fn network_bits(batch: usize, size: usize) -> Vec<Vec<u32>> {
     let y = max_pool2d(&h).unwrap();
     let w3 = Var::from_tensor(&tensor(&[8, 20, 3, 3], "net/w3")).unwrap();
     let y = conv2d(&y, w3.as_tensor(), None, Conv2dParams { padding: 1, stride: 1, relu: true, pool: true }).unwrap();
+    // A dense head over the flattened maps (k = 8 x 7 x 7 = 392 on 28x28 inputs).
+    let y = y.flatten_from(1).unwrap();
+    let w4 = Var::from_tensor(&tensor(&[10, y.dim(1).unwrap()], "net/w4")).unwrap();
+    let b4 = Var::from_tensor(&tensor(&[10], "net/b4")).unwrap();
+    let y = linear(&y, w4.as_tensor(), b4.as_tensor()).unwrap();
     let r = tensor(y.dims(), "net/r");
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
     let mut out = vec![bits(&y)];
-    out.extend([&w1, &b1, &w2, &b2, &w3].iter().map(|v| bits(grads.get(v).unwrap())));
+    out.extend([&w1, &b1, &w2, &b2, &w3, &w4, &b4].iter().map(|v| bits(grads.get(v).unwrap())));
     out
 }
 

@@ -1,6 +1,7 @@
 //! `convnet`: 3x3 convolutions (padding 1) with an activation, a 2x2 max pool after
-//! every `pool_every` of them, then one linear head. Layers `conv1`, `conv2`, ...,
-//! `fc`. With `channels = [16, 32]`, `pool_every = 2` on 8x8 digits it is conv
+//! every `pool_every` of them, then optional dense hidden layers (`dense`, with the
+//! activation and unit dropout) and one linear head. Layers `conv1`, `conv2`, ...,
+//! `dense1`, ..., `fc`. With `channels = [16, 32]`, `pool_every = 2` on 8x8 digits it is conv
 //! 1->16, relu, conv 16->32, relu, maxpool, linear 512->10; with `[32, 64]`,
 //! `pool_every = 1` on 28x28 it is the Fashion-MNIST benchmark's 2-conv net.
 
@@ -20,6 +21,8 @@ pub struct ConvnetSpec {
     pub channels: Vec<usize>,
     /// A max pool after every this many convolutions.
     pub pool_every: usize,
+    /// Widths of the dense hidden layers between the convolutions and the head.
+    pub dense: Vec<usize>,
     pub n_out: usize,
     pub activation: Activation,
 }
@@ -41,6 +44,8 @@ impl ConvnetSpec {
 pub struct Convnet {
     spec: ConvnetSpec,
     convs: Vec<(String, Var, Var)>,
+    /// Dense hidden layers `dense1`, ... between the flattened features and the head.
+    dense: Vec<(String, Var, Var)>,
     head: (Var, Var),
     /// Whether evaluations may run in detached chunks; dropout has its own copy.
     training: Cell<bool>,
@@ -60,16 +65,24 @@ impl Convnet {
             convs.push((name, weight, Var::from_vec(bias, c_out, device)?));
             c_in = c_out;
         }
-        let features = spec.head_features();
+        let mut features = spec.head_features();
         if features == 0 {
             candle_core::bail!("convnet: the pools shrink a {}x{} image to nothing", spec.height, spec.width)
+        }
+        let mut dense = Vec::with_capacity(spec.dense.len());
+        for (i, &units) in spec.dense.iter().enumerate() {
+            let name = format!("dense{}", i + 1);
+            let (std, bias) = layer_init(init, seed, &name, features, units, false, spec.activation.gain());
+            let weight = normal(seed, &format!("{name}.weight"), &[units, features], std, device)?;
+            dense.push((name, weight, Var::from_vec(bias, units, device)?));
+            features = units;
         }
         let (std, bias) = layer_init(init, seed, "fc", features, spec.n_out, true, 1.0);
         let head = (
             normal(seed, "fc.weight", &[spec.n_out, features], std, device)?,
             Var::from_vec(bias, spec.n_out, device)?,
         );
-        Ok(Convnet { spec: spec.clone(), convs, head, training: Cell::new(true), dropout: Dropout::new(seed) })
+        Ok(Convnet { spec: spec.clone(), convs, dense, head, training: Cell::new(true), dropout: Dropout::new(seed) })
     }
 
     fn run(&self, x: &Tensor, trace: bool) -> Result<(Tensor, Vec<(String, Tensor)>)> {
@@ -94,7 +107,14 @@ impl Convnet {
             }
             h = self.dropout.channels(name, &h)?;
         }
-        Ok((linear(&h.flatten_from(1)?, &self.head.0, &self.head.1)?, hidden))
+        let mut h = h.flatten_from(1)?;
+        for (name, weight, bias) in &self.dense {
+            h = self.dropout.units(name, &spec.activation.apply(&linear(&h, weight, bias)?)?)?;
+            if trace {
+                hidden.push((name.clone(), h.clone()));
+            }
+        }
+        Ok((linear(&h, &self.head.0, &self.head.1)?, hidden))
     }
 }
 
@@ -119,6 +139,7 @@ impl Model for Convnet {
         let mut params: Vec<(String, Var)> = self
             .convs
             .iter()
+            .chain(&self.dense)
             .flat_map(|(name, w, b)| [(format!("{name}.weight"), w.clone()), (format!("{name}.bias"), b.clone())])
             .collect();
         params.push(("fc.weight".into(), self.head.0.clone()));

@@ -283,10 +283,17 @@ impl ModelSpec {
                 "model": name, "n_in": s.n_in, "hidden": s.hidden, "n_out": s.n_out,
                 "activation": s.activation.name(),
             }),
-            ModelSpec::Convnet(s) => json!({
-                "model": name, "image": [s.channels_in, s.height, s.width], "channels": s.channels,
-                "pool_every": s.pool_every, "n_out": s.n_out, "activation": s.activation.name(),
-            }),
+            ModelSpec::Convnet(s) => {
+                let mut meta = json!({
+                    "model": name, "image": [s.channels_in, s.height, s.width], "channels": s.channels,
+                    "pool_every": s.pool_every, "n_out": s.n_out, "activation": s.activation.name(),
+                });
+                // Only when there are dense layers: earlier checkpoints keep their bytes.
+                if !s.dense.is_empty() {
+                    meta["dense"] = json!(s.dense);
+                }
+                meta
+            }
             ModelSpec::Resnet(s) => json!({
                 "model": name, "image": [s.channels_in, s.height, s.width], "depth": s.depth,
                 "width": s.width_base, "n_out": s.n_out,
@@ -328,6 +335,7 @@ impl ModelSpec {
                     width,
                     channels: ints("channels")?,
                     pool_every: int("pool_every")?,
+                    dense: if meta.get("dense").is_some() { ints("dense")? } else { Vec::new() },
                     n_out: int("n_out")?,
                     activation: activation()?,
                 }))
@@ -381,13 +389,10 @@ pub fn layer_init(
     }
 }
 
-/// `x [batch, in] @ weight[out, in]^T + bias`, the bias entering as
-/// `ones[batch, 1] x bias[1, out]`: its gradient is then a matmul too, where a
-/// broadcast add would make backprop reduce over the batch with candle's slow
-/// strided sum (16% of a digits training step, measured).
+/// `x [batch, in] @ weight[out, in]^T + bias` on our deterministic GEMM
+/// ([`crate::kernels::linear`]): the same bits on every CPU and thread count.
 pub fn linear(x: &Tensor, weight: &Var, bias: &Var) -> Result<Tensor> {
-    let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
-    x.matmul(&weight.as_tensor().t()?)? + ones.matmul(&bias.as_tensor().unsqueeze(0)?)?
+    crate::kernels::linear(x, weight.as_tensor(), bias.as_tensor())
 }
 
 /// Rows per forward pass when a whole split is evaluated at once: a convolution's

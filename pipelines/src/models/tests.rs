@@ -46,6 +46,17 @@ fn specs(channels: usize) -> Vec<ModelSpec> {
             width: 8,
             channels: vec![8, 16],
             pool_every: 1,
+            dense: vec![],
+            n_out: CLASSES,
+            activation: Activation::Relu,
+        }),
+        ModelSpec::Convnet(ConvnetSpec {
+            channels_in: channels,
+            height: 8,
+            width: 8,
+            channels: vec![8],
+            pool_every: 1,
+            dense: vec![24],
             n_out: CLASSES,
             activation: Activation::Relu,
         }),
@@ -170,6 +181,7 @@ fn the_digits_convnet_is_the_issue_s_architecture() {
         width: 8,
         channels: vec![16, 32],
         pool_every: 2,
+        dense: vec![],
         n_out: 10,
         activation: Activation::Relu,
     };
@@ -194,6 +206,22 @@ fn the_digits_convnet_is_the_issue_s_architecture() {
     // Fashion-MNIST: conv 1->32, pool, conv 32->64, pool, linear 3136->10.
     let fashion = ConvnetSpec { height: 28, width: 28, channels: vec![32, 64], pool_every: 1, ..spec };
     assert_eq!(shapes(&fashion)[4], ("fc.weight".to_string(), vec![10, 3136]));
+    // With a dense hidden layer (`model.dense = [256]`): dense1 3136->256, then fc.
+    let dense = ConvnetSpec { dense: vec![256], ..fashion.clone() };
+    let names: Vec<_> = shapes(&dense).into_iter().skip(4).collect();
+    assert_eq!(
+        names,
+        [
+            ("dense1.weight", vec![256, 3136]),
+            ("dense1.bias", vec![256]),
+            ("fc.weight", vec![10, 256]),
+            ("fc.bias", vec![10])
+        ]
+        .map(|(n, s)| (n.to_string(), s))
+    );
+    let meta = ModelSpec::Convnet(dense.clone()).to_meta();
+    assert_eq!(ModelSpec::from_meta(&meta).unwrap().to_meta(), meta);
+    assert!(ModelSpec::Convnet(fashion).to_meta().get("dense").is_none(), "no dense key without dense layers");
 }
 
 #[test]

@@ -159,6 +159,7 @@ impl Cx<'_, '_> {
         let activation: Activation = self.choice(knob::MODEL_ACTIVATION)?;
         let channels: Vec<usize> = self.int_list(knob::MODEL_CHANNELS)?.iter().map(|&c| c as usize).collect();
         let pool_every = self.count(knob::MODEL_POOL_EVERY)?;
+        let dense: Vec<usize> = self.int_list(knob::MODEL_DENSE)?.iter().map(|&w| w as usize).collect();
         let (depth, width) = (self.count(knob::MODEL_DEPTH)?, self.count(knob::MODEL_WIDTH)?);
         let (n_in, n_out) = (data.n_features(), data.n_classes());
         let image = image_shape(&data.meta.shape);
@@ -178,7 +179,16 @@ impl Cx<'_, '_> {
             ModelKind::Linear => ModelSpec::Mlp(MlpSpec { n_in, hidden: Vec::new(), n_out, activation }),
             ModelKind::Convnet => {
                 let (channels_in, height, width) = image.ok_or_else(|| need_image("convnet"))?;
-                ModelSpec::Convnet(ConvnetSpec { channels_in, height, width, channels, pool_every, n_out, activation })
+                ModelSpec::Convnet(ConvnetSpec {
+                    channels_in,
+                    height,
+                    width,
+                    channels,
+                    pool_every,
+                    dense,
+                    n_out,
+                    activation,
+                })
             }
             ModelKind::Resnet => {
                 let (channels_in, height, image_width) = image.ok_or_else(|| need_image("resnet"))?;
@@ -231,12 +241,13 @@ impl Cx<'_, '_> {
 }
 
 /// The knobs [`Cx::model_spec`] reads.
-pub const MODEL_KNOBS: [KnobId; 7] = [
+pub const MODEL_KNOBS: [KnobId; 8] = [
     knob::MODEL_KIND,
     knob::MODEL_HIDDEN,
     knob::MODEL_ACTIVATION,
     knob::MODEL_CHANNELS,
     knob::MODEL_POOL_EVERY,
+    knob::MODEL_DENSE,
     knob::MODEL_DEPTH,
     knob::MODEL_WIDTH,
 ];

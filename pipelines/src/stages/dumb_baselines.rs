@@ -27,7 +27,7 @@ impl RecipeStage for DumbBaselines {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::DUMB_BASELINES,
-            version: 1,
+            version: 2,
             doc: "majority class and softmax regression on the same splits",
             knobs: vec![knob::DUMB_BASELINES_STEPS, knob::DUMB_BASELINES_LR, knob::TRAIN_SEED, knob::TRAIN_BATCH_SIZE],
             checks: vec![],

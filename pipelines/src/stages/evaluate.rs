@@ -87,7 +87,7 @@ impl RecipeStage for Evaluate {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::EVALUATE,
-            version: 3,
+            version: 4,
             doc: "score the held-out test split once with the trained checkpoint",
             knobs: vec![knob::EVALUATE_WORST, knob::EVALUATE_MODEL],
             checks: vec![],

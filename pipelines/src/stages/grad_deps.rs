@@ -28,7 +28,7 @@ impl RecipeStage for GradDeps {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::GRAD_DEPS,
-            version: 2,
+            version: 3,
             doc: "backprop from one example's outputs to the inputs: no other example may receive gradient",
             knobs: knobs(&[&MODEL_KNOBS, &[knob::TRAIN_SEED, knob::TRAIN_BATCH_SIZE, knob::GRAD_DEPS_SAMPLES]]),
             checks: vec![],

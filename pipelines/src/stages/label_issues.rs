@@ -42,7 +42,7 @@ impl RecipeStage for LabelIssues {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::LABEL_ISSUES,
-            version: 2,
+            version: 3,
             doc:
                 "label errors seen with the trained model's eyes: confident learning in its penultimate-layer embedding",
             knobs: vec![
@@ -135,14 +135,15 @@ fn model_view(
 }
 
 /// The input of the model's last layer, `[batch, width]`, and its logits: an MLP's last
-/// hidden layer (the input itself for softmax regression), a convnet's last
-/// convolution after its pool, a resnet's last block averaged over space.
+/// hidden layer (the input itself for softmax regression), a convnet's last dense
+/// layer or else its last convolution after its pool, a resnet's last block averaged over space.
 pub fn penultimate(spec: &ModelSpec, model: &dyn Model, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
     let (logits, hidden) = model.forward_traced(x)?;
     let Some((_, last)) = hidden.last() else { return Ok((x.clone(), logits)) };
     let n = x.dim(0)?;
     let features = match spec {
         ModelSpec::Mlp(_) => last.clone(),
+        ModelSpec::Convnet(c) if !c.dense.is_empty() => last.clone(),
         ModelSpec::Convnet(c) => {
             let pools = |convs: usize| (1..=convs).filter(|i| i.is_multiple_of(c.pool_every.max(1))).count();
             let convs = c.channels.len();
@@ -182,6 +183,7 @@ mod tests {
                 width: 8,
                 channels: vec![3, 5],
                 pool_every: 1,
+                dense: vec![],
                 n_out: 4,
                 activation: Activation::Relu,
             }),
@@ -191,6 +193,17 @@ mod tests {
                 width: 8,
                 channels: vec![3, 5, 6],
                 pool_every: 2,
+                dense: vec![],
+                n_out: 4,
+                activation: Activation::Relu,
+            }),
+            ModelSpec::Convnet(ConvnetSpec {
+                channels_in: 1,
+                height: 8,
+                width: 8,
+                channels: vec![3],
+                pool_every: 1,
+                dense: vec![7],
                 n_out: 4,
                 activation: Activation::Relu,
             }),

@@ -27,7 +27,7 @@ impl RecipeStage for LossAtInit {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::LOSS_AT_INIT,
-            version: 2,
+            version: 3,
             doc: "loss at init over the whole training split vs the label entropy",
             knobs: knobs(&[&MODEL_KNOBS, &[knob::TRAIN_SEED]]),
             checks: vec![knob::LOSS_AT_INIT_TOLERANCE],

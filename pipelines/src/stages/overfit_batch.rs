@@ -48,7 +48,7 @@ impl RecipeStage for OverfitBatch {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::OVERFIT_BATCH,
-            version: 3,
+            version: 4,
             doc: "overfit fixed tiny batches to near-zero loss",
             knobs: knobs(&[
                 &MODEL_KNOBS,

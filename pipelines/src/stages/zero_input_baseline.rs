@@ -31,7 +31,7 @@ impl RecipeStage for ZeroInputBaseline {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::ZERO_INPUT_BASELINE,
-            version: 2,
+            version: 3,
             doc: "the same short training on real and on all-zero inputs",
             knobs: knobs(&[&MODEL_KNOBS, &OPTIM_KNOBS, &[knob::TRAIN_BATCH_SIZE, knob::ZERO_INPUT_STEPS]]),
             checks: vec![knob::ZERO_INPUT_MARGIN],

@@ -94,7 +94,7 @@ impl RecipeStage for Overfit {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::OVERFIT,
-            version: 5,
+            version: 7,
             doc: "train the configured model; full-split evaluations; checkpoint",
             knobs: knobs(&[
                 &MODEL_KNOBS,
@@ -253,10 +253,20 @@ struct Recorded {
     best: Option<(usize, usize)>,
 }
 
+/// How many training examples an evaluation measures: the whole split up to 10,000
+/// examples or the validation split's size, whichever is larger. The split is in a
+/// seeded shuffled order, so its head is a fixed random sample; on Fashion-MNIST
+/// (45,000 train, 15,000 val) this halves the cost of each evaluation.
+fn train_sample_len(train: usize, val: usize) -> usize {
+    train.min(val.max(10_000))
+}
+
 /// What one evaluation measures, and the series it appends to.
 struct Recorder<'a> {
     model: &'a dyn Model,
-    train: &'a SplitTensors,
+    /// The training examples the train metrics are measured on: the first
+    /// [`train_sample_len`] of the (shuffled) training split.
+    train: SplitTensors,
     val: &'a SplitTensors,
     /// A fixed batch for activation statistics.
     probe: SplitTensors,
@@ -277,6 +287,7 @@ impl<'a> Recorder<'a> {
         (train, val): (&'a SplitTensors, &'a SplitTensors),
     ) -> Result<Recorder<'a>, ExecError> {
         let probe = train.head(256).map_err(err("probe"))?;
+        let train = train.head(train_sample_len(train.len, val.len)).map_err(err("train sample"))?;
         let tracked = val.head(cx.count(knob::DYNAMICS_SIZE)?).map_err(err("dynamics"))?;
         let dynamics = Dynamics {
             index: (0..tracked.len).collect(),
@@ -308,7 +319,7 @@ impl<'a> Recorder<'a> {
     }
 
     fn measure(&mut self, step: usize, batch_loss: f64, grad_norms: &[f64]) -> Result<(), ExecError> {
-        let (train_loss, train_acc) = evaluate(self.model, self.train).map_err(err("evaluate"))?;
+        let (train_loss, train_acc) = evaluate(self.model, &self.train).map_err(err("evaluate"))?;
         let (val_loss, val_acc) = evaluate(self.model, self.val).map_err(err("evaluate"))?;
         let series = &mut self.series;
         series.step.push(step);

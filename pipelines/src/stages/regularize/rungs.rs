@@ -7,9 +7,9 @@
 //! | word | images | tabular (csv) |
 //! |---|---|---|
 //! | `augment` | `augment.crop_pad=1` (8x8 digits) or `=2` | `augment.noise=0.1` |
-//! | `dropout` | `model.dropout=0.1` (spatial, conv models) | `model.dropout=0.2` |
+//! | `dropout` | `model.dropout` 0.1 higher than configured (spatial on conv layers, units on dense ones), at most 0.5 | 0.2 higher, at most 0.5 |
 //! | `weight_decay` | adam(w): `train.optimizer="adamw",train.weight_decay=0.05`; sgd: `train.weight_decay=0.0005` | same |
-//! | `larger` | twice the width (`model.hidden`, `model.channels` or `model.width`) and twice `train.steps`: early stopping picks the step | same |
+//! | `larger` | twice the width (`model.hidden`, `model.channels` and `model.dense`, or `model.width`) and twice `train.steps`: early stopping picks the step | same |
 //! | `downscale` | `data.downscale=2` | (an error) |
 //! | `smaller_batch` | half `train.batch_size` | same |
 //!
@@ -29,11 +29,13 @@ pub const DEFAULT_RUNGS: [&str; 4] = ["augment", "dropout", "weight_decay", "lar
 pub const WORDS: [&str; 6] = ["augment", "dropout", "weight_decay", "larger", "downscale", "smaller_batch"];
 
 /// The knobs the vocabulary reads to pick a change (besides `regularize.rungs`).
-pub const VOCABULARY_KNOBS: [KnobId; 8] = [
+pub const VOCABULARY_KNOBS: [KnobId; 10] = [
     knob::DATA_SOURCE,
     knob::MODEL_KIND,
     knob::MODEL_HIDDEN,
     knob::MODEL_CHANNELS,
+    knob::MODEL_DENSE,
+    knob::MODEL_DROPOUT,
     knob::MODEL_WIDTH,
     knob::TRAIN_OPTIMIZER,
     knob::TRAIN_STEPS,
@@ -141,18 +143,30 @@ impl Ladder<'_> {
             "augment" if tabular => vec!["augment.noise=0.1".into()],
             "augment" if source == "builtin:digits" => vec!["augment.crop_pad=1".into()],
             "augment" => vec!["augment.crop_pad=2".into()],
-            "dropout" if matches!(kind, "convnet" | "resnet") => vec!["model.dropout=0.1".into()],
-            "dropout" => vec!["model.dropout=0.2".into()],
+            "dropout" => {
+                // One step more than configured, so the rung always adds dropout.
+                let step = if matches!(kind, "convnet" | "resnet") { 0.1 } else { 0.2 };
+                let now = self.value(knob::MODEL_DROPOUT)?.as_f64().ok_or("`model.dropout` is not a number")?;
+                if now >= 0.5 {
+                    return Err(format!("`dropout`: model.dropout is already {now}; name a rung of your own"));
+                }
+                vec![format!("model.dropout={}", ((now + step).min(0.5) * 100.0).round() / 100.0)]
+            }
             "weight_decay" if self.text(knob::TRAIN_OPTIMIZER)? == "sgd" => vec!["train.weight_decay=0.0005".into()],
             "weight_decay" => vec!["train.optimizer=\"adamw\"".into(), "train.weight_decay=0.05".into()],
             "larger" => {
-                let wider = match kind {
-                    "convnet" => self.doubled_list(knob::MODEL_CHANNELS)?,
-                    "resnet" => format!("model.width={}", self.int(knob::MODEL_WIDTH)? * 2),
-                    "linear" => "model.kind=\"mlp\"".to_string(),
-                    _ => self.doubled_list(knob::MODEL_HIDDEN)?,
+                let dense = self.value(knob::MODEL_DENSE)?.as_int_list().is_some_and(|d| !d.is_empty());
+                let mut wider = match kind {
+                    "convnet" if dense => {
+                        vec![self.doubled_list(knob::MODEL_CHANNELS)?, self.doubled_list(knob::MODEL_DENSE)?]
+                    }
+                    "convnet" => vec![self.doubled_list(knob::MODEL_CHANNELS)?],
+                    "resnet" => vec![format!("model.width={}", self.int(knob::MODEL_WIDTH)? * 2)],
+                    "linear" => vec!["model.kind=\"mlp\"".to_string()],
+                    _ => vec![self.doubled_list(knob::MODEL_HIDDEN)?],
                 };
-                vec![wider, format!("train.steps={}", self.int(knob::TRAIN_STEPS)? * 2)]
+                wider.push(format!("train.steps={}", self.int(knob::TRAIN_STEPS)? * 2));
+                wider
             }
             "downscale" if tabular => return Err("`downscale` needs image data".into()),
             "downscale" => vec!["data.downscale=2".into()],
@@ -257,5 +271,21 @@ mod tests {
         let threshold = rungs("builtin:digits", &["checks.overfit.min_drop=0.1"]).unwrap_err();
         assert!(threshold.contains("does not change how `overfit` trains"), "{threshold}");
         assert!(rungs("csv:x.csv", &["downscale"]).unwrap_err().contains("needs image data"));
+    }
+
+    #[test]
+    fn dropout_and_larger_build_on_the_configured_model() {
+        let schema = crate::knobs::schema();
+        let trainable: BTreeSet<KnobId> = schema.iter().map(|spec| spec.id()).collect();
+        let mut knobs = ladder_knobs("idx:/fashion");
+        knobs.insert(knob::MODEL_DROPOUT, KnobValue::Float(workspace::Float(0.25)));
+        knobs.insert(knob::MODEL_DENSE, KnobValue::IntList(vec![256]));
+        let words = ["dropout".to_string(), "larger".to_string()];
+        let ladder = Ladder { schema: &schema, trainable: &trainable, knobs: &knobs }.rungs(&words).unwrap();
+        assert_eq!(ladder[1].change, "dropout: model.dropout=0.35");
+        assert_eq!(ladder[2].change, "larger: model.channels=[32, 64],model.dense=[512],train.steps=6000");
+        knobs.insert(knob::MODEL_DROPOUT, KnobValue::Float(workspace::Float(0.5)));
+        let full = Ladder { schema: &schema, trainable: &trainable, knobs: &knobs }.rungs(&words).unwrap_err();
+        assert!(full.contains("already 0.5"), "{full}");
     }
 }

@@ -104,7 +104,7 @@ impl RecipeStage for Squeeze {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::SQUEEZE,
-            version: 1,
+            version: 2,
             doc: "ensemble k seeds of the model against its best member; distill a student from it",
             knobs: knobs(&[
                 &OPTIM_KNOBS,
