@@ -51,7 +51,7 @@ pub use lock::CacheLock;
 pub use out::{MemberRecord, OutDir, RecordedMember};
 pub use queue::ActionQueue;
 pub use resume::{best_state, PrefixKey, ResumeIndex, SavedState};
-pub use run_index::{changed_knobs, RunSummary};
+pub use run_index::{changed_knobs, stages_hash, RunSummary};
 pub use runs::{RunRecord, RunStage, Runs};
 pub use stat::{hash_file, StatCache};
 pub use store::Store;

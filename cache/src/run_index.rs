@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{write_atomic, CacheError, RunRecord, Runs};
+use crate::{write_atomic, CacheError, RunRecord, Runs, StageKey};
 
 /// What `pipe runs` shows of one run: no config, only what changed since the run before.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,10 @@ pub struct RunSummary {
     /// stage that produced it in this run, as `stage/metric` (the last stage wins).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headline: BTreeMap<String, f64>,
+    /// blake3 of the run's (stage, key) list ([`stages_hash`]): a no-op build compares
+    /// it instead of reading the latest full record (megabytes for a 1,000-trial tune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages_hash: Option<String>,
 }
 
 /// Metric names shown as a run's headline by `pipe runs` (generic names, no stage ids).
@@ -68,8 +72,23 @@ impl RunSummary {
             config_hash: config_hash(&run.config),
             previous: previous.map(|previous| previous.id),
             changed,
+            stages_hash: Some(stages_hash(run.stages.iter().map(|stage| (stage.stage.as_str(), stage.key)))),
         }
     }
+}
+
+/// blake3 of a run's stages in order: each one's name and key.
+pub fn stages_hash<'a>(stages: impl IntoIterator<Item = (&'a str, Option<StageKey>)>) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for (name, key) in stages {
+        hasher.update(name.as_bytes());
+        match key {
+            Some(key) => hasher.update(b"=").update(key.as_bytes()),
+            None => hasher.update(b"-"),
+        };
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 fn config_hash(config: &BTreeMap<String, String>) -> String {
@@ -110,6 +129,34 @@ impl Runs {
         let mut file = crate::fs::open_append(self.root(), &path)?;
         // One write: concurrent readers see a whole line or none of it.
         file.write_all(&line).map_err(io)
+    }
+
+    /// Whether the latest recorded run had these targets, resolved config, device and
+    /// stages (name and key, in order; [`stages_hash`]), from its line in the index:
+    /// a no-op build of the same config is not recorded again. `false` when unsure
+    /// (no line for the latest record, or a line of an older version).
+    pub fn latest_is(&self, targets: &[String], config: &BTreeMap<String, String>, device: &str, stages: &str) -> bool {
+        let Some(latest) = self.ids().last().copied() else { return false };
+        let Some(summary) = self.last_indexed() else { return false };
+        summary.id == latest
+            && summary.targets == targets
+            && summary.device == device
+            && summary.stages_hash.as_deref() == Some(stages)
+            && summary.config_hash == config_hash(config)
+    }
+
+    /// The last line of the index (only its tail is read).
+    fn last_indexed(&self) -> Option<RunSummary> {
+        use std::io::{Read as _, Seek as _};
+        const TAIL: u64 = 64 << 10;
+        let path = self.index_path();
+        let mut file = crate::fs::open_read(self.root(), &path).ok()?;
+        let len = file.metadata().ok()?.len();
+        file.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).ok()?;
+        let line = tail.strip_suffix(b"\n")?.rsplit(|b| *b == b'\n').next()?;
+        serde_json::from_slice(line).ok()
     }
 
     /// Summaries of every recorded run, oldest first, from the index, reconciled with
@@ -187,6 +234,29 @@ mod tests {
                 verdicts: serde_json::Value::Null,
             }],
         }
+    }
+
+    #[test]
+    fn the_latest_run_is_told_from_its_index_line() {
+        let dir = crate::store::tests::test_dir("run-latest");
+        let cache = Cache::open(&dir).unwrap();
+        let runs = cache.runs();
+        let first = run(1, "0.1");
+        let stages = |run: &RunRecord| stages_hash(run.stages.iter().map(|s| (s.stage.as_str(), s.key)));
+        assert!(!runs.latest_is(&first.targets, &first.config, "cpu", &stages(&first)), "nothing recorded");
+        runs.record(&first).unwrap();
+        assert!(runs.latest_is(&first.targets, &first.config, "cpu", &stages(&first)));
+        let second = run(2, "0.2");
+        assert!(!runs.latest_is(&second.targets, &second.config, "cpu", &stages(&second)), "another config");
+        assert!(!runs.latest_is(&first.targets, &first.config, "cuda", &stages(&first)), "another device");
+        assert!(!runs.latest_is(&["tune".into()], &first.config, "cpu", &stages(&first)), "other targets");
+        let mut keyed = first.clone();
+        keyed.stages[0].key = Some(StageKey::from_bytes([7; 32]));
+        assert!(!runs.latest_is(&first.targets, &first.config, "cpu", &stages(&keyed)), "another key");
+        // A record the index does not know (a crash before its line): unsure, so no.
+        std::fs::write(runs.path(2), serde_json::to_vec(&second).unwrap()).unwrap();
+        assert!(!runs.latest_is(&second.targets, &second.config, "cpu", &stages(&second)));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! not re-read gigabytes. A file whose stat changed is re-hashed once; if its bytes
 //! are unchanged its hash (and so every key built on it) is too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{write_atomic, ArtifactHash, CacheError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     size: u64,
     mtime_ns: i128,
@@ -19,31 +20,65 @@ struct Entry {
     hash: ArtifactHash,
 }
 
-/// File content hashes remembered by stat. Saved to `stat-cache.txt` in the cache, one
-/// line per file (`size mtime_ns inode hash path`): a cache of a 1,000-trial tune
-/// remembers ~10,000 objects, and a no-op build reads it, so the format is one
-/// `split` per line rather than JSON (2 MB of which took ~40 ms to parse).
+/// (size, mtime in ns, inode) of a file.
+pub(crate) type FileStat = (u64, i128, u64);
+
+/// A store object's name is its blake3 hash: already uniformly spread, so its first
+/// eight bytes are the hash-map hash (no SipHash over 32 bytes per lookup).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+pub(crate) type DigestMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<DigestHasher>>;
+
+/// A stat cache: (path, size, mtime, inode) -> content hash, so a no-op build does
+/// not re-read gigabytes. Saved to `stat-cache.txt` in the cache, one line per file
+/// (`size mtime_ns inode hash path`): a cache of a 1,000-trial tune remembers ~10,000
+/// objects, and a no-op build reads it, so the format is one `split` per line rather
+/// than JSON (2 MB of which took ~40 ms to parse). Store objects (the lines whose path
+/// is `<cache>/objects/ab/<its own hash>`) are kept in memory by their hash, so the
+/// store asks about one without building or comparing its path.
 #[derive(Debug)]
 pub struct StatCache {
     path: PathBuf,
     root: PathBuf,
-    /// By the absolute path's bytes (a byte order: comparing `Path`s component by
-    /// component cost a fifth of a no-op build with many cached objects).
-    entries: Mutex<BTreeMap<OsString, Entry>>,
-    dirty: Mutex<bool>,
+    /// `<absolute cache root>/objects/`, as bytes.
+    objects: Vec<u8>,
+    state: Mutex<State>,
 }
 
-fn stat(path: &Path) -> std::io::Result<(u64, i128, u64)> {
-    let meta = std::fs::metadata(path)?;
-    let mtime_ns = match meta.modified()?.duration_since(std::time::UNIX_EPOCH) {
-        Ok(elapsed) => elapsed.as_nanos() as i128,
-        Err(before) => -(before.duration().as_nanos() as i128),
-    };
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Ok((meta.len(), mtime_ns, inode))
+#[derive(Debug, Default)]
+struct State {
+    /// Other files, by the absolute path's bytes (a byte order: comparing `Path`s
+    /// component by component cost a fifth of a no-op build with many objects).
+    files: BTreeMap<OsString, Entry>,
+    /// Store objects whose bytes were verified: hash -> their stat then.
+    verified: DigestMap<ArtifactHash, FileStat>,
+    dirty: bool,
+}
+
+fn stat(path: &Path) -> std::io::Result<FileStat> {
+    Ok(stat_of(&std::fs::metadata(path)?))
+}
+
+/// (size, mtime in ns, inode) of `meta`.
+pub(crate) fn stat_of(meta: &std::fs::Metadata) -> FileStat {
+    use std::os::unix::fs::MetadataExt as _;
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    (meta.len(), mtime_ns, meta.ino())
 }
 
 /// blake3 of a regular file's bytes, streamed. A FIFO or a device is refused
@@ -59,65 +94,106 @@ pub fn hash_file(path: &Path) -> Result<ArtifactHash, CacheError> {
 impl StatCache {
     pub(crate) fn load(root: &Path) -> StatCache {
         let path = root.join("stat-cache.txt");
-        let entries = crate::fs::read(root, &path).map(|bytes| parse(&bytes)).unwrap_or_default();
-        StatCache { path, root: root.to_path_buf(), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        let mut objects = key_of(&root.join("objects")).into_vec();
+        objects.push(b'/');
+        let state = crate::fs::read(root, &path).map(|bytes| parse(&bytes, &objects)).unwrap_or_default();
+        StatCache { path, root: root.to_path_buf(), objects, state: Mutex::new(state) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The object `key` names, when it is `<cache>/objects/ab/<hash>`.
+    fn object_of(&self, key: &[u8]) -> Option<ArtifactHash> {
+        object_name(key.strip_prefix(self.objects.as_slice())?)
     }
 
     /// The content hash of `path`, re-reading the file only when its stat changed.
     pub fn hash(&self, path: &Path) -> Result<ArtifactHash, CacheError> {
         crate::check_regular(path)?;
-        let (size, mtime_ns, inode) =
-            stat(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
+        let now = stat(path).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
         let key = key_of(path);
-        if let Some(entry) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            if entry.size == size && entry.mtime_ns == mtime_ns && entry.inode == inode {
+        if let Some(object) = self.object_of(key.as_bytes()) {
+            if self.state().verified.get(&object) == Some(&now) {
+                return Ok(object);
+            }
+        } else if let Some(entry) = self.state().files.get(&key) {
+            if (entry.size, entry.mtime_ns, entry.inode) == now {
                 return Ok(entry.hash);
             }
         }
-        tracing::debug!(path = %path.display(), bytes = size, "hashing file");
+        tracing::debug!(path = %path.display(), bytes = now.0, "hashing file");
         let hash = hash_file(path)?;
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Entry { size, mtime_ns, inode, hash });
-        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.insert(key, now, hash);
         Ok(hash)
+    }
+
+    fn insert(&self, key: OsString, now: FileStat, hash: ArtifactHash) {
+        let mut state = self.state();
+        match self.object_of(key.as_bytes()) {
+            Some(object) if object == hash => {
+                state.verified.insert(object, now);
+            }
+            Some(object) => {
+                // An object whose bytes are not its name: never remembered as good.
+                state.verified.remove(&object);
+            }
+            None => {
+                let (size, mtime_ns, inode) = now;
+                state.files.insert(key, Entry { size, mtime_ns, inode, hash });
+            }
+        }
+        state.dirty = true;
     }
 
     /// Whether `path` still has the stat recorded when it was last hashed to `hash`.
     pub fn unchanged(&self, path: &Path, hash: &ArtifactHash) -> bool {
-        let Ok((size, mtime_ns, inode)) = stat(path) else { return false };
+        let Ok(now) = stat(path) else { return false };
         let key = key_of(path);
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key).is_some_and(|entry| {
-            entry.size == size && entry.mtime_ns == mtime_ns && entry.inode == inode && entry.hash == *hash
-        })
+        let state = self.state();
+        match self.object_of(key.as_bytes()) {
+            Some(object) => object == *hash && state.verified.get(&object) == Some(&now),
+            None => state
+                .files
+                .get(&key)
+                .is_some_and(|entry| (entry.size, entry.mtime_ns, entry.inode) == now && entry.hash == *hash),
+        }
+    }
+
+    /// Whether store object `hash`, whose file has stat `now`, was verified with that stat.
+    pub(crate) fn object_unchanged(&self, hash: &ArtifactHash, now: FileStat) -> bool {
+        self.state().verified.get(hash) == Some(&now)
     }
 
     /// Records that `path` was just verified (or written) with content `hash`.
     pub fn remember(&self, path: &Path, hash: ArtifactHash) {
-        if let Ok((size, mtime_ns, inode)) = stat(path) {
-            let key = key_of(path);
-            self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Entry { size, mtime_ns, inode, hash });
-            *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        if let Ok(now) = stat(path) {
+            self.insert(key_of(path), now, hash);
         }
     }
 
     /// Forgets `path` (after it was found corrupt or removed).
     pub fn forget(&self, path: &Path) {
         let key = key_of(path);
-        if self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&key).is_some() {
-            *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        }
+        let mut state = self.state();
+        let removed = match self.object_of(key.as_bytes()) {
+            Some(object) => state.verified.remove(&object).is_some(),
+            None => state.files.remove(&key).is_some(),
+        };
+        state.dirty |= removed;
     }
 
     /// Writes the cache back if anything changed.
     pub fn save(&self) -> Result<(), CacheError> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        if !*dirty {
+        let mut state = self.state();
+        if !state.dirty {
             return Ok(());
         }
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        write_atomic(&self.root, &self.path, &format(&entries))?;
+        write_atomic(&self.root, &self.path, &format(&state, &self.objects))?;
         // The JSON file of earlier versions, now unread.
         crate::fs::remove_file(&self.root, &self.root.join("stat-cache.json")).ok();
-        *dirty = false;
+        state.dirty = false;
         Ok(())
     }
 }
@@ -127,50 +203,119 @@ fn key_of(path: &Path) -> OsString {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).into_os_string()
 }
 
+/// `ab/<64 hex digits starting with ab>`: the hash of an object's path below `objects/`.
+fn object_name(rest: &[u8]) -> Option<ArtifactHash> {
+    let (shard, name) = (rest.get(..3)?, rest.get(3..)?);
+    let hash = crate::digest::hex_decode(name).map(ArtifactHash::from_bytes)?;
+    (shard[2] == b'/' && shard[..2] == name[..2]).then_some(hash)
+}
+
 /// One line per entry: `size mtime_ns inode hash path` (the path last, as bytes; a
 /// path holding a newline is not remembered: it is re-hashed instead).
-fn format(entries: &BTreeMap<OsString, Entry>) -> Vec<u8> {
+fn format(state: &State, objects: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
-    use std::os::unix::ffi::OsStrExt as _;
-    let mut bytes = Vec::with_capacity(entries.len() * 160);
-    for (path, entry) in entries {
-        let path = path.as_bytes();
+    let mut bytes = Vec::with_capacity((state.files.len() + state.verified.len()) * 160);
+    let mut line = |entry: Entry, path: &[u8]| {
         if path.contains(&b'\n') {
-            continue;
+            return;
         }
         // Writing into a Vec cannot fail.
         let _ = write!(bytes, "{} {} {} {} ", entry.size, entry.mtime_ns, entry.inode, entry.hash);
         bytes.extend_from_slice(path);
         bytes.push(b'\n');
+    };
+    for (path, entry) in &state.files {
+        line(*entry, path.as_bytes());
+    }
+    // In hash order, so an unchanged cache writes the same bytes.
+    let mut verified: Vec<(&ArtifactHash, &FileStat)> = state.verified.iter().collect();
+    verified.sort_unstable_by_key(|(hash, _)| **hash);
+    let mut path = objects.to_vec();
+    for (hash, (size, mtime_ns, inode)) in verified {
+        let hex = hash.to_hex();
+        path.truncate(objects.len());
+        path.extend_from_slice(&hex.as_bytes()[..2]);
+        path.push(b'/');
+        path.extend_from_slice(hex.as_bytes());
+        line(Entry { size: *size, mtime_ns: *mtime_ns, inode: *inode, hash: *hash }, &path);
     }
     bytes
 }
 
+/// An optionally negative decimal integer, all digits (what `{}` of an integer writes).
+fn decimal(text: &[u8]) -> Option<i128> {
+    let (negative, digits) = match text.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 38 {
+        return None;
+    }
+    let mut value: i128 = 0;
+    for digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i128::from(digit - b'0');
+    }
+    Some(if negative { -value } else { value })
+}
+
 /// The entries of [`format`]'s bytes; a line that does not parse is skipped (its file
 /// is re-hashed when next asked for).
-fn parse(bytes: &[u8]) -> BTreeMap<OsString, Entry> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let mut entries = BTreeMap::new();
+fn parse(bytes: &[u8], objects: &[u8]) -> State {
+    let mut state = State::default();
+    // Sized once: growing a map of ~10,000 objects rehashes into fresh pages.
+    state.verified.reserve(bytes.iter().filter(|b| **b == b'\n').count());
     for line in bytes.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
         let mut fields = line.splitn(5, |b| *b == b' ');
-        let mut text = || fields.next().and_then(|field| std::str::from_utf8(field).ok());
         let parsed = (|| {
-            let size = text()?.parse().ok()?;
-            let mtime_ns = text()?.parse().ok()?;
-            let inode = text()?.parse().ok()?;
-            let hash = text()?.parse().ok()?;
+            let size = u64::try_from(decimal(fields.next()?)?).ok()?;
+            let mtime_ns = decimal(fields.next()?)?;
+            let inode = u64::try_from(decimal(fields.next()?)?).ok()?;
+            let hash = ArtifactHash::from_bytes(crate::digest::hex_decode(fields.next()?)?);
             Some(Entry { size, mtime_ns, inode, hash })
         })();
-        if let (Some(entry), Some(path)) = (parsed, fields.next()) {
-            entries.insert(std::ffi::OsStr::from_bytes(path).to_os_string(), entry);
+        let (Some(entry), Some(path)) = (parsed, fields.next()) else { continue };
+        match path.strip_prefix(objects).map(object_name) {
+            // An object is remembered only with its own name as its hash.
+            Some(Some(object)) if object == entry.hash => {
+                state.verified.insert(object, (entry.size, entry.mtime_ns, entry.inode));
+            }
+            Some(_) => {}
+            None => {
+                state.files.insert(std::ffi::OsStr::from_bytes(path).to_os_string(), entry);
+            }
         }
     }
-    entries
+    state
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_are_remembered_by_hash_and_only_under_their_own_name() {
+        let dir = crate::store::tests::test_dir("stat-objects");
+        let cache = crate::Cache::open(&dir).unwrap();
+        let hash = cache.store().put(b"object bytes").unwrap();
+        let path = cache.store().path(&hash);
+        cache.save_stats().unwrap();
+        let text = std::fs::read_to_string(dir.join("stat-cache.txt")).unwrap();
+        assert!(text.contains(&format!("{hash} {}", key_of(&path).to_string_lossy())), "{text}");
+        let reloaded = StatCache::load(&dir);
+        assert!(reloaded.unchanged(&path, &hash));
+        assert!(!reloaded.unchanged(&path, &ArtifactHash::of(b"other")));
+        // A line naming an object under another hash is not trusted.
+        let other = ArtifactHash::of(b"other");
+        std::fs::write(dir.join("stat-cache.txt"), text.replace(&format!("{hash} "), &format!("{other} "))).unwrap();
+        assert!(!StatCache::load(&dir).unchanged(&path, &other));
+        assert!(!StatCache::load(&dir).unchanged(&path, &hash));
+        assert_eq!(decimal(b"-12"), Some(-12));
+        assert_eq!((decimal(b""), decimal(b"1x"), decimal(b"+1")), (None, None, None));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn rehashes_only_after_a_stat_change() {

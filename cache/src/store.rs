@@ -3,6 +3,7 @@
 //! object under a valid name.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::{write_atomic, ArtifactHash, CacheError, StatCache};
@@ -13,11 +14,19 @@ pub struct Store {
     objects: PathBuf,
     quarantine: PathBuf,
     stats: Arc<StatCache>,
+    /// Shard directories found to be real directories (not links) in this process.
+    shards: Arc<[AtomicBool; 256]>,
 }
 
 impl Store {
     pub(crate) fn new(root: &Path, stats: Arc<StatCache>) -> Store {
-        Store { root: root.to_path_buf(), objects: root.join("objects"), quarantine: root.join("quarantine"), stats }
+        Store {
+            root: root.to_path_buf(),
+            objects: root.join("objects"),
+            quarantine: root.join("quarantine"),
+            stats,
+            shards: Arc::new(std::array::from_fn(|_| AtomicBool::new(false))),
+        }
     }
 
     pub(crate) fn stats(&self) -> &StatCache {
@@ -26,8 +35,31 @@ impl Store {
 
     /// Where the object named `hash` lives (whether or not it exists).
     pub fn path(&self, hash: &ArtifactHash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.objects.join(&hex[..2]).join(hex)
+        let mut hex = [0u8; 64];
+        crate::digest::hex_into(hash.as_bytes(), &mut hex);
+        // Only ASCII hex digits were written.
+        let hex = std::str::from_utf8(&hex).unwrap_or_default();
+        let mut path = PathBuf::with_capacity(self.objects.as_os_str().len() + 68);
+        path.push(&self.objects);
+        path.push(&hex[..2]);
+        path.push(hex);
+        path
+    }
+
+    /// Whether the shard directory of `hash` is a real directory inside the cache
+    /// (checked once per process: `Cache::open` refused a linked shard already).
+    fn shard_ok(&self, hash: &ArtifactHash) -> bool {
+        let checked = &self.shards[usize::from(hash.as_bytes()[0])];
+        if checked.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(shard) = self.path(hash).parent().map(Path::to_path_buf) else { return false };
+        let ok = crate::fs::guard(&self.root, &shard).is_ok()
+            && std::fs::symlink_metadata(&shard).is_ok_and(|meta| meta.file_type().is_dir());
+        if ok {
+            checked.store(true, Ordering::Relaxed);
+        }
+        ok
     }
 
     /// Stores `bytes` and returns their hash. Storing the same bytes twice is a no-op;
@@ -66,11 +98,16 @@ impl Store {
     /// True when the object exists and its bytes match its name. An object whose
     /// stat is unchanged since it was last verified is trusted without re-reading.
     pub fn verify(&self, hash: &ArtifactHash) -> bool {
-        let path = self.path(hash);
-        if crate::fs::guard(&self.root, &path).is_err() {
+        if !self.shard_ok(hash) {
             return false;
         }
-        if self.stats.unchanged(&path, hash) {
+        let path = self.path(hash);
+        // One `lstat`: a link (or anything but a file) in the object's place is refused.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { return false };
+        if !meta.file_type().is_file() {
+            return false;
+        }
+        if self.stats.object_unchanged(hash, crate::stat::stat_of(&meta)) {
             return true;
         }
         let ok = crate::hash_file(&path).is_ok_and(|actual| actual == *hash);

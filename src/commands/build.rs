@@ -63,15 +63,39 @@ pub fn run(
         // The line a person looks for first; in --json it is the evaluate stage's metrics.
         output::print_headline(&reports, &|hash| session.cache.store().get(hash).ok());
     }
-    output::record_run(&session.cache, &targets, &session.config, &session.device, &reports);
+    if !same_as_latest_run(&session, &targets, &reports) {
+        output::record_run(&session.cache, &targets, &session.config, &session.device, &reports);
+    }
     session.cache.save_stats().map_err(failed)?;
-    Ok(if reports.iter().any(|r| r.bad_input) {
+    let code = if reports.iter().any(|r| r.bad_input) {
         2
     } else if reports.iter().any(|r| r.failed()) {
         1
     } else {
         0
-    })
+    };
+    // Everything is written: the process ends soon, so the database and the reports
+    // (a thousand members' outputs) are not taken apart piece by piece.
+    std::mem::forget(reports);
+    std::mem::forget(session);
+    Ok(code)
+}
+
+/// A no-op build (everything cached) of the latest run's targets, config, device and
+/// stage keys, told from the run index: such a build is not recorded again, and the
+/// latest full record (megabytes for a large tune) is not read to find that out.
+fn same_as_latest_run(
+    session: &crate::project::Session,
+    targets: &[String],
+    reports: &[workspace::StageReport],
+) -> bool {
+    reports.iter().all(|report| report.status == Some(workspace::StageStatus::Cached))
+        && session.cache.runs().latest_is(
+            targets,
+            &session.config.canonical(),
+            &session.device,
+            &cache::stages_hash(reports.iter().map(|report| (report.name.as_str(), report.key))),
+        )
 }
 
 /// The first Ctrl-C asks the build to stop; a second one exits at once.

@@ -53,14 +53,15 @@ pub fn resolve_targets(db: &Database, names: &[String]) -> Result<Vec<InstanceSp
 
 /// `wanted` and every instance upstream of it, in recipe order (then by name).
 pub fn closure(db: &Database, wanted: Vec<InstanceSpec>) -> Vec<InstanceSpec> {
-    let recipe = &db.engine().recipe;
+    let engine = db.engine();
+    let recipe = &engine.recipe;
     let mut needed: Vec<InstanceSpec> = Vec::new();
     let mut seen: HashSet<InstanceSpec> = HashSet::new();
     let mut stack = wanted;
     while let Some(instance) = stack.pop() {
         if seen.insert(instance.clone()) {
             if let Some(spec) = recipe.spec(instance.stage.0) {
-                stack.extend(spec.upstream.iter().map(|up| instance.upstream(recipe, *up)));
+                stack.extend(spec.upstream.iter().map(|up| engine.upstream_of(&instance, *up)));
             }
             needed.push(instance);
         }
@@ -133,7 +134,7 @@ pub fn action_for(db: &Database, instance: Instance, inputs: &KeyInputs) -> Acti
         .upstream
         .iter()
         .filter_map(|up| {
-            let output = instance_output(db, Instance::new(db, spec.upstream(&engine.recipe, *up))).as_ref()?;
+            let output = instance_output(db, Instance::new(db, engine.upstream_of(spec, *up))).as_ref()?;
             Some((up.0.to_string(), output.clone()))
         })
         .collect();
@@ -214,7 +215,7 @@ pub fn build(
             }
             let key = match known.get(&index) {
                 Some(key) => *key,
-                None => match instance_key_inputs(db, *instance).clone() {
+                None => match instance_key_inputs(db, *instance).as_ref().map(|_| ()).map_err(Clone::clone) {
                     Err(Blocked::Invalid(message)) => {
                         let report = StageReport {
                             status: Some(StageStatus::Failed),
@@ -244,7 +245,7 @@ pub fn build(
                         }
                         continue;
                     }
-                    Ok(inputs) => {
+                    Ok(()) => {
                         let Some(key) = crate::db::instance_key(db, *instance) else { continue };
                         let member = index >= targeted && !healed.contains(&index);
                         let cached = match instance_output(db, *instance).clone() {
@@ -265,15 +266,10 @@ pub fn build(
                         if let Some(output) = cached {
                             db.set_result(*instance, Some(Done { key, output }));
                             let report = match member {
-                                true => crate::settle::settled_member(
-                                    db,
-                                    *instance,
-                                    &inputs,
-                                    StageStatus::Cached,
-                                    0.0,
-                                    &mut record,
-                                ),
-                                false => settled(db, *instance, &inputs, StageStatus::Cached, 0.0),
+                                true => {
+                                    crate::settle::settled_member(db, *instance, StageStatus::Cached, 0.0, &mut record)
+                                }
+                                false => settled_now(db, *instance, StageStatus::Cached, 0.0),
                             };
                             stopped |= stops(index, &report);
                             on_stage(&report);
@@ -298,12 +294,10 @@ pub fn build(
         }
         let rescan = !stopped && !discovered.is_empty();
         if rescan {
-            for spec in closure(db, discovered) {
-                if present.insert(spec.clone()) {
-                    handles.push(db.register(&spec));
-                    instances.push(spec);
-                }
-            }
+            let new: Vec<InstanceSpec> =
+                closure(db, discovered).into_iter().filter(|spec| present.insert(spec.clone())).collect();
+            handles.extend(db.register_all(&new));
+            instances.extend(new);
         }
         if stopped {
             stop.cancel();
@@ -395,13 +389,12 @@ pub fn build(
             let report = match &outcome.result {
                 Ok(output) => {
                     db.set_result(instance, Some(Done { key: outcome.key, output: output.clone() }));
-                    let inputs = instance_key_inputs(db, instance).clone();
-                    match inputs {
-                        Ok(inputs) if index >= targeted => {
-                            crate::settle::settled_member(db, instance, &inputs, status, outcome.secs, &mut record)
-                        }
-                        Ok(inputs) => settled(db, instance, &inputs, status, outcome.secs),
-                        Err(_) => continue,
+                    if instance_key_inputs(db, instance).is_err() {
+                        continue;
+                    }
+                    match index >= targeted {
+                        true => crate::settle::settled_member(db, instance, status, outcome.secs, &mut record),
+                        false => settled_now(db, instance, status, outcome.secs),
                     }
                 }
                 Err(StageFailure::Cancelled) => {
@@ -503,6 +496,14 @@ fn dispatch(
         };
         sender.send(outcome).ok();
     });
+}
+
+/// [`settled`] with the instance's current key inputs (it has a result, so they are known).
+pub(crate) fn settled_now(db: &Database, instance: Instance, status: StageStatus, secs: f64) -> StageReport {
+    match instance_key_inputs(db, instance) {
+        Ok(inputs) => settled(db, instance, inputs, status, secs),
+        Err(_) => StageReport::skipped(instance.spec(db), None, "its inputs are not known"),
+    }
 }
 
 /// The report of an instance with a result: refreshes `.pipe/out` and `last/`.

@@ -6,7 +6,7 @@
 //! and a [`crate::runner::Runner`] executes them; finished actions are fed back into
 //! the slots, so dependents see them and an unchanged output is backdated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use cache::{ArtifactHash, Cache, KeyInputs, StageKey};
@@ -15,7 +15,7 @@ use salsa::Setter;
 use crate::config::Config;
 use crate::instance::{InstanceName, InstanceSpec};
 use crate::knob::{KnobId, KnobValue};
-use crate::recipe::{Checks, NoProgress, ProgressSink, Recipe, Stage, StageOutput, Verdict, VerdictStatus};
+use crate::recipe::{Checks, NoProgress, ProgressSink, Recipe, Stage, StageId, StageOutput, Verdict, VerdictStatus};
 
 /// One knob's value.
 #[salsa::input(debug)]
@@ -109,11 +109,29 @@ pub struct Engine {
     /// stays uniquely owned until a runner clones it and `set_progress` can replace
     /// the progress sink.)
     executed: Arc<Mutex<Vec<(salsa::IngredientIndex, salsa::Id)>>>,
+    /// [`Recipe::transitive_knobs`] of each stage asked for, computed once: a tune
+    /// normalizes thousands of members and their upstream instances.
+    transitive: Mutex<HashMap<StageId, Arc<BTreeSet<KnobId>>>>,
 }
 
 impl Engine {
     pub fn stage(&self, id: &str) -> &Arc<dyn Stage> {
         self.recipe.stage(id).unwrap_or_else(|| panic!("stage `{id}` is not part of the recipe"))
+    }
+
+    fn transitive(&self, stage: StageId) -> Arc<BTreeSet<KnobId>> {
+        let mut known = self.transitive.lock().unwrap_or_else(|e| e.into_inner());
+        known.entry(stage).or_insert_with(|| Arc::new(self.recipe.transitive_knobs(stage))).clone()
+    }
+
+    /// [`InstanceSpec::upstream`], with the recipe's knob sets computed once.
+    pub fn upstream_of(&self, spec: &InstanceSpec, upstream: StageId) -> InstanceSpec {
+        spec.upstream_in(upstream, &self.transitive(upstream))
+    }
+
+    /// [`InstanceSpec::member`], with the recipe's knob sets computed once.
+    pub fn member_of(&self, parent: &InstanceSpec, member: &InstanceSpec) -> InstanceSpec {
+        parent.member_in(member, &self.transitive(member.stage))
     }
 }
 
@@ -181,6 +199,7 @@ impl Database {
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_else(|| std::path::PathBuf::from(".")),
             executed: Arc::default(),
+            transitive: Mutex::default(),
         });
         let log = engine.executed.clone();
         let storage = salsa::Storage::new(Some(Box::new(move |event: salsa::Event| {
@@ -248,9 +267,14 @@ impl Database {
     /// Registers `spec` and every instance upstream of it; returns its handle.
     /// (Members are registered as the build meets them: see [`Blocked::Waiting`].)
     pub fn register(&mut self, spec: &InstanceSpec) -> Instance {
+        self.register_all(std::slice::from_ref(spec))[0]
+    }
+
+    /// [`Database::register`] of each of `specs`, telling salsa of new instances once.
+    pub fn register_all(&mut self, specs: &[InstanceSpec]) -> Vec<Instance> {
         let engine = self.engine.clone();
         let recipe = &engine.recipe;
-        let mut stack = vec![spec.clone()];
+        let mut stack: Vec<InstanceSpec> = specs.to_vec();
         let mut added = false;
         while let Some(next) = stack.pop() {
             let mut slots = self.inputs.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -264,7 +288,7 @@ impl Database {
             let id = salsa::plumbing::AsId::as_id(&instance);
             self.inputs.names.lock().unwrap_or_else(|e| e.into_inner()).insert(id, next.name());
             if let Some(stage) = recipe.spec(next.stage.0) {
-                stack.extend(stage.upstream.iter().map(|up| next.upstream(recipe, *up)));
+                stack.extend(stage.upstream.iter().map(|up| engine.upstream_of(&next, *up)));
             }
         }
         if added {
@@ -273,7 +297,7 @@ impl Database {
                 registry.set_generation(self).to(generation + 1);
             }
         }
-        Instance::new(self, spec.clone())
+        specs.iter().map(|spec| Instance::new(self, spec.clone())).collect()
     }
 
     /// Whether `spec` has a slot (was registered).
@@ -380,7 +404,7 @@ pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(Instance
                 spec.stage, member.stage
             ));
         }
-        let full = spec.member(&engine.recipe, member);
+        let full = engine.member_of(spec, member);
         if !seen.insert(full.clone()) {
             continue;
         }
@@ -414,7 +438,7 @@ impl Lookup<'_> {
 
 impl crate::recipe::MemberLookup for Lookup<'_> {
     fn output(&self, member: &InstanceSpec) -> Option<StageOutput> {
-        self.full_output(&self.parent.member(&self.db.engine().recipe, member))
+        self.full_output(&self.db.engine().member_of(self.parent, member))
     }
 }
 
@@ -429,7 +453,7 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
     let mut upstream = BTreeMap::new();
     let mut waiting = Vec::new();
     for up in &stage.upstream {
-        let up_spec = spec.upstream(&db.engine().recipe, *up);
+        let up_spec = db.engine().upstream_of(spec, *up);
         let output = match db.inputs().try_slot(&up_spec) {
             Some(_) => instance_output(db, Instance::new(db, up_spec.clone())).clone(),
             None => {
@@ -446,7 +470,7 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
             None => waiting.push(up_spec),
         }
     }
-    let members = instance_members(db, instance).clone().map_err(Blocked::Invalid)?;
+    let members = instance_members(db, instance).as_ref().map_err(|message| Blocked::Invalid(message.clone()))?;
     waiting.extend(members.iter().filter(|(_, output)| output.is_none()).map(|(member, _)| member.clone()));
     if !waiting.is_empty() {
         return Err(Blocked::Waiting(waiting));
@@ -461,10 +485,16 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
         })
         .collect();
     let mut inputs = key_inputs(stage, &knobs, &upstream, fingerprints, &device_name(db));
-    for (member, output) in &members {
+    for (member, output) in members {
         if let Some(output) = output {
+            // The member's name once, not once per artifact.
+            let mut prefix = member.name().0;
+            prefix.push('/');
             for (name, artifact) in &output.artifacts {
-                inputs.upstream.insert(format!("{}/{name}", member.name()), artifact.hash);
+                let mut entry = String::with_capacity(prefix.len() + name.len());
+                entry.push_str(&prefix);
+                entry.push_str(name);
+                inputs.upstream.insert(entry, artifact.hash);
             }
         }
     }

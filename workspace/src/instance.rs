@@ -2,6 +2,7 @@
 //! rung, an ensemble member). An instance's name is its stage id, followed by its
 //! overrides in brackets when it has any: `overfit[train.lr=0.001,train.seed=2]`.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::config::Config;
@@ -65,7 +66,11 @@ impl InstanceSpec {
     /// that cannot change `upstream`'s key, so a trial that only changes `train.lr`
     /// shares the plain `data` stage.
     pub fn upstream(&self, recipe: &Recipe, upstream: StageId) -> InstanceSpec {
-        let relevant = recipe.transitive_knobs(upstream);
+        self.upstream_in(upstream, &recipe.transitive_knobs(upstream))
+    }
+
+    /// [`InstanceSpec::upstream`] given `relevant`, the upstream stage's transitive knobs.
+    pub fn upstream_in(&self, upstream: StageId, relevant: &BTreeSet<KnobId>) -> InstanceSpec {
         InstanceSpec {
             stage: upstream,
             overrides: self.overrides.iter().filter(|(knob, _)| relevant.contains(knob)).cloned().collect(),
@@ -75,7 +80,13 @@ impl InstanceSpec {
     /// The instance a member spec returned by this instance's stage stands for: this
     /// instance's overrides, then the member's own (which win), normalized.
     pub fn member(&self, recipe: &Recipe, member: &InstanceSpec) -> InstanceSpec {
-        InstanceSpec::new(member.stage, self.overrides.iter().chain(&member.overrides).cloned()).normalized(recipe)
+        self.member_in(member, &recipe.transitive_knobs(member.stage))
+    }
+
+    /// [`InstanceSpec::member`] given `relevant`, the member stage's transitive knobs.
+    pub fn member_in(&self, member: &InstanceSpec, relevant: &BTreeSet<KnobId>) -> InstanceSpec {
+        InstanceSpec::new(member.stage, self.overrides.iter().chain(&member.overrides).cloned())
+            .upstream_in(member.stage, relevant)
     }
 
     /// Drops overrides no stage upstream of (or at) this one reads.

@@ -7,9 +7,9 @@
 //! are refreshed only when its key or output differs from the recorded one. A damaged
 //! object found by a reader is re-made (the build forgets the member's record first).
 
-use cache::{KeyInputs, MemberRecord, RecordedMember, StageKey};
+use cache::{MemberRecord, RecordedMember, StageKey};
 
-use crate::build::{settled, StageReport};
+use crate::build::{settled_now, StageReport};
 use crate::db::{instance_key, instance_output, instance_verdicts, Database, Instance, StageStatus};
 use crate::instance::InstanceSpec;
 use crate::recipe::StageOutput;
@@ -35,16 +35,13 @@ pub(crate) fn recorded(
 pub(crate) fn settled_member(
     db: &Database,
     instance: Instance,
-    inputs: &KeyInputs,
     status: StageStatus,
     secs: f64,
     record: &mut MemberRecord,
 ) -> StageReport {
     let spec = instance.spec(db);
     let name = spec.name();
-    let key = instance_key(db, instance).unwrap_or_else(|| inputs.key());
-    let output = instance_output(db, instance).clone();
-    if let Some(output) = &output {
+    if let (Some(key), Some(output)) = (instance_key(db, instance), instance_output(db, instance)) {
         let unchanged = record
             .get(&name.0, &key)
             .is_some_and(|member| member.artifacts == output.artifacts && member.metrics == output.metrics);
@@ -62,8 +59,9 @@ pub(crate) fn settled_member(
             };
         }
     }
-    let report = settled(db, instance, inputs, status, secs);
-    if let Some(output) = &report.output {
+    let report = settled_now(db, instance, status, secs);
+    let key = report.key;
+    if let (Some(output), Some(key)) = (&report.output, key) {
         let member = RecordedMember { key, artifacts: output.artifacts.clone(), metrics: output.metrics.clone() };
         record.insert(&name.0, member);
     }

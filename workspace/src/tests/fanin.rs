@@ -160,3 +160,73 @@ fn an_instance_with_a_list_override_is_built_by_its_own_name() {
     let (executed, _) = fx.build_with(&[name], options(1));
     assert_eq!(executed, ["a(a.x=11)", "b(b.lr=0.25)", "b(b.lr=0.5)", "e(b[b.lr=0.25];b[b.lr=0.5])"]);
 }
+
+/// A no-op build settles members from the member record in `.pipe/out` (no entry
+/// reads, no key re-derived from entries); a new process must still notice a changed
+/// trial knob, a deleted or corrupted member object, and a raised member count.
+#[test]
+fn a_no_op_from_the_member_record_still_notices_every_change() {
+    let mut fx = Fixture::new("fanin-noop");
+    let (_, first) = fx.build_with(&["e"], options(1));
+    let member = |reports: &[StageReport], name: &str| {
+        let report = reports.iter().find(|r| r.name.0 == name).unwrap_or_else(|| panic!("no {name}"));
+        report.output.as_ref().unwrap().artifacts["b.txt"].hash
+    };
+    let object = fx.db.engine().cache.store().path(&member(&first, "b[b.lr=0.3]"));
+    let dir = fx.keep();
+    let reopen = |assignments: &[&str]| {
+        let mut config = Config::defaults(&schema());
+        for assignment in assignments {
+            config.set(&schema(), assignment).unwrap();
+        }
+        Fixture::reopen(dir.clone(), &config)
+    };
+    let cached = |reports: &[StageReport], name: &str| {
+        reports.iter().find(|r| r.name.0 == name).and_then(|r| r.status) == Some(StageStatus::Cached)
+    };
+
+    // Unchanged: nothing runs, every member and the stage are cached.
+    let mut fx = reopen(&[]);
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert!(executed.is_empty(), "{executed:?}");
+    assert!(reports.iter().all(|r| r.status == Some(StageStatus::Cached)), "{:?}", statuses(&reports));
+    fx.keep();
+
+    // One trial's knob changed: that trial and the stage run, the other is cached.
+    let mut fx = reopen(&["e.lrs=[\"0.2\", \"0.35\"]"]);
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert_eq!(executed, ["b(b.lr=0.35)", "e(b[b.lr=0.2];b[b.lr=0.35])"]);
+    assert!(cached(&reports, "b[b.lr=0.2]"), "{:?}", statuses(&reports));
+    fx.keep();
+
+    // A member's object deleted: the member is made again (the same bytes), the stage
+    // keeps its key and is cached.
+    std::fs::remove_file(&object).unwrap();
+    let mut fx = reopen(&[]);
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert_eq!(executed, ["b(b.lr=0.3)"]);
+    assert!(cached(&reports, "e") && cached(&reports, "b[b.lr=0.2]"), "{:?}", statuses(&reports));
+    assert_eq!(std::fs::read(&object).unwrap(), b"a=1 b=0.3");
+    fx.keep();
+
+    // Corrupted in place (same size, new bytes): found by its stat, made again.
+    let mut permissions = std::fs::metadata(&object).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&object, permissions).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&object, b"a=1 b=0.9").unwrap();
+    let mut fx = reopen(&[]);
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert_eq!(executed, ["b(b.lr=0.3)"]);
+    assert!(cached(&reports, "e"), "{:?}", statuses(&reports));
+    assert_eq!(std::fs::read(&object).unwrap(), b"a=1 b=0.3");
+    fx.keep();
+
+    // One more trial: only it and the stage run.
+    let mut fx = reopen(&["e.lrs=[\"0.2\", \"0.3\", \"0.4\"]"]);
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert_eq!(executed, ["b(b.lr=0.4)", "e(b[b.lr=0.2];b[b.lr=0.3];b[b.lr=0.4])"]);
+    assert!(cached(&reports, "b[b.lr=0.2]") && cached(&reports, "b[b.lr=0.3]"), "{:?}", statuses(&reports));
+    assert_eq!(e_text(&reports, &fx), "a=1 b=0.2|a=1 b=0.3|a=1 b=0.4|");
+}
