@@ -165,7 +165,7 @@ impl RecipeStage for Overfit {
                 acc,
                 min_acc,
                 format!("training accuracy {acc:.4}, want >= {min_acc}"),
-                "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden), or check the data",
+                "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden for an mlp, model.channels or model.dense for a convnet, model.width for a resnet), or check the data",
             ),
         ];
         if m.regularized > 0.0 {
