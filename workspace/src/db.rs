@@ -129,7 +129,7 @@ impl Engine {
         spec.upstream_in(upstream, &self.transitive(upstream))
     }
 
-    /// [`InstanceSpec::member`], with the recipe's knob sets computed once.
+    /// [`InstanceSpec::member_in`] with the member stage's knob set, computed once.
     pub fn member_of(&self, parent: &InstanceSpec, member: &InstanceSpec) -> InstanceSpec {
         parent.member_in(member, &self.transitive(member.stage))
     }

@@ -78,12 +78,8 @@ impl InstanceSpec {
     }
 
     /// The instance a member spec returned by this instance's stage stands for: this
-    /// instance's overrides, then the member's own (which win), normalized.
-    pub fn member(&self, recipe: &Recipe, member: &InstanceSpec) -> InstanceSpec {
-        self.member_in(member, &recipe.transitive_knobs(member.stage))
-    }
-
-    /// [`InstanceSpec::member`] given `relevant`, the member stage's transitive knobs.
+    /// instance's overrides, then the member's own (which win), normalized to
+    /// `relevant`, the member stage's transitive knobs (see [`crate::Engine::member_of`]).
     pub fn member_in(&self, member: &InstanceSpec, relevant: &BTreeSet<KnobId>) -> InstanceSpec {
         InstanceSpec::new(member.stage, self.overrides.iter().chain(&member.overrides).cloned())
             .upstream_in(member.stage, relevant)

@@ -97,7 +97,7 @@ pub fn verify_stage(db: &Database, snapshots: &[StageSnapshot], target: &Instanc
     let stage = engine.stage(target.stage.0).spec();
     let mut upstream = BTreeMap::new();
     for up in &stage.upstream {
-        let up_instance = target.upstream(&engine.recipe, *up);
+        let up_instance = engine.upstream_of(target, *up);
         match find(&up_instance).and_then(StageSnapshot::output) {
             Some(output) => {
                 upstream.insert(up.0.to_string(), output);

@@ -78,41 +78,33 @@ impl CustomOp3 for Linear {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
         let (batch, n_in) = x.dims2()?;
         let n_out = w.dim(0)?;
-        let dy_values = dy.flatten_all()?.to_vec1::<f32>()?;
-        let dx = if x.track_op() {
-            let w_values = w.flatten_all()?.to_vec1::<f32>()?;
-            let dx = product(
-                batch,
-                n_in,
-                n_out,
-                MatRef::row_major(&dy_values, n_out),
-                MatRef::row_major(&w_values, n_in),
-                None,
-            );
-            Some(Tensor::from_vec(dx, (batch, n_in), x.device())?)
-        } else {
-            None
+        let dy = dy.flatten_all()?.to_vec1::<f32>()?;
+        let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        // `m x n` gradient of `like`, each element one chain over `k` from zero.
+        let grad = |(m, n, k): (usize, usize, usize), a: MatRef, b: MatRef, like: &Tensor| {
+            Tensor::from_vec(product(m, n, k, a, b, None), (m, n), like.device())
         };
-        let dw = if w.track_op() {
-            let x_values = x.flatten_all()?.to_vec1::<f32>()?;
-            let dw = product(
-                n_out,
-                n_in,
-                batch,
-                MatRef::transposed(&dy_values, n_out),
-                MatRef::row_major(&x_values, n_in),
-                None,
-            );
-            Some(Tensor::from_vec(dw, (n_out, n_in), w.device())?)
-        } else {
-            None
+        let dx = match x.track_op() {
+            true => {
+                let w = values(w)?;
+                let (dy, w) = (MatRef::row_major(&dy, n_out), MatRef::row_major(&w, n_in));
+                Some(grad((batch, n_in, n_out), dy, w, x)?)
+            }
+            false => None,
+        };
+        let dw = match w.track_op() {
+            true => {
+                let x = values(x)?;
+                let (dy, x) = (MatRef::transposed(&dy, n_out), MatRef::row_major(&x, n_in));
+                Some(grad((n_out, n_in, batch), dy, x, w)?)
+            }
+            false => None,
         };
         let db = if b.track_op() {
             let mut db = vec![0f32; n_out];
-            for row in dy_values.chunks_exact(n_out) {
+            for row in dy.chunks_exact(n_out) {
                 for (sum, &g) in db.iter_mut().zip(row) {
                     *sum += g;
                 }
