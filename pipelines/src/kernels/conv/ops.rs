@@ -40,24 +40,49 @@ impl Conv2d {
         wants_weight: bool,
     ) -> Result<Grads> {
         let g = Geometry::new(x.dims(), w.dims(), self.params)?;
-        let dy = dy.contiguous()?;
-        let dy = if self.params.pool {
+        let (dy, y) = (dy.contiguous()?, y.contiguous()?);
+        let mode = if self.params.pool {
             let winners = self.winners.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(winners) = winners else { bail!("conv2d backward: the pooled forward left no winners") };
-            dy.apply_op2_no_bwd(&y.contiguous()?, &Unpool { geometry: g, winners, relu: self.params.relu })?
+            Mode::Pooled { winners, relu: self.params.relu }
         } else if self.params.relu {
-            dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)?
+            Mode::Relu
         } else {
-            dy
+            Mode::Plain
         };
-        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGrad { geometry: g })?) } else { None };
+        let dx = if x.track_op() {
+            Some(dy.apply_op3_no_bwd(&y, w, &InputGrad { geometry: g, mode: mode.clone() })?)
+        } else {
+            None
+        };
         if !wants_weight {
             return Ok(Grads { dx, dw: None, db: None });
         }
-        let flat = dy.apply_op2_no_bwd(x, &WeightGrad { geometry: g, with_bias })?;
+        let flat = dy.apply_op3_no_bwd(&y, x, &WeightGrad { geometry: g, mode, with_bias })?;
         let dw = flat.narrow(0, 0, g.c_out * g.taps())?.reshape(w.shape())?;
         let db = if with_bias { Some(flat.narrow(0, g.c_out * g.taps(), g.c_out)?) } else { None };
         Ok(Grads { dx, dw: Some(dw), db })
+    }
+}
+
+/// Which activation the forward fused, so how the backward reads `dy` (see [`Upstream`]).
+#[derive(Clone)]
+pub(super) enum Mode {
+    Plain,
+    Relu,
+    Pooled { winners: Arc<Vec<u8>>, relu: bool },
+}
+
+impl Mode {
+    /// The output gradient `dy` with the op's output `y`, as the passes read it.
+    fn upstream<'a>(&'a self, g: &Geometry, dy: &'a [f32], y: &'a [f32]) -> Result<Upstream<'a>> {
+        let upstream = match self {
+            Mode::Plain => Upstream::Plain(dy),
+            Mode::Relu => Upstream::Relu { dy, y },
+            Mode::Pooled { winners, relu } => Upstream::Pooled { dy, y, winners, relu: *relu },
+        };
+        upstream.check(g)?;
+        Ok(upstream)
     }
 }
 
@@ -116,89 +141,66 @@ impl CustomOp3 for Conv2d {
     }
 }
 
-/// `(dy, weight) -> dx`, no backward of its own.
+/// `(dy, y, weight) -> dx`, no backward of its own.
 pub(super) struct InputGrad {
     pub(super) geometry: Geometry,
+    pub(super) mode: Mode,
 }
 
-impl CustomOp2 for InputGrad {
+impl CustomOp3 for InputGrad {
     fn name(&self) -> &'static str {
         "pipe-conv2d-input-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        let (dy, w) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        if dy.len() != g.batch * g.c_out * g.pixels() || w.len() != g.c_out * g.taps() {
-            bail!("conv2d backward: gradient {:?} or weight {:?} do not match {g:?}", l1.dims(), l2.dims())
+        let (dy, y) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
+        let w = f32_slice(s3, l3, "conv2d backward")?;
+        if w.len() != g.c_out * g.taps() {
+            bail!("conv2d backward: weight {:?} does not match {g:?}", l3.dims())
         }
-        let dx = input_grad(g, dy, w);
+        let dx = input_grad(g, &self.mode.upstream(g, dy, y)?, w);
         Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.c_in, g.h, g.w))))
     }
 }
 
-/// `(dy, x) -> [dweight (flat), dbias]`, no backward of its own.
+/// `(dy, y, x) -> [dweight (flat), dbias]`, no backward of its own.
 pub(super) struct WeightGrad {
     pub(super) geometry: Geometry,
+    pub(super) mode: Mode,
     pub(super) with_bias: bool,
 }
 
-impl CustomOp2 for WeightGrad {
+impl CustomOp3 for WeightGrad {
     fn name(&self) -> &'static str {
         "pipe-conv2d-weight-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
-        let (dy, x) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        if dy.len() != g.batch * g.c_out * g.pixels() || x.len() != g.batch * g.image() {
-            bail!("conv2d backward: gradient {:?} or input {:?} do not match {g:?}", l1.dims(), l2.dims())
-        }
-        let out = weight_grad(g, dy, x, self.with_bias);
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
-    }
-}
-
-/// `(dy, y) -> dy * (y > 0)`: the fused ReLU's backward, no backward of its own.
-pub(super) struct ReluMask;
-
-impl CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "pipe-relu-mask"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (dy, y) = (f32_slice(s1, l1, "relu backward")?, f32_slice(s2, l2, "relu backward")?);
-        if dy.len() != y.len() {
-            bail!("relu backward: gradient {:?} does not match output {:?}", l1.dims(), l2.dims())
-        }
-        Ok((CpuStorage::F32(relu_mask(dy, y)), l1.shape().clone()))
-    }
-}
-
-/// `(dy, y) -> dy_full`: the fused pooling's (and ReLU's) backward, no backward of
-/// its own.
-pub(super) struct Unpool {
-    pub(super) geometry: Geometry,
-    pub(super) winners: Arc<Vec<u8>>,
-    pub(super) relu: bool,
-}
-
-impl CustomOp2 for Unpool {
-    fn name(&self) -> &'static str {
-        "pipe-conv2d-unpool"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
         let (dy, y) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        let (ho, wo) = g.pooled();
-        let len = g.batch * g.c_out * ho * wo;
-        if dy.len() != len || y.len() != len || self.winners.len() != len {
-            bail!("conv2d backward: pooled gradient {:?} or output {:?} do not match {g:?}", l1.dims(), l2.dims())
+        let x = f32_slice(s3, l3, "conv2d backward")?;
+        if x.len() != g.batch * g.image() {
+            bail!("conv2d backward: input {:?} does not match {g:?}", l3.dims())
         }
-        let full = unpool(g, dy, y, &self.winners, self.relu);
-        Ok((CpuStorage::F32(full), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
+        let out = weight_grad(g, &self.mode.upstream(g, dy, y)?, x, self.with_bias);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
