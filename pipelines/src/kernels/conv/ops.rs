@@ -51,14 +51,14 @@ impl Conv2d {
             Mode::Plain
         };
         let dx = if x.track_op() {
-            Some(dy.apply_op3_no_bwd(&y, w, &InputGrad { geometry: g, mode: mode.clone() })?)
+            Some(dy.apply_op3_no_bwd(&y, w, &Backward { geometry: g, mode: mode.clone(), pass: Pass::Input })?)
         } else {
             None
         };
         if !wants_weight {
             return Ok(Grads { dx, dw: None, db: None });
         }
-        let flat = dy.apply_op3_no_bwd(&y, x, &WeightGrad { geometry: g, mode, with_bias })?;
+        let flat = dy.apply_op3_no_bwd(&y, x, &Backward { geometry: g, mode, pass: Pass::Weight { with_bias } })?;
         let dw = flat.narrow(0, 0, g.c_out * g.taps())?.reshape(w.shape())?;
         let db = if with_bias { Some(flat.narrow(0, g.c_out * g.taps(), g.c_out)?) } else { None };
         Ok(Grads { dx, dw: Some(dw), db })
@@ -141,15 +141,28 @@ impl CustomOp3 for Conv2d {
     }
 }
 
-/// `(dy, y, weight) -> dx`, no backward of its own.
-pub(super) struct InputGrad {
-    pub(super) geometry: Geometry,
-    pub(super) mode: Mode,
+/// Which gradient a [`Backward`] op computes from `(dy, y, operand)`.
+#[derive(Clone, Copy)]
+pub(super) enum Pass {
+    /// `operand` is the weight; the result is `dx`.
+    Input,
+    /// `operand` is the input `x`; the result is `[dweight (flat), dbias]`.
+    Weight { with_bias: bool },
 }
 
-impl CustomOp3 for InputGrad {
+/// `(dy, y, operand) -> gradient` (see [`Pass`]), no backward of its own.
+pub(super) struct Backward {
+    pub(super) geometry: Geometry,
+    pub(super) mode: Mode,
+    pub(super) pass: Pass,
+}
+
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
-        "pipe-conv2d-input-grad"
+        match self.pass {
+            Pass::Input => "pipe-conv2d-input-grad",
+            Pass::Weight { .. } => "pipe-conv2d-weight-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -162,45 +175,25 @@ impl CustomOp3 for InputGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        let (dy, y) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        let w = f32_slice(s3, l3, "conv2d backward")?;
-        if w.len() != g.c_out * g.taps() {
-            bail!("conv2d backward: weight {:?} does not match {g:?}", l3.dims())
+        let what = "conv2d backward";
+        let (dy, y, operand) = (f32_slice(s1, l1, what)?, f32_slice(s2, l2, what)?, f32_slice(s3, l3, what)?);
+        let upstream = self.mode.upstream(g, dy, y)?;
+        match self.pass {
+            Pass::Input => {
+                if operand.len() != g.c_out * g.taps() {
+                    bail!("{what}: weight {:?} does not match {g:?}", l3.dims())
+                }
+                let dx = input_grad(g, &upstream, operand);
+                Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.c_in, g.h, g.w))))
+            }
+            Pass::Weight { with_bias } => {
+                if operand.len() != g.batch * g.image() {
+                    bail!("{what}: input {:?} does not match {g:?}", l3.dims())
+                }
+                let out = weight_grad(g, &upstream, operand, with_bias);
+                let len = out.len();
+                Ok((CpuStorage::F32(out), Shape::from(len)))
+            }
         }
-        let dx = input_grad(g, &self.mode.upstream(g, dy, y)?, w);
-        Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.c_in, g.h, g.w))))
-    }
-}
-
-/// `(dy, y, x) -> [dweight (flat), dbias]`, no backward of its own.
-pub(super) struct WeightGrad {
-    pub(super) geometry: Geometry,
-    pub(super) mode: Mode,
-    pub(super) with_bias: bool,
-}
-
-impl CustomOp3 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "pipe-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
-        let (dy, y) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        let x = f32_slice(s3, l3, "conv2d backward")?;
-        if x.len() != g.batch * g.image() {
-            bail!("conv2d backward: input {:?} does not match {g:?}", l3.dims())
-        }
-        let out = weight_grad(g, &self.mode.upstream(g, dy, y)?, x, self.with_bias);
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
