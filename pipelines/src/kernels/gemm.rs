@@ -168,10 +168,10 @@ pub fn gemm(
     let shape = Shape { m, n, k, ldc, start };
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => blocked::<x86::Avx512, _>(shape, Lhs::Raw(a), b, c, scratch),
+        Isa::Avx512 => blocked::<x86::Avx512, _, _>(shape, Lhs::Raw(a), Rhs::Pack(b), c, scratch),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => blocked::<x86::Avx2, _>(shape, Lhs::Raw(a), b, c, scratch),
-        _ => blocked::<Portable, _>(shape, Lhs::Raw(a), b, c, scratch),
+        Isa::Avx2 => blocked::<x86::Avx2, _, _>(shape, Lhs::Raw(a), Rhs::Pack(b), c, scratch),
+        _ => blocked::<Portable, _, _>(shape, Lhs::Raw(a), Rhs::Pack(b), c, scratch),
     }
 }
 
@@ -243,17 +243,68 @@ pub fn gemm_packed(
     let lhs: Lhs<'_, MatRef> = Lhs::Packed(&a.panels);
     match a.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => blocked::<x86::Avx512, _>(shape, lhs, b, c, scratch),
+        Isa::Avx512 => blocked::<x86::Avx512, _, _>(shape, lhs, Rhs::Pack(b), c, scratch),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => blocked::<x86::Avx2, _>(shape, lhs, b, c, scratch),
-        _ => blocked::<Portable, _>(shape, lhs, b, c, scratch),
+        Isa::Avx2 => blocked::<x86::Avx2, _, _>(shape, lhs, Rhs::Pack(b), c, scratch),
+        _ => blocked::<Portable, _, _>(shape, lhs, Rhs::Pack(b), c, scratch),
     }
 }
+
+/// A right operand read in place, without packing: row `l` is the `n` floats from
+/// `base[offsets[l]]` on. With a stride-1 convolution over a padded image, the im2col
+/// matrix over whole padded rows is such a matrix (`offsets` are the taps' offsets).
+pub struct Rows<'a> {
+    pub base: &'a [f32],
+    pub offsets: &'a [usize],
+}
+
+/// [`gemm_packed`] with a [`Rows`] right operand: the same chains (so the same bits
+/// as packing the same matrix), without copying `B` into panels. `base` must extend
+/// at least [`ROWS_SLACK`] floats past the last element of the last row, since
+/// micro-kernels read whole panels.
+///
+/// Panics if `offsets` does not have `a`'s depth or `base` is too short.
+pub fn gemm_packed_rows(a: &PackedA, n: usize, b: &Rows<'_>, c: &mut [f32], ldc: usize, start: Start) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() > (m - 1) * ldc + n - 1, "gemm: C too short");
+    assert_eq!(b.offsets.len(), k, "gemm: B rows");
+    let last = b.offsets.iter().copied().max().unwrap_or(0);
+    assert!(b.base.len() >= last + n + ROWS_SLACK, "gemm: B rows too short");
+    if k == 0 {
+        if start == Start::Zero {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    let shape = Shape { m, n, k, ldc, start };
+    let (lhs, rhs): (Lhs<'_, MatRef>, Rhs<'_, MatRef>) = (Lhs::Packed(&a.panels), Rhs::Rows(b));
+    let mut scratch = Scratch::default();
+    match a.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => blocked::<x86::Avx512, _, _>(shape, lhs, rhs, c, &mut scratch),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => blocked::<x86::Avx2, _, _>(shape, lhs, rhs, c, &mut scratch),
+        _ => blocked::<Portable, _, _>(shape, lhs, rhs, c, &mut scratch),
+    }
+}
+
+/// Floats a [`Rows`] operand's `base` must hold past `offset + n` of its last row: a
+/// micro-kernel reads its panel's whole width (at most 32 columns).
+pub const ROWS_SLACK: usize = 32;
 
 /// The left operand of [`blocked`]: packed block by block as needed, or all at once.
 enum Lhs<'a, A> {
     Raw(&'a A),
     Packed(&'a [f32]),
+}
+
+/// The right operand of [`blocked`]: packed into panels block by block, or read in place.
+enum Rhs<'a, B> {
+    Pack(&'a B),
+    Rows(&'a Rows<'a>),
 }
 
 #[derive(Clone, Copy)]
@@ -276,12 +327,26 @@ trait MicroKernel {
     /// instruction set. With `load` false the chains start from zero and `c` is only
     /// written.
     unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+    /// [`MicroKernel::run`] with `B`'s row `l` read in place at `b + offsets[l]`.
+    ///
+    /// # Safety
+    /// As `run`, with `offsets` holding `kc` entries and `NR` floats readable from
+    /// each `b + offsets[l]`.
+    unsafe fn run_rows(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offsets: *const usize,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    );
 }
 
-fn blocked<K: MicroKernel, A: Operand>(
+fn blocked<K: MicroKernel, A: Operand, B: Operand>(
     shape: Shape,
     a: Lhs<'_, A>,
-    b: &impl Operand,
+    b: Rhs<'_, B>,
     c: &mut [f32],
     scratch: &mut Scratch,
 ) {
@@ -296,7 +361,9 @@ fn blocked<K: MicroKernel, A: Operand>(
             // The first k-block starts the chains (from C or from zero); later blocks
             // always continue them from C.
             let load = pc > 0 || start == Start::Accumulate;
-            pack_b(b, pc, kc, jc, nc, K::NR, b_buffer);
+            if let Rhs::Pack(b) = b {
+                pack_b(b, pc, kc, jc, nc, K::NR, b_buffer);
+            }
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 let a_block: &[f32] = match &a {
@@ -309,19 +376,30 @@ fn blocked<K: MicroKernel, A: Operand>(
                 };
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = K::NR.min(nc - jr);
-                    let b_panel = &b_buffer[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
                     for ir in (0..mc).step_by(K::MR) {
                         let mr = K::MR.min(mc - ir);
                         let a_panel = &a_block[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
                         let origin = (ic + ir) * ldc + jc + jr;
+                        // One MR x NR tile of C at `tile` (row stride `ldc`).
+                        let run = |tile: *mut f32, ldc: usize| match b {
+                            // SAFETY: the panels have the sizes the kernel needs (sliced
+                            // here), `tile` is inside `c` (the caller asserted rows
+                            // ic+ir.., columns jc+jr.. are within m x n) or is `edge`,
+                            // and `blocked::<K>` only runs when K's ISA is present.
+                            Rhs::Pack(_) => unsafe {
+                                let b_panel = &b_buffer[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
+                                K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), tile, ldc, load)
+                            },
+                            // SAFETY: as above; every row read, offsets[l] + jc + jr + NR,
+                            // lies in `base` (asserted by the caller with the slack).
+                            Rhs::Rows(rows) => unsafe {
+                                let (base, offsets) = (rows.base[jc + jr..].as_ptr(), rows.offsets[pc..].as_ptr());
+                                K::run_rows(kc, a_panel.as_ptr(), base, offsets, tile, ldc, load)
+                            },
+                        };
                         if mr == K::MR && nr == K::NR {
-                            // SAFETY: the panels have the sizes `run` needs (sliced
-                            // above), the tile lies inside `c` (asserted by the caller:
-                            // rows ic+ir.., columns jc+jr.. are within m x n), and
-                            // `blocked::<K>` is only called when K's ISA is present.
-                            unsafe {
-                                K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), c.as_mut_ptr().add(origin), ldc, load)
-                            };
+                            // SAFETY: origin is the tile's first element, inside `c`.
+                            run(unsafe { c.as_mut_ptr().add(origin) }, ldc);
                         } else {
                             if load {
                                 for i in 0..K::MR {
@@ -331,8 +409,7 @@ fn blocked<K: MicroKernel, A: Operand>(
                                     }
                                 }
                             }
-                            // SAFETY: as above, with `edge` as an MR x NR tile.
-                            unsafe { K::run(kc, a_panel.as_ptr(), b_panel.as_ptr(), edge.as_mut_ptr(), K::NR, load) };
+                            run(edge.as_mut_ptr(), K::NR);
                             for i in 0..mr {
                                 c[origin + i * ldc..][..nr].copy_from_slice(&edge[i * K::NR..][..nr]);
                             }
@@ -416,94 +493,26 @@ impl MicroKernel for Portable {
             }
         }
     }
+
+    unsafe fn run_rows(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        offsets: *const usize,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
+        // Pack the rows into a panel, then the packed kernel: the same chains.
+        let mut panel = [0f32; KC * 8];
+        for (l, dst) in panel.chunks_exact_mut(8).take(kc).enumerate() {
+            // SAFETY: the caller vouches for NR = 8 floats at each row start.
+            unsafe { std::ptr::copy_nonoverlapping(b.add(*offsets.add(l)), dst.as_mut_ptr(), 8) };
+        }
+        // SAFETY: `panel` holds kc * NR floats; the rest as the caller vouches.
+        unsafe { Portable::run(kc, a, panel.as_ptr(), c, ldc, load) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::MicroKernel;
-
-    /// 6 x 16 tile, two 8-lane registers per row: 12 accumulators.
-    pub struct Avx2;
-
-    impl MicroKernel for Avx2 {
-        const MR: usize = 6;
-        const NR: usize = 16;
-
-        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-            // SAFETY: the caller checked AVX2 and FMA at run time and vouches for the
-            // pointers.
-            unsafe { avx2_6x16(kc, a, b, c, ldc, load) }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-        // SAFETY (whole body): pointer offsets stay inside the panels (l < kc) and the
-        // 6 x 16 tile of `c`, as the caller guarantees.
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; 6];
-            if load {
-                for (i, row) in acc.iter_mut().enumerate() {
-                    row[0] = _mm256_loadu_ps(c.add(i * ldc));
-                    row[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
-                }
-            }
-            for l in 0..kc {
-                let b0 = _mm256_loadu_ps(b.add(l * 16));
-                let b1 = _mm256_loadu_ps(b.add(l * 16 + 8));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let a_il = _mm256_broadcast_ss(&*a.add(l * 6 + i));
-                    row[0] = _mm256_fmadd_ps(a_il, b0, row[0]);
-                    row[1] = _mm256_fmadd_ps(a_il, b1, row[1]);
-                }
-            }
-            for (i, row) in acc.iter().enumerate() {
-                _mm256_storeu_ps(c.add(i * ldc), row[0]);
-                _mm256_storeu_ps(c.add(i * ldc + 8), row[1]);
-            }
-        }
-    }
-
-    /// 8 x 32 tile, two 16-lane registers per row: 16 accumulators.
-    pub struct Avx512;
-
-    impl MicroKernel for Avx512 {
-        const MR: usize = 8;
-        const NR: usize = 32;
-
-        unsafe fn run(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-            // SAFETY: the caller checked AVX-512F at run time and vouches for the
-            // pointers.
-            unsafe { avx512_8x32(kc, a, b, c, ldc, load) }
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_8x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-        // SAFETY (whole body): as in `avx2_6x16`, for an 8 x 32 tile.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-            if load {
-                for (i, row) in acc.iter_mut().enumerate() {
-                    row[0] = _mm512_loadu_ps(c.add(i * ldc));
-                    row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
-                }
-            }
-            for l in 0..kc {
-                let b0 = _mm512_loadu_ps(b.add(l * 32));
-                let b1 = _mm512_loadu_ps(b.add(l * 32 + 16));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let a_il = _mm512_set1_ps(*a.add(l * 8 + i));
-                    row[0] = _mm512_fmadd_ps(a_il, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(a_il, b1, row[1]);
-                }
-            }
-            for (i, row) in acc.iter().enumerate() {
-                _mm512_storeu_ps(c.add(i * ldc), row[0]);
-                _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
-            }
-        }
-    }
-}
+mod x86;

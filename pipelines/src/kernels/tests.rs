@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor, Var};
 
-use super::gemm::{gemm, gemm_acc, gemm_packed, MatRef, PackedA, Scratch, Start};
+use super::gemm::{gemm, gemm_acc, gemm_packed, gemm_packed_rows, MatRef, PackedA, Rows, Scratch, Start, ROWS_SLACK};
 use super::{conv2d, linear, max_pool2d, Conv2dParams, Isa};
 use crate::rng::Rng;
 
@@ -13,7 +13,7 @@ type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
 /// Shapes where candle's own backward is right (it gets the input gradient's shape
 /// wrong for stride 2 when `(h + 2 * padding - k)` is odd, e.g. 10x11 -> 10x12).
-const CASES: [Case; 8] = [
+const CASES: [Case; 10] = [
     (2, 1, 8, 8, 16, 3, 1, 1),
     (3, 16, 8, 8, 32, 3, 1, 1),
     (2, 3, 9, 7, 5, 3, 0, 1),
@@ -22,6 +22,10 @@ const CASES: [Case; 8] = [
     (2, 6, 5, 5, 9, 1, 0, 1),
     (2, 3, 6, 6, 4, 2, 0, 2),
     (2, 5, 14, 14, 40, 3, 1, 1),
+    // Stride 1 on wide enough rows: the forward reads the im2col rows in place (odd
+    // output for the pool; no padding).
+    (2, 3, 17, 17, 8, 3, 1, 1),
+    (2, 2, 18, 18, 4, 3, 0, 1),
 ];
 
 fn normals(n: usize, purpose: &str) -> Vec<f32> {
@@ -341,6 +345,17 @@ fn every_instruction_set_gives_the_same_bits_as_the_defining_chain() {
             let mut c = vec![0f32; m * n];
             gemm_packed(&PackedA::new(m, k, &av), n, &bv, &mut c, n, Start::Zero, &mut Scratch::default());
             assert_eq!(bits(&c), bits(&from_zero), "gemm (packed A) {m}x{n}x{k} on {cap:?}");
+            // B read in place: row l of b at offsets[l] in a longer buffer, rows out of order
+            // (11 is prime to every k here, so the rows are a permutation).
+            let offsets: Vec<usize> = (0..k).map(|l| ((l * 11) % k) * (n + 3) + 1).collect();
+            let mut base = normals(k * (n + 3) + n + ROWS_SLACK + 1, "gemm/rows");
+            for (l, &offset) in offsets.iter().enumerate() {
+                base[offset..offset + n].copy_from_slice(&b[l * n..(l + 1) * n]);
+            }
+            let mut c = normals(m * n, "gemm/c");
+            let rows = Rows { base: &base, offsets: &offsets };
+            gemm_packed_rows(&PackedA::new(m, k, &av), n, &rows, &mut c, n, Start::Accumulate);
+            assert_eq!(bits(&c), bits(&expected), "gemm (rows in place) {m}x{n}x{k} on {cap:?}");
         }
         // batch 8 of 28x28: the weight gradient's k (3,136 after stride 2) spans many k-blocks.
         results.push(network_bits(8, 28));

@@ -8,6 +8,13 @@ pub(super) fn pad_image<'a>(g: &Geometry, image: &'a [f32], padded: &'a mut Vec<
     if g.padding == 0 {
         return image;
     }
+    pad_image_into(g, image, padded);
+    padded
+}
+
+/// Copies sample `image` into `padded` (`c_in x hp x wp`, zero border), always
+/// (even without padding), so that the caller may extend it.
+pub(super) fn pad_image_into(g: &Geometry, image: &[f32], padded: &mut Vec<f32>) {
     let (hp, wp) = (g.h + 2 * g.padding, g.w + 2 * g.padding);
     padded.clear();
     padded.resize(g.c_in * hp * wp, 0.0);
@@ -17,7 +24,6 @@ pub(super) fn pad_image<'a>(g: &Geometry, image: &'a [f32], padded: &'a mut Vec<
             plane[at..at + g.w].copy_from_slice(row);
         }
     }
-    padded
 }
 
 /// One sample's im2col matrix (`taps x pixels`, or its transpose), read on the fly

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{copy_short, gemm_acc, gemm_packed, MatRef, Operand, PackedA, Scratch, Start};
+use super::gemm::{
+    copy_short, gemm_acc, gemm_packed, gemm_packed_rows, MatRef, Operand, PackedA, Rows, Scratch, Start, ROWS_SLACK,
+};
 
 mod im2col;
 mod ops;

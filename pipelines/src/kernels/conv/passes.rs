@@ -23,26 +23,76 @@ pub(super) fn forward_pooled(
     let chunks = y.par_chunks_mut(per_sample).zip(winners.par_chunks_mut(per_sample));
     chunks.enumerate().for_each(|(n, (y_n, winners_n))| {
         with_workspace(|workspace| {
+            let image = &x[n * g.image()..(n + 1) * g.image()];
             let mut full = std::mem::take(&mut workspace.activation);
-            full.resize(g.c_out * g.pixels(), 0.0);
-            forward_sample(
-                g,
-                &tables,
-                &weight,
-                &x[n * g.image()..(n + 1) * g.image()],
-                bias,
-                relu,
-                &mut full,
-                workspace,
-            );
-            let planes = full.chunks_exact(g.pixels()).zip(y_n.chunks_exact_mut(ho * wo));
+            // The full-resolution activation: over whole padded rows where it can be.
+            let (plane_len, row_len) = match wide_rows(g) {
+                Some(wp) => {
+                    let Workspace { padded, .. } = workspace;
+                    forward_sample_wide(g, &tables, &weight, image, bias, relu, &mut full, padded);
+                    (g.h_out * wp, wp)
+                }
+                None => {
+                    full.resize(g.c_out * g.pixels(), 0.0);
+                    forward_sample(g, &tables, &weight, image, bias, relu, &mut full, workspace);
+                    (g.pixels(), g.w_out)
+                }
+            };
+            let planes = full.chunks_exact(plane_len).zip(y_n.chunks_exact_mut(ho * wo));
             for ((plane, y_plane), codes) in planes.zip(winners_n.chunks_exact_mut(ho * wo)) {
-                crate::kernels::pool::pool_plane_recording(plane, g.w_out, y_plane, codes, wo);
+                crate::kernels::pool::pool_plane_recording(plane, row_len, y_plane, codes, wo);
             }
             workspace.activation = full;
         })
     });
     (y, winners)
+}
+
+/// The padded row length when the forward reads the im2col matrix in place: a
+/// stride-1, not pointwise convolution whose padded rows are at most 1/8 longer than
+/// its output rows. Then row `(ci, ky, kx)` of the im2col matrix over whole padded rows
+/// (`h_out x wp` pixels, the last `wp - w_out` of each output row computed and dropped)
+/// is the padded image from `ci * hp * wp + ky * wp + kx` on. On narrow images (8x8
+/// digits: 10 columns for 8) the dropped columns cost more than packing saves.
+fn wide_rows(g: &Geometry) -> Option<usize> {
+    let wp = g.w + 2 * g.padding;
+    (g.stride == 1 && !g.is_pointwise() && wp * 7 <= g.w_out * 8).then_some(wp)
+}
+
+/// One sample's forward over whole padded rows into `out` (`c_out x h_out x wp`):
+/// each used output is the same chain as in [`forward_sample`] (bias, then the taps in
+/// order), without packing the im2col matrix.
+#[allow(clippy::too_many_arguments)]
+fn forward_sample_wide(
+    g: &Geometry,
+    tables: &Tables,
+    weight: &PackedA,
+    image: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut Vec<f32>,
+    padded: &mut Vec<f32>,
+) {
+    let wp = g.w + 2 * g.padding;
+    let wide = g.h_out * wp;
+    out.resize(g.c_out * wide, 0.0);
+    pad_image_into(g, image, padded);
+    // Panels read up to the kernel width past the last row (see `ROWS_SLACK`).
+    padded.resize(tables.padded_len + g.kw + ROWS_SLACK, 0.0);
+    let start = match bias {
+        Some(bias) => {
+            for (row, &b) in out.chunks_exact_mut(wide).zip(bias) {
+                row.fill(b);
+            }
+            Start::Accumulate
+        }
+        None => Start::Zero,
+    };
+    let rows = Rows { base: padded, offsets: &tables.tap_offset };
+    gemm_packed_rows(weight, wide, &rows, out, wide, start);
+    if relu {
+        out.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+    }
 }
 
 /// One sample's `y_n = bias + weight · im2col(image)` (then ReLU if `relu`).
@@ -95,7 +145,19 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     y.par_chunks_mut(g.c_out * pixels).enumerate().for_each(|(n, y_n)| {
         with_workspace(|workspace| {
             let image = &x[n * g.image()..(n + 1) * g.image()];
-            forward_sample(g, &tables, &weight, image, bias, relu, y_n, workspace);
+            let Some(wp) = wide_rows(g) else {
+                forward_sample(g, &tables, &weight, image, bias, relu, y_n, workspace);
+                return;
+            };
+            let Workspace { padded, activation, .. } = workspace;
+            forward_sample_wide(g, &tables, &weight, image, bias, relu, activation, padded);
+            // Keep the first w_out of each padded-width output row.
+            let wide_planes = activation.chunks_exact(g.h_out * wp);
+            for (plane, y_plane) in wide_planes.zip(y_n.chunks_exact_mut(pixels)) {
+                for (row, y_row) in plane.chunks_exact(wp).zip(y_plane.chunks_exact_mut(g.w_out)) {
+                    y_row.copy_from_slice(&row[..g.w_out]);
+                }
+            }
         })
     });
     y
@@ -197,4 +259,37 @@ pub(super) fn weight_grad(g: &Geometry, dy: &Upstream<'_>, x: &[f32], with_bias:
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forward over whole padded rows gives the bits of the packed im2col forward
+    /// (the same chains), pooled or not, with and without bias.
+    #[test]
+    fn wide_forward_is_the_packed_forward_bit_for_bit() {
+        let mut rng = crate::rng::Rng::new(0, "conv/wide");
+        let mut normals = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        for (c_in, side, c_out, padding) in [(1, 28, 32, 1), (32, 14, 64, 1), (3, 17, 8, 1), (2, 18, 5, 0)] {
+            let params = Conv2dParams { padding, stride: 1, relu: true, pool: false };
+            let g = Geometry::new(&[3, c_in, side, side], &[c_out, c_in, 3, 3], params).unwrap();
+            assert!(wide_rows(&g).is_some(), "{g:?} takes the wide path");
+            let (x, w, b) = (normals(3 * g.image()), normals(c_out * g.taps()), normals(c_out));
+            let tables = Tables::new(&g);
+            let packed = PackedA::new(g.c_out, g.taps(), &MatRef::row_major(&w, g.taps()));
+            for bias in [Some(b.as_slice()), None] {
+                let wide = forward(&g, &x, &w, bias, true);
+                let mut reference = vec![0f32; wide.len()];
+                let per_sample = g.c_out * g.pixels();
+                for (n, y_n) in reference.chunks_exact_mut(per_sample).enumerate() {
+                    let image = &x[n * g.image()..(n + 1) * g.image()];
+                    let mut workspace = Workspace::default();
+                    forward_sample(&g, &tables, &packed, image, bias, true, y_n, &mut workspace);
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&wide), bits(&reference), "{g:?} bias {}", bias.is_some());
+            }
+        }
+    }
 }
