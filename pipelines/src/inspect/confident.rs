@@ -221,8 +221,12 @@ mod tests {
             probabilities.push(vec![1.0 - p1, p1]);
             labels.push(label);
         }
-        let found =
-            find(&probabilities, &labels, 2, &Filter { max_self_confidence: 0.3, min_suggested_confidence: 0.5, excess_factor: 0.0 });
+        let found = find(
+            &probabilities,
+            &labels,
+            2,
+            &Filter { max_self_confidence: 0.3, min_suggested_confidence: 0.5, excess_factor: 0.0 },
+        );
         assert_eq!(found.issues.iter().map(|i| i.position).collect::<Vec<_>>(), vec![0]);
         assert_eq!(found.issues[0].suggested, 1);
         assert!(found.confident_joint[0][1] >= 1);
