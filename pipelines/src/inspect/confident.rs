@@ -19,7 +19,10 @@
 //! probability of its own label is at most `max_self_confidence` *and* one other label
 //! holds at least `min_suggested_confidence` (a majority of the voters agree on it):
 //! a confident contradiction. The joint, its calibration and the noise rates are
-//! cleanlab's, reported beside the issues.
+//! cleanlab's, reported beside the issues. With `excess_factor` set (the audit's own
+//! classifier), the asymmetric part of the calibrated joint flags more: a flipped block
+//! fills one cell and not its mirror, natural confusion fills both
+//! ([`asymmetric_excess`]).
 
 use serde::Serialize;
 
@@ -59,6 +62,9 @@ pub struct Filter {
     pub max_self_confidence: f64,
     /// An issue's suggested label has at least this predicted probability.
     pub min_suggested_confidence: f64,
+    /// Flags, in every (given, suggested) cell, this many times the cell's excess over
+    /// its mirror cell in the calibrated joint (0: off; see [`asymmetric_excess`]).
+    pub excess_factor: f64,
 }
 
 /// Out-of-fold class probabilities from neighbour labels: each of `labels` is one
@@ -121,14 +127,26 @@ pub fn find(probabilities: &[Vec<f64>], labels: &[u32], n_classes: usize, filter
         .sum();
     let estimated_noise = off_diagonal / n.max(1) as f64;
 
-    let mut issues: Vec<Issue> = (0..n)
-        .filter_map(|i| {
+    let mut flagged: Vec<Option<usize>> = (0..n)
+        .map(|i| {
             let given = labels[i] as usize;
             let p = &probabilities[i];
             let suggested =
                 (0..n_classes).filter(|&j| j != given).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))?;
-            let confident = p[given] <= filter.max_self_confidence && p[suggested] >= filter.min_suggested_confidence;
-            confident.then_some(Issue {
+            (p[given] <= filter.max_self_confidence && p[suggested] >= filter.min_suggested_confidence)
+                .then_some(suggested)
+        })
+        .collect();
+    if filter.excess_factor > 0.0 {
+        asymmetric_excess(probabilities, labels, &calibrated, filter.excess_factor, &mut flagged);
+    }
+    let mut issues: Vec<Issue> = flagged
+        .iter()
+        .enumerate()
+        .filter_map(|(i, suggested)| {
+            let (given, suggested) = (labels[i] as usize, (*suggested)?);
+            let p = &probabilities[i];
+            Some(Issue {
                 position: i,
                 given: given as u32,
                 suggested: suggested as u32,
@@ -144,6 +162,42 @@ pub fn find(probabilities: &[Vec<f64>], labels: &[u32], n_classes: usize, filter
             .then(a.position.cmp(&b.position))
     });
     ConfidentLearning { thresholds, confident_joint: joint, noise_rate, estimated_noise, issues }
+}
+
+/// Flags the examples a block of flipped labels leaves behind. Two similar classes are
+/// confused both ways about equally (shirts read as T-shirts about as often as T-shirts
+/// read as shirts), but a block of class `s` relabelled `g` fills the cell (given `g`,
+/// suggested `s`) of the calibrated joint and not its mirror (`s`, `g`). So in every cell
+/// the excess over its mirror, times `factor`, rounded, is taken as the number of errors
+/// there, and that many examples given `g` whose probability of `s` exceeds that of `g`
+/// are flagged, largest margin `p_s - p_g` first (cleanlab's `prune_by_noise_rate`
+/// ranking, on the asymmetric part of the joint only). `factor` above 1 makes up for the
+/// classifier having partly learnt the block, which hides some of it from the joint.
+fn asymmetric_excess(
+    probabilities: &[Vec<f64>],
+    labels: &[u32],
+    calibrated: &[Vec<f64>],
+    factor: f64,
+    flagged: &mut [Option<usize>],
+) {
+    let n_classes = calibrated.len();
+    for given in 0..n_classes {
+        for suggested in (0..n_classes).filter(|&s| s != given) {
+            let excess = (factor * (calibrated[given][suggested] - calibrated[suggested][given])).round();
+            if excess < 1.0 {
+                continue;
+            }
+            let mut cell: Vec<(f64, usize)> = (0..labels.len())
+                .filter(|&i| labels[i] as usize == given)
+                .map(|i| (probabilities[i][suggested] - probabilities[i][given], i))
+                .filter(|&(margin, _)| margin > 0.0)
+                .collect();
+            cell.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for &(_, i) in cell.iter().take(excess as usize) {
+                flagged[i].get_or_insert(suggested);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -167,12 +221,58 @@ mod tests {
             probabilities.push(vec![1.0 - p1, p1]);
             labels.push(label);
         }
-        let found =
-            find(&probabilities, &labels, 2, &Filter { max_self_confidence: 0.3, min_suggested_confidence: 0.5 });
+        let found = find(
+            &probabilities,
+            &labels,
+            2,
+            &Filter { max_self_confidence: 0.3, min_suggested_confidence: 0.5, excess_factor: 0.0 },
+        );
         assert_eq!(found.issues.iter().map(|i| i.position).collect::<Vec<_>>(), vec![0]);
         assert_eq!(found.issues[0].suggested, 1);
         assert!(found.confident_joint[0][1] >= 1);
         assert!(found.estimated_noise > 0.0 && found.estimated_noise < 0.2);
+    }
+
+    #[test]
+    fn a_one_sided_confusion_flags_its_excess_and_a_mutual_one_does_not() {
+        // Classes 0, 1, 2, 3, forty examples each. Classes 0 and 1 are confused both ways
+        // (four examples each look like the other); eight examples labelled 3 look like
+        // class 2 and nothing labelled 2 looks like 3 (a flipped block). The confident
+        // rule is set too strict to flag any of them.
+        let mut probabilities = Vec::new();
+        let mut labels = Vec::new();
+        let row = |own: usize, other: usize, p_own: f64| {
+            let mut p = vec![0.0; 4];
+            p[own] = p_own;
+            p[other] = 1.0 - p_own;
+            p
+        };
+        for class in 0..4usize {
+            for i in 0..40 {
+                let p = match (class, i) {
+                    (0, 0..4) => row(0, 1, 0.06),
+                    (1, 0..4) => row(1, 0, 0.06),
+                    (3, 0..8) => row(3, 2, 0.08),
+                    (0, _) => row(0, 1, 0.9),
+                    (1, _) => row(1, 0, 0.9),
+                    (2, _) => row(2, 3, 0.9),
+                    _ => row(3, 2, 0.9),
+                };
+                probabilities.push(p);
+                labels.push(class as u32);
+            }
+        }
+        let strict = Filter { max_self_confidence: 0.05, min_suggested_confidence: 0.8, excess_factor: 0.0 };
+        assert!(find(&probabilities, &labels, 4, &strict).issues.is_empty());
+        let found = find(&probabilities, &labels, 4, &Filter { excess_factor: 1.0, ..strict });
+        // The mutual confusion is in the joint, both ways; the block one way.
+        assert_eq!((found.confident_joint[0][1], found.confident_joint[1][0]), (4, 4));
+        assert_eq!((found.confident_joint[3][2], found.confident_joint[2][3]), (8, 0));
+        let positions: Vec<usize> = found.issues.iter().map(|i| i.position).collect();
+        assert_eq!(positions, (120..128).collect::<Vec<_>>());
+        assert!(found.issues.iter().all(|i| i.given == 3 && i.suggested == 2));
+        // Half the factor, half the block (the excess is 8 rows).
+        assert_eq!(find(&probabilities, &labels, 4, &Filter { excess_factor: 0.5, ..strict }).issues.len(), 4);
     }
 
     #[test]

@@ -94,8 +94,11 @@ pub fn audit(data: &Prepared, model: ModelView, options: &ModelEyesOptions) -> R
     let k_vote = options.knn_k.min(n_train.saturating_sub(n_train.div_ceil(options.folds.max(1))));
     let found = neighbours::search(&embedding, &Search { n_train, fold: &fold, k_vote, k_any: 0 })?;
     let audited = label_issues::audited_rows(n_train, options.knn_queries, options.seed);
-    let filter =
-        Filter { max_self_confidence: options.max_self_confidence, min_suggested_confidence: MIN_SUGGESTED_CONFIDENCE };
+    let filter = Filter {
+        max_self_confidence: options.max_self_confidence,
+        min_suggested_confidence: MIN_SUGGESTED_CONFIDENCE,
+        excess_factor: 0.0,
+    };
     let mut labels = label_issues::audit(train, &found.votes, &audited, data.n_classes(), &filter);
 
     let in_label = |issue: &LabelIssue| -> f64 {

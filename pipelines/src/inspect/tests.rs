@@ -99,7 +99,10 @@ fn the_audit_is_deterministic_and_explains_each_issue() {
     for issue in &a.labels.issues {
         assert_eq!(issue.neighbours.len(), 10);
         assert_ne!(issue.suggested_label, issue.example.label);
-        assert!(issue.self_confidence <= 0.2 && issue.suggested_confidence >= 0.5);
+        // A confident contradiction, or one of a cell's excess over its mirror cell
+        // (`confident::asymmetric_excess`), whose suggested label beats its own.
+        let confident = issue.self_confidence <= 0.2 && issue.suggested_confidence >= 0.8;
+        assert!(confident || issue.suggested_confidence > issue.self_confidence, "{issue:?}");
         // The voters are training examples of other folds, nearest first.
         assert!(issue.neighbours.iter().all(|n| n.example.split == "train" && n.example.index != issue.example.index));
         assert!(issue.neighbours.windows(2).all(|w| w[0].distance <= w[1].distance));
@@ -123,13 +126,17 @@ fn fashion() -> Option<RawDataset> {
 fn fashion_flipped_blocks_and_noisy_copies() {
     let Some(base) = fashion() else { return };
     // Measured (3,000 training images; cleanlab on out-of-fold kNN probabilities in
-    // brackets, see the audit bench): trouser labelled dress recall 90% at precision
-    // 43% (93% at 12%); bag labelled T-shirt at 10% recall 92% at 18% (92% at 6%).
-    let (recall, precision) = label_case(&base, 1, 3, 0.2, &options());
-    assert!(recall >= 0.85 && precision >= 0.35, "1>3 at 20%: recall {recall}, precision {precision}");
-    let (recall, precision) = label_case(&base, 8, 0, 0.1, &options());
-    eprintln!("fashion 8>0 at 10%: recall {recall}, precision {precision}");
-    assert!(recall >= 0.85 && precision >= 0.15, "8>0 at 10%: recall {recall}, precision {precision}");
+    // brackets, see the audit bench): trouser labelled dress recall 97% at precision
+    // 32% (93% at 12%); sneaker labelled sandal 96% at 31% (85% at 13%); bag labelled
+    // T-shirt at 10% 100% at 13% (92% at 6%), at 30% 98% at 38% (82% at 16%).
+    for (from, to, rate, min_precision) in [(1, 3, 0.2, 0.25), (7, 5, 0.2, 0.25), (8, 0, 0.1, 0.1), (8, 0, 0.3, 0.3)] {
+        let (recall, precision) = label_case(&base, from, to, rate, &options());
+        eprintln!("fashion {from}>{to} at {rate}: recall {recall}, precision {precision}");
+        assert!(
+            recall >= 0.85 && precision >= min_precision,
+            "{from}>{to} at {rate}: recall {recall}, precision {precision}"
+        );
+    }
     assert!(copy_recall(&base, 25, 3) >= 0.95);
     // Clean data: few flags (Fashion has real confusions: shirt, pullover, coat).
     let (inspection, data) = audit(&base, &options());
