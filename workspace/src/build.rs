@@ -282,7 +282,7 @@ pub fn build(
                                 hits.push((index, Done { key, output }));
                                 continue;
                             }
-                            db.set_result(*instance, Some(Done { key, output }));
+                            db.set_settled(*instance, Done { key, output }, false);
                             let report = settled_now(db, *instance, StageStatus::Cached, 0.0);
                             stopped |= stops(index, &report);
                             on_stage(&report);
@@ -409,7 +409,7 @@ pub fn build(
             let instance = handles[index];
             let report = match &outcome.result {
                 Ok(output) => {
-                    db.set_result(instance, Some(Done { key: outcome.key, output: output.clone() }));
+                    db.set_settled(instance, Done { key: outcome.key, output: output.clone() }, index >= targeted);
                     if instance_key_inputs(db, instance).is_err() {
                         continue;
                     }
@@ -557,7 +557,7 @@ pub(crate) fn settled(
             tracing::warn!(%err, stage = %manifest.stage, "could not refresh .pipe/out");
         }
         // `last/` explains staleness later; rewrite it (an fsync) only when it changed.
-        if engine.cache.actions().last(&manifest.stage).as_ref() != Some(inputs) {
+        if !engine.cache.actions().last_is(&manifest.stage, inputs) {
             engine.cache.actions().set_last(&manifest).ok();
         }
     }

@@ -42,7 +42,7 @@ pub(crate) fn settle_members(
 ) -> Vec<(usize, StageReport)> {
     let indices: Vec<usize> = hits.iter().map(|(index, _)| *index).collect();
     for (index, done) in hits {
-        db.set_result(handles[index], Some(done));
+        db.set_settled(handles[index], done, true);
     }
     indices
         .into_iter()
