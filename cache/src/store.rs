@@ -182,11 +182,7 @@ impl Store {
 fn open_dir(root: &Path, dir: &Path) -> Option<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt as _;
     crate::fs::guard(root, dir).ok()?;
-    let file = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(dir)
-        .ok()?;
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir).ok()?;
     Some(file.into())
 }
 
