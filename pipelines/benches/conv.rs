@@ -4,8 +4,9 @@
 //!
 //! Run: `RAYON_NUM_THREADS=1 cargo bench -p pipelines --bench conv [-- OPTIONS]`
 //! (threads as `pipe` sets them). Options: `--models digits,fashion`,
-//! `--backends candle,ours,ours-unfused` (ours fuses conv, bias, ReLU and pooling into
-//! one op; ours-unfused pools with a separate op), `--rounds 5`, `--secs 1.0`, `--no-peak`;
+//! `--backends candle,ours,ours-unfused` (ours is `pipe`'s own `convnet` model, which
+//! fuses conv, bias, ReLU and pooling into one op and runs its head on our GEMM;
+//! ours-unfused is this file's net on our conv op, pooling with a separate op), `--rounds 5`, `--secs 1.0`, `--no-peak`;
 //! `PIPE_KERNELS_ISA=avx2|scalar` caps our kernels' instruction set (same bits).
 //! The PyTorch peer for the same models is `peers/bench_torch_conv.py`.
 
@@ -15,6 +16,7 @@ use candle_core::{Device, Result, Tensor, Var};
 use pipelines::data;
 use pipelines::kernels::{self, Conv2dParams, Isa};
 use pipelines::model::Model;
+use pipelines::models::{Activation, Convnet, ConvnetSpec, Init};
 use pipelines::rng::Rng;
 use pipelines::sources::{Source, SourceOptions};
 use pipelines::train::{Batches, OptimSpec, OptimizerKind, SplitTensors, Trainer};
@@ -175,6 +177,24 @@ impl Model for ConvNet {
     }
 }
 
+/// `pipe`'s own `convnet` model (`model.kind = "convnet"`) for `spec`: what a build
+/// trains, with its fused conv + ReLU + pool op and its dense head on our GEMM.
+fn product_convnet(spec: &NetSpec, device: &Device) -> Result<Convnet> {
+    let pool_every = if spec.layers.iter().all(|l| l.pool) { 1 } else { spec.layers.len() };
+    let spec = ConvnetSpec {
+        channels_in: 1,
+        height: spec.side,
+        width: spec.side,
+        channels: spec.layers.iter().map(|l| l.c_out).collect(),
+        pool_every,
+        dense: Vec::new(),
+        n_out: spec.classes,
+        activation: Activation::Relu,
+    };
+    let log_priors = vec![(1.0 / spec.n_out as f32).ln(); spec.n_out];
+    Convnet::new(&spec, &Init::Recipe { log_priors }, 0, device)
+}
+
 /// The training data: the embedded digits for the digits CNN; seeded normal noise
 /// with random labels at Fashion-MNIST's size (speed does not depend on the values).
 fn training_data(spec: &NetSpec, device: &Device) -> std::result::Result<SplitTensors, String> {
@@ -218,10 +238,18 @@ struct Rates {
 fn measure(spec: NetSpec, backend: Backend, rounds: usize, secs: f64) -> std::result::Result<Rates, String> {
     let device = Device::Cpu;
     let train = training_data(&spec, &device)?;
-    let model = ConvNet::new(spec, backend, &device).map_err(|e| e.to_string())?;
+    let bench_model;
+    let product_model;
+    let model: &dyn Model = if backend == Backend::Ours {
+        product_model = product_convnet(&spec, &device).map_err(|e| e.to_string())?;
+        &product_model
+    } else {
+        bench_model = ConvNet::new(spec, backend, &device).map_err(|e| e.to_string())?;
+        &bench_model
+    };
     let optim =
         OptimSpec { kind: OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, lr: 3e-4, weight_decay: 0.0 };
-    let mut trainer = Trainer::new(&model, &optim).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(model, &optim).map_err(|e| e.to_string())?;
     let mut batches = Batches::new(&train, BATCH, 0, "bench");
     let mut step = || -> std::result::Result<(), String> {
         let (x, y) = batches.next_batch().map_err(|e| e.to_string())?;

@@ -72,6 +72,20 @@ fn route(a: f32, b: f32, c: f32, d: f32, max: f32, g: f32) -> [f32; 4] {
 /// [`pool_plane`] that also records which element of each window was the maximum
 /// (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right), for a fused backward.
 pub(crate) fn pool_plane_recording(plane: &[f32], w: usize, y_plane: &mut [f32], codes: &mut [u8], wo: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::Isa::detect() == super::Isa::Avx512 {
+        assert!(y_plane.len() == codes.len() && y_plane.len().is_multiple_of(wo.max(1)), "pool: output sizes");
+        assert!(2 * wo <= w && plane.len() >= (2 * (y_plane.len() / wo.max(1))) * w, "pool: plane too short");
+        // SAFETY: AVX-512F is present; the asserts keep every row read and written in
+        // bounds (rows 2 oy and 2 oy + 1 of `plane` hold 2 wo floats each).
+        unsafe { x86::pool_plane_recording_avx512(plane, w, y_plane, codes, wo) };
+        return;
+    }
+    pool_plane_recording_portable(plane, w, y_plane, codes, wo)
+}
+
+/// [`pool_plane_recording`] in portable Rust (the same selections as the AVX-512 path).
+fn pool_plane_recording_portable(plane: &[f32], w: usize, y_plane: &mut [f32], codes: &mut [u8], wo: usize) {
     for (oy, (out, code_row)) in y_plane.chunks_exact_mut(wo).zip(codes.chunks_exact_mut(wo)).enumerate() {
         let top = &plane[2 * oy * w..][..2 * wo];
         let bottom = &plane[(2 * oy + 1) * w..][..2 * wo];
@@ -226,5 +240,99 @@ impl CustomOp3 for MaxPool2x2Grad {
             });
         }
         Ok((CpuStorage::F32(dx), Shape::from(l1.dims())))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::pool_plane_recording`] sixteen windows at a time: the even and odd
+    /// floats of two rows are the window's four elements, and [`super::wins`] becomes
+    /// two compare masks (`!(value <= max)` is `NLE_UQ`, `max == max` is `ORD_Q`), so
+    /// each window picks the same element as the portable loop.
+    ///
+    /// # Safety
+    /// AVX-512F is present; `plane` holds rows `0..2 * y_plane.len() / wo` of `w`
+    /// floats, `2 * wo <= w`, and `codes` is as long as `y_plane`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pool_plane_recording_avx512(
+        plane: &[f32],
+        w: usize,
+        y_plane: &mut [f32],
+        codes: &mut [u8],
+        wo: usize,
+    ) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let rows = y_plane.len() / wo.max(1);
+        for oy in 0..rows {
+            let mut ox = 0;
+            while ox < wo {
+                let n = (wo - ox).min(16);
+                // Lanes of the 2n input floats: the first 16 and the rest.
+                let lanes = 2 * n;
+                let low: __mmask16 = if lanes >= 16 { 0xffff } else { (1u16 << lanes) - 1 };
+                let high: __mmask16 = if lanes > 16 { ((1u32 << (lanes - 16)) - 1) as __mmask16 } else { 0 };
+                let out: __mmask16 = ((1u32 << n) - 1) as __mmask16;
+                // SAFETY (block): masked loads and stores touch only lanes inside the
+                // rows and outputs the caller vouches for; masked-off lanes never fault.
+                unsafe {
+                    let top = plane.as_ptr().add(2 * oy * w + 2 * ox);
+                    let bottom = plane.as_ptr().add((2 * oy + 1) * w + 2 * ox);
+                    let (t0, t1) = (_mm512_maskz_loadu_ps(low, top), _mm512_maskz_loadu_ps(high, top.add(16)));
+                    let (b0, b1) = (_mm512_maskz_loadu_ps(low, bottom), _mm512_maskz_loadu_ps(high, bottom.add(16)));
+                    let candidates = [
+                        (_mm512_permutex2var_ps(t0, odd, t1), 1),
+                        (_mm512_permutex2var_ps(b0, even, b1), 2),
+                        (_mm512_permutex2var_ps(b0, odd, b1), 3),
+                    ];
+                    let mut max = _mm512_permutex2var_ps(t0, even, t1);
+                    let mut code = _mm512_setzero_si512();
+                    for (value, position) in candidates {
+                        let wins =
+                            _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(value, max) & _mm512_cmp_ps_mask::<_CMP_ORD_Q>(max, max);
+                        max = _mm512_mask_blend_ps(wins, max, value);
+                        code = _mm512_mask_blend_epi32(wins, code, _mm512_set1_epi32(position));
+                    }
+                    _mm512_mask_storeu_ps(y_plane.as_mut_ptr().add(oy * wo + ox), out, max);
+                    _mm512_mask_cvtepi32_storeu_epi8(codes.as_mut_ptr().add(oy * wo + ox).cast(), out, code);
+                }
+                ox += n;
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    /// The AVX-512 pooling picks the same maximum and winner as the portable loop,
+    /// NaNs, ties and signed zeros included, for row widths around the 16 lanes.
+    #[test]
+    fn avx512_pooling_matches_the_portable_loop() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let specials = [f32::NAN, 0.0, -0.0, 1.0, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY];
+        let mut rng = crate::rng::Rng::new(0, "pool/avx512");
+        for wo in [1, 2, 7, 8, 14, 15, 16, 17, 31, 33] {
+            for w in [2 * wo, 2 * wo + 1] {
+                let rows = 3;
+                let plane: Vec<f32> = (0..2 * rows * w)
+                    .map(|_| match rng.below(4) {
+                        0 => specials[rng.below(specials.len() as u64) as usize],
+                        _ => (rng.below(5) as f32) - 2.0,
+                    })
+                    .collect();
+                let (mut y_fast, mut codes_fast) = (vec![0f32; rows * wo], vec![9u8; rows * wo]);
+                let (mut y_slow, mut codes_slow) = (vec![0f32; rows * wo], vec![9u8; rows * wo]);
+                // SAFETY: AVX-512F checked above; the sizes are the ones the function needs.
+                unsafe { super::x86::pool_plane_recording_avx512(&plane, w, &mut y_fast, &mut codes_fast, wo) };
+                super::pool_plane_recording_portable(&plane, w, &mut y_slow, &mut codes_slow, wo);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y_fast), bits(&y_slow), "maxima, wo {wo} w {w}");
+                assert_eq!(codes_fast, codes_slow, "winners, wo {wo} w {w}");
+            }
+        }
     }
 }

@@ -17,10 +17,12 @@ use super::gemm::{copy_short, gemm_acc, gemm_packed, MatRef, Operand, PackedA, S
 mod im2col;
 mod ops;
 mod passes;
+mod upstream;
 
 use im2col::*;
 use ops::*;
 use passes::*;
+use upstream::Upstream;
 
 /// Stride and zero padding, the same on both spatial axes, and the optional fused
 /// ReLU and max-pooling.
@@ -53,6 +55,8 @@ struct Workspace {
     padded: Vec<f32>,
     /// One sample's full-resolution activation, for the pooled forward.
     activation: Vec<f32>,
+    /// One sample's full-resolution output gradient, for the backward passes.
+    upstream: Vec<f32>,
 }
 
 thread_local! {

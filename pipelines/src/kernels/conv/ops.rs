@@ -40,24 +40,49 @@ impl Conv2d {
         wants_weight: bool,
     ) -> Result<Grads> {
         let g = Geometry::new(x.dims(), w.dims(), self.params)?;
-        let dy = dy.contiguous()?;
-        let dy = if self.params.pool {
+        let (dy, y) = (dy.contiguous()?, y.contiguous()?);
+        let mode = if self.params.pool {
             let winners = self.winners.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let Some(winners) = winners else { bail!("conv2d backward: the pooled forward left no winners") };
-            dy.apply_op2_no_bwd(&y.contiguous()?, &Unpool { geometry: g, winners, relu: self.params.relu })?
+            Mode::Pooled { winners, relu: self.params.relu }
         } else if self.params.relu {
-            dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)?
+            Mode::Relu
         } else {
-            dy
+            Mode::Plain
         };
-        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGrad { geometry: g })?) } else { None };
+        let dx = if x.track_op() {
+            Some(dy.apply_op3_no_bwd(&y, w, &Backward { geometry: g, mode: mode.clone(), pass: Pass::Input })?)
+        } else {
+            None
+        };
         if !wants_weight {
             return Ok(Grads { dx, dw: None, db: None });
         }
-        let flat = dy.apply_op2_no_bwd(x, &WeightGrad { geometry: g, with_bias })?;
+        let flat = dy.apply_op3_no_bwd(&y, x, &Backward { geometry: g, mode, pass: Pass::Weight { with_bias } })?;
         let dw = flat.narrow(0, 0, g.c_out * g.taps())?.reshape(w.shape())?;
         let db = if with_bias { Some(flat.narrow(0, g.c_out * g.taps(), g.c_out)?) } else { None };
         Ok(Grads { dx, dw: Some(dw), db })
+    }
+}
+
+/// Which activation the forward fused, so how the backward reads `dy` (see [`Upstream`]).
+#[derive(Clone)]
+pub(super) enum Mode {
+    Plain,
+    Relu,
+    Pooled { winners: Arc<Vec<u8>>, relu: bool },
+}
+
+impl Mode {
+    /// The output gradient `dy` with the op's output `y`, as the passes read it.
+    fn upstream<'a>(&'a self, g: &Geometry, dy: &'a [f32], y: &'a [f32]) -> Result<Upstream<'a>> {
+        let upstream = match self {
+            Mode::Plain => Upstream::Plain(dy),
+            Mode::Relu => Upstream::Relu { dy, y },
+            Mode::Pooled { winners, relu } => Upstream::Pooled { dy, y, winners, relu: *relu },
+        };
+        upstream.check(g)?;
+        Ok(upstream)
     }
 }
 
@@ -116,89 +141,59 @@ impl CustomOp3 for Conv2d {
     }
 }
 
-/// `(dy, weight) -> dx`, no backward of its own.
-pub(super) struct InputGrad {
+/// Which gradient a [`Backward`] op computes from `(dy, y, operand)`.
+#[derive(Clone, Copy)]
+pub(super) enum Pass {
+    /// `operand` is the weight; the result is `dx`.
+    Input,
+    /// `operand` is the input `x`; the result is `[dweight (flat), dbias]`.
+    Weight { with_bias: bool },
+}
+
+/// `(dy, y, operand) -> gradient` (see [`Pass`]), no backward of its own.
+pub(super) struct Backward {
     pub(super) geometry: Geometry,
+    pub(super) mode: Mode,
+    pub(super) pass: Pass,
 }
 
-impl CustomOp2 for InputGrad {
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
-        "pipe-conv2d-input-grad"
+        match self.pass {
+            Pass::Input => "pipe-conv2d-input-grad",
+            Pass::Weight { .. } => "pipe-conv2d-weight-grad",
+        }
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        let (dy, w) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        if dy.len() != g.batch * g.c_out * g.pixels() || w.len() != g.c_out * g.taps() {
-            bail!("conv2d backward: gradient {:?} or weight {:?} do not match {g:?}", l1.dims(), l2.dims())
+        let what = "conv2d backward";
+        let (dy, y, operand) = (f32_slice(s1, l1, what)?, f32_slice(s2, l2, what)?, f32_slice(s3, l3, what)?);
+        let upstream = self.mode.upstream(g, dy, y)?;
+        match self.pass {
+            Pass::Input => {
+                if operand.len() != g.c_out * g.taps() {
+                    bail!("{what}: weight {:?} does not match {g:?}", l3.dims())
+                }
+                let dx = input_grad(g, &upstream, operand);
+                Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.c_in, g.h, g.w))))
+            }
+            Pass::Weight { with_bias } => {
+                if operand.len() != g.batch * g.image() {
+                    bail!("{what}: input {:?} does not match {g:?}", l3.dims())
+                }
+                let out = weight_grad(g, &upstream, operand, with_bias);
+                let len = out.len();
+                Ok((CpuStorage::F32(out), Shape::from(len)))
+            }
         }
-        let dx = input_grad(g, dy, w);
-        Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.c_in, g.h, g.w))))
-    }
-}
-
-/// `(dy, x) -> [dweight (flat), dbias]`, no backward of its own.
-pub(super) struct WeightGrad {
-    pub(super) geometry: Geometry,
-    pub(super) with_bias: bool,
-}
-
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "pipe-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
-        let (dy, x) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        if dy.len() != g.batch * g.c_out * g.pixels() || x.len() != g.batch * g.image() {
-            bail!("conv2d backward: gradient {:?} or input {:?} do not match {g:?}", l1.dims(), l2.dims())
-        }
-        let out = weight_grad(g, dy, x, self.with_bias);
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
-    }
-}
-
-/// `(dy, y) -> dy * (y > 0)`: the fused ReLU's backward, no backward of its own.
-pub(super) struct ReluMask;
-
-impl CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "pipe-relu-mask"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (dy, y) = (f32_slice(s1, l1, "relu backward")?, f32_slice(s2, l2, "relu backward")?);
-        if dy.len() != y.len() {
-            bail!("relu backward: gradient {:?} does not match output {:?}", l1.dims(), l2.dims())
-        }
-        Ok((CpuStorage::F32(relu_mask(dy, y)), l1.shape().clone()))
-    }
-}
-
-/// `(dy, y) -> dy_full`: the fused pooling's (and ReLU's) backward, no backward of
-/// its own.
-pub(super) struct Unpool {
-    pub(super) geometry: Geometry,
-    pub(super) winners: Arc<Vec<u8>>,
-    pub(super) relu: bool,
-}
-
-impl CustomOp2 for Unpool {
-    fn name(&self) -> &'static str {
-        "pipe-conv2d-unpool"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
-        let (dy, y) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        let (ho, wo) = g.pooled();
-        let len = g.batch * g.c_out * ho * wo;
-        if dy.len() != len || y.len() != len || self.winners.len() != len {
-            bail!("conv2d backward: pooled gradient {:?} or output {:?} do not match {g:?}", l1.dims(), l2.dims())
-        }
-        let full = unpool(g, dy, y, &self.winners, self.relu);
-        Ok((CpuStorage::F32(full), Shape::from((g.batch, g.c_out, g.h_out, g.w_out))))
     }
 }

@@ -101,49 +101,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     y
 }
 
-/// The pooled op's backward into the full-resolution gradient: each window's `dy`
-/// to its winner (0 where the pooled ReLU output is not positive), zero elsewhere.
-pub(super) fn unpool(g: &Geometry, dy: &[f32], y: &[f32], winners: &[u8], relu: bool) -> Vec<f32> {
-    let (ho, wo) = g.pooled();
-    let (pixels, pooled) = (g.pixels(), ho * wo);
-    let mut full = vec![0f32; g.batch * g.c_out * pixels];
-    if pooled == 0 {
-        return full;
-    }
-    full.par_chunks_mut(pixels).enumerate().for_each(|(plane, out)| {
-        let range = plane * pooled..(plane + 1) * pooled;
-        let (dy, y, winners) = (&dy[range.clone()], &y[range.clone()], &winners[range]);
-        let rows = dy.chunks_exact(wo).zip(y.chunks_exact(wo)).zip(winners.chunks_exact(wo));
-        for (oy, ((dy_row, y_row), code_row)) in rows.enumerate() {
-            let (upper, lower) = out[2 * oy * g.w_out..].split_at_mut(g.w_out);
-            let (top, bottom) = (&mut upper[..2 * wo], &mut lower[..2 * wo]);
-            let windows = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
-            for ((t, b), ((&g, &y), &code)) in windows.zip(dy_row.iter().zip(y_row).zip(code_row)) {
-                // Selects: all four positions written, the winner gets the gradient.
-                let g = if !relu || y > 0.0 { g } else { 0.0 };
-                t[0] = if code == 0 { g } else { 0.0 };
-                t[1] = if code == 1 { g } else { 0.0 };
-                b[0] = if code == 2 { g } else { 0.0 };
-                b[1] = if code == 3 { g } else { 0.0 };
-            }
-        }
-    });
-    full
-}
-
-/// `dy` where the ReLU output `y` is positive, else 0.
-pub(super) fn relu_mask(dy: &[f32], y: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; dy.len()];
-    out.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14))).for_each(|(out, (dy, y))| {
-        for ((o, &d), &v) in out.iter_mut().zip(dy).zip(y) {
-            *o = if v > 0.0 { d } else { 0.0 };
-        }
-    });
-    out
-}
-
 /// Input gradient: `dx[n] = col2im(weightᵀ · dy[n])`, parallel over samples.
-pub(super) fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+pub(super) fn input_grad(g: &Geometry, dy: &Upstream<'_>, weight: &[f32]) -> Vec<f32> {
     let (pixels, taps) = (g.pixels(), g.taps());
     let mut dx = vec![0f32; g.batch * g.image()];
     if pixels == 0 || g.image() == 0 {
@@ -153,13 +112,14 @@ pub(super) fn input_grad(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     let weight_t = PackedA::new(taps, g.c_out, &MatRef::transposed(weight, taps));
     dx.par_chunks_mut(g.image()).enumerate().for_each(|(n, dx_n)| {
         with_workspace(|workspace| {
-            let dy_n = MatRef::row_major(&dy[n * g.c_out * pixels..(n + 1) * g.c_out * pixels], pixels);
+            let Workspace { gemm, columns, padded, upstream, .. } = workspace;
+            let dy_n = MatRef::row_major(dy.rows(g, n, 0..g.c_out, upstream), pixels);
             if g.is_pointwise() {
-                gemm_packed(&weight_t, pixels, &dy_n, dx_n, pixels, Start::Zero, &mut workspace.gemm);
+                gemm_packed(&weight_t, pixels, &dy_n, dx_n, pixels, Start::Zero, gemm);
             } else {
-                let columns = grown(&mut workspace.columns, taps * pixels);
-                gemm_packed(&weight_t, pixels, &dy_n, columns, pixels, Start::Zero, &mut workspace.gemm);
-                col2im(g, &tables, columns, &mut workspace.padded, dx_n);
+                let columns = grown(columns, taps * pixels);
+                gemm_packed(&weight_t, pixels, &dy_n, columns, pixels, Start::Zero, gemm);
+                col2im(g, &tables, columns, padded, dx_n);
             }
         })
     });
@@ -178,7 +138,7 @@ pub(super) fn split(len: usize, parts: usize, align: usize) -> Vec<Range<usize>>
 /// Weight (and bias) gradient, flat: `dweight [c_out, taps]` then `dbias [c_out]`.
 /// `dW_aug = sum over n of dy[n] · [im2col(x[n]); ones]ᵀ`: one chain over `(n, p)` per
 /// element. Parallel over blocks of output elements, never over the reduction.
-pub(super) fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) -> Vec<f32> {
+pub(super) fn weight_grad(g: &Geometry, dy: &Upstream<'_>, x: &[f32], with_bias: bool) -> Vec<f32> {
     let (pixels, taps) = (g.pixels(), g.taps());
     let columns_total = taps + usize::from(with_bias);
     let mut out = vec![0f32; g.c_out * columns_total];
@@ -201,16 +161,16 @@ pub(super) fn weight_grad(g: &Geometry, dy: &[f32], x: &[f32], with_bias: bool) 
         .par_iter()
         .map(|(rows, cols)| {
             with_workspace(|workspace| {
+                let Workspace { gemm: scratch, padded, upstream, .. } = workspace;
                 let transposed = cols.len() < rows.len();
                 let mut block = vec![0f32; rows.len() * cols.len()];
                 for n in 0..g.batch {
                     let image = &x[n * g.image()..(n + 1) * g.image()];
-                    let padded = pad_image(g, image, &mut workspace.padded);
+                    let padded = pad_image(g, image, padded);
                     // The im2col rows of this block's columns: a tap window [cols.start..].
                     let window = Im2col { padded, tables: &tables, ones: with_bias, transposed: !transposed };
                     let window = Shifted { inner: &window, taps_from: cols.start, transposed: !transposed };
-                    let dy_n = &dy[(n * g.c_out + rows.start) * pixels..(n * g.c_out + rows.end) * pixels];
-                    let scratch = &mut workspace.gemm;
+                    let dy_n = dy.rows(g, n, rows.clone(), upstream);
                     if transposed {
                         let b = MatRef::transposed(dy_n, pixels);
                         gemm_acc(cols.len(), rows.len(), pixels, &window, &b, &mut block, rows.len(), scratch);
