@@ -91,8 +91,9 @@ impl Check<'_> {
         let settled = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .is_ok_and(|now| i128::try_from(now.saturating_sub(self.settle).as_nanos()).is_ok_and(|at| stamp.1 < at));
-        // A name holding a newline cannot be a line of the marker.
-        let clean = all_clean && (unchanged || settled) && !rel.contains(&b'\n');
+        // A name holding a newline cannot be a line of the marker; `tmp/` changes with
+        // every file written (this marker too), so it is always listed (it is small).
+        let clean = all_clean && (unchanged || settled) && !rel.contains(&b'\n') && rel != b"tmp";
         if clean {
             self.clean.insert(rel.to_vec(), stamp);
         }
