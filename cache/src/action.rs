@@ -234,6 +234,14 @@ impl ActionCache {
         write_atomic(&self.root, &path, &bytes)
     }
 
+    /// Whether `last/<stage>.json` holds `inputs` as [`ActionCache::set_last`] writes
+    /// them, compared as bytes: a tune's inputs name thousands of member artifacts,
+    /// and encoding them is cheaper than parsing the file back.
+    pub fn last_is(&self, stage: &str, inputs: &KeyInputs) -> bool {
+        let Ok(bytes) = crate::fs::read(&self.root, &self.last.join(format!("{stage}.json"))) else { return false };
+        serde_json::to_vec_pretty(inputs).is_ok_and(|expected| expected == bytes)
+    }
+
     /// Key inputs of the latest build of `stage`, if any.
     pub fn last(&self, stage: &str) -> Option<KeyInputs> {
         let bytes = crate::fs::read(&self.root, &self.last.join(format!("{stage}.json"))).ok()?;
@@ -286,6 +294,10 @@ mod tests {
         cache.actions().put(&manifest).unwrap();
         assert_eq!(cache.actions().get(&manifest.key), Some(manifest.clone()));
         assert_eq!(cache.actions().last("data"), Some(manifest.inputs.clone()));
+        assert!(cache.actions().last_is("data", &manifest.inputs));
+        let mut other = manifest.inputs.clone();
+        other.knobs.insert("train.lr".into(), "f64:0.5".into());
+        assert!(!cache.actions().last_is("data", &other) && !cache.actions().last_is("train", &manifest.inputs));
 
         let object = cache.store().path(&manifest.artifacts["dataset.safetensors"].hash);
         std::fs::remove_file(&object).unwrap();

@@ -3,7 +3,7 @@
 //! | rule                                              | how                                          |
 //! |---------------------------------------------------|----------------------------------------------|
 //! | never follow a symlink inside the cache directory | [`guard`] lstat's every component below root |
-//! | a planted link found on open is refused, loudly   | [`check_tree`] in `Cache::open`              |
+//! | a planted link found on open is refused, loudly   | `tree::check_tree` in `Cache::open`          |
 //! | new files never open through a link               | `O_NOFOLLOW` + `O_EXCL` temp files           |
 //! | a crash or ENOSPC leaves no half file             | temp file, fsync, rename; temp removed on error |
 //! | ENOSPC is one clear sentence                      | [`CacheError::NoSpace`] names the final path |
@@ -240,48 +240,6 @@ pub(crate) fn try_clone(root: &Path, from: &Path, to: &Path) -> Result<bool, Cac
         other => Err(other),
     })?;
     Ok(cloned)
-}
-
-/// Refuses a cache directory that holds a symlink anywhere `pipe` reads or writes by
-/// name: the top-level entries, the shard directories, every `out/<stage>/<name>`,
-/// `runs/*`, `last/*`, `tmp/*`, `quarantine/*` and `report/*`. Objects and action
-/// entries themselves are checked when they are used ([`guard`]).
-pub(crate) fn check_tree(root: &Path) -> Result<(), CacheError> {
-    // Depth below each top-level directory to look at: out/<stage>/<name> is two.
-    let depth = |name: &str| match name {
-        "out" => 2,
-        _ => 1,
-    };
-    let Ok(entries) = std::fs::read_dir(root) else { return Ok(()) };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
-        if kind.is_symlink() {
-            return Err(symlink_error(root, &path));
-        }
-        if kind.is_dir() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            check_below(root, &path, depth(&name))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_below(root: &Path, dir: &Path, depth: usize) -> Result<(), CacheError> {
-    if depth == 0 {
-        return Ok(());
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else { continue };
-        if kind.is_symlink() {
-            return Err(symlink_error(root, &entry.path()));
-        }
-        if kind.is_dir() {
-            check_below(root, &entry.path(), depth - 1)?;
-        }
-    }
-    Ok(())
 }
 
 /// Removes the temp files in `root/tmp` whose writer is dead (killed, or stopped by a

@@ -14,7 +14,8 @@
 //!   last/<stage>.json         key inputs of the latest build of each stage (for `pipe status`)
 //!   out/<stage>/<name>.<ext>  copies of the latest artifacts at a stable path
 //!   runs/<id>.json            one record per `pipe build`
-//!   stat-cache.json           (path, size, mtime, inode) -> hash of data files and objects
+//!   stat-cache.txt            (path, size, mtime, inode) -> hash of data files and objects
+//!   tree-check.txt            (inode, ctime) of the directories found free of links
 //!   runs/index.jsonl          one compact line per run, for `pipe runs`
 //!   quarantine/               corrupt objects and manifests moved aside
 //!   queue/<key>.json          an action's full description, while it waits or runs
@@ -39,6 +40,7 @@ mod run_index;
 mod runs;
 mod stat;
 mod store;
+mod tree;
 
 pub use action::{ActionCache, ArtifactRef, Manifest, Metrics};
 pub use digest::{ArtifactHash, StageKey};
@@ -74,7 +76,7 @@ impl Cache {
     pub fn open(root: impl Into<PathBuf>) -> Result<Cache, CacheError> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|source| CacheError::Io { path: root.clone(), source })?;
-        fs::check_tree(&root)?;
+        tree::check_tree(&root)?;
         for sub in ["objects", "actions", "last", "out", "runs", "quarantine", "tmp"] {
             fs::create_dirs(&root, &root.join(sub))?;
         }

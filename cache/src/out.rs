@@ -278,6 +278,19 @@ impl MemberRecord {
         self.dirty |= self.members.remove(name).is_some();
     }
 
+    /// Keeps only the members `keep` names (those of the latest build): the record
+    /// does not grow with every count and space ever searched.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let before = self.members.len();
+        self.members.retain(|name, _| keep(name));
+        self.dirty |= self.members.len() != before;
+    }
+
+    /// The names of the members recorded.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.members.keys().map(String::as_str)
+    }
+
     /// Writes the record back if anything changed.
     pub fn save(&mut self) -> Result<(), CacheError> {
         if !self.dirty {

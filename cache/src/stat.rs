@@ -273,16 +273,19 @@ fn parse(bytes: &[u8], objects: &[u8]) -> State {
             let size = u64::try_from(decimal(fields.next()?)?).ok()?;
             let mtime_ns = decimal(fields.next()?)?;
             let inode = u64::try_from(decimal(fields.next()?)?).ok()?;
-            let hash = ArtifactHash::from_bytes(crate::digest::hex_decode(fields.next()?)?);
-            Some(Entry { size, mtime_ns, inode, hash })
+            let hex = fields.next()?;
+            let hash = ArtifactHash::from_bytes(crate::digest::hex_decode(hex)?);
+            Some((Entry { size, mtime_ns, inode, hash }, hex))
         })();
-        let (Some(entry), Some(path)) = (parsed, fields.next()) else { continue };
-        match path.strip_prefix(objects).map(object_name) {
-            // An object is remembered only with its own name as its hash.
-            Some(Some(object)) if object == entry.hash => {
-                state.verified.insert(object, (entry.size, entry.mtime_ns, entry.inode));
+        let (Some((entry, hex)), Some(path)) = (parsed, fields.next()) else { continue };
+        match path.strip_prefix(objects) {
+            // An object is remembered only with its own name as its hash: `ab/<hex>`,
+            // the very digits just decoded (compared as text, not decoded twice).
+            Some(rest) => {
+                if rest.len() == 67 && rest[..2] == hex[..2] && rest[2] == b'/' && rest[3..] == *hex {
+                    state.verified.insert(entry.hash, (entry.size, entry.mtime_ns, entry.inode));
+                }
             }
-            Some(_) => {}
             None => {
                 state.files.insert(std::ffi::OsStr::from_bytes(path).to_os_string(), entry);
             }

@@ -177,7 +177,12 @@ pub fn build(
     let mut handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
     // Members settle through their record (crate::settle): no entry reads on a no-op.
     let mut record = db.engine().cache.out().members();
-    let mut present: HashSet<InstanceSpec> = instances.iter().cloned().collect();
+    // Every instance of the build -> its index.
+    let mut present: HashMap<InstanceSpec, usize> =
+        instances.iter().enumerate().map(|(index, spec)| (spec.clone(), index)).collect();
+    // Instances found blocked -> what they waited for: asked again only once one of
+    // those settled (a tune is not re-listed while its trials are still unsettled).
+    let mut blocked: HashMap<usize, Vec<InstanceSpec>> = HashMap::new();
     let stop = Cancel::default();
     let (sender, receiver) = mpsc::channel::<ActionOutcome>();
     // Keys whose result another claimant of the shared remote produced.
@@ -208,9 +213,17 @@ pub fn build(
         let mut ready: Vec<(usize, Action)> = Vec::new();
         let mut ready_keys: HashSet<StageKey> = HashSet::new();
         let mut discovered: Vec<InstanceSpec> = Vec::new();
+        // Members found cached in this pass, settled after it (see `settle_members`).
+        let mut hits: Vec<(usize, Done)> = Vec::new();
         for index in 0..handles.len() {
             let instance = &handles[index];
             if stopped || reports.contains_key(&index) {
+                continue;
+            }
+            let unmoved = |waiting: &Vec<InstanceSpec>| {
+                waiting.iter().all(|spec| present.get(spec).is_some_and(|at| !reports.contains_key(at)))
+            };
+            if !known.contains_key(&index) && blocked.get(&index).is_some_and(unmoved) {
                 continue;
             }
             let key = match known.get(&index) {
@@ -241,7 +254,8 @@ pub fn build(
                             reports.insert(index, report);
                         } else {
                             // Members (and their upstream) met for the first time.
-                            discovered.extend(waiting.into_iter().filter(|spec| !present.contains(spec)));
+                            discovered.extend(waiting.iter().filter(|spec| !present.contains_key(spec)).cloned());
+                            blocked.insert(index, waiting);
                         }
                         continue;
                     }
@@ -264,13 +278,12 @@ pub fn build(
                                 }),
                         };
                         if let Some(output) = cached {
-                            db.set_result(*instance, Some(Done { key, output }));
-                            let report = match member {
-                                true => {
-                                    crate::settle::settled_member(db, *instance, StageStatus::Cached, 0.0, &mut record)
-                                }
-                                false => settled_now(db, *instance, StageStatus::Cached, 0.0),
-                            };
+                            if member {
+                                hits.push((index, Done { key, output }));
+                                continue;
+                            }
+                            db.set_settled(*instance, Done { key, output }, false);
+                            let report = settled_now(db, *instance, StageStatus::Cached, 0.0);
                             stopped |= stops(index, &report);
                             on_stage(&report);
                             reports.insert(index, report);
@@ -292,10 +305,18 @@ pub fn build(
                 }
             }
         }
+        for (index, report) in crate::settle::settle_members(db, &handles, hits, &mut record) {
+            stopped |= stops(index, &report);
+            on_stage(&report);
+            reports.insert(index, report);
+        }
         let rescan = !stopped && !discovered.is_empty();
         if rescan {
             let new: Vec<InstanceSpec> =
-                closure(db, discovered).into_iter().filter(|spec| present.insert(spec.clone())).collect();
+                closure(db, discovered).into_iter().filter(|spec| !present.contains_key(spec)).collect();
+            for (offset, spec) in new.iter().enumerate() {
+                present.insert(spec.clone(), handles.len() + offset);
+            }
             handles.extend(db.register_all(&new));
             instances.extend(new);
         }
@@ -388,7 +409,7 @@ pub fn build(
             let instance = handles[index];
             let report = match &outcome.result {
                 Ok(output) => {
-                    db.set_result(instance, Some(Done { key: outcome.key, output: output.clone() }));
+                    db.set_settled(instance, Done { key: outcome.key, output: output.clone() }, index >= targeted);
                     if instance_key_inputs(db, instance).is_err() {
                         continue;
                     }
@@ -415,6 +436,11 @@ pub fn build(
             on_stage(&report);
             reports.insert(index, report);
         }
+    }
+    if !interrupted && !stopped && handles.len() > targeted {
+        // Entries of members this build did not meet (an earlier count or space) go.
+        let names: HashSet<&str> = reports.values().map(|report| report.name.0.as_str()).collect();
+        record.retain(|name| names.contains(name));
     }
     if let Err(err) = record.save() {
         tracing::warn!(%err, "could not save the member record in .pipe/out");
@@ -531,7 +557,7 @@ pub(crate) fn settled(
             tracing::warn!(%err, stage = %manifest.stage, "could not refresh .pipe/out");
         }
         // `last/` explains staleness later; rewrite it (an fsync) only when it changed.
-        if engine.cache.actions().last(&manifest.stage).as_ref() != Some(inputs) {
+        if !engine.cache.actions().last_is(&manifest.stage, inputs) {
             engine.cache.actions().set_last(&manifest).ok();
         }
     }

@@ -216,11 +216,15 @@ impl Database {
             .iter()
             .map(|spec| {
                 let value = config.get(spec.name).cloned().unwrap_or_else(|| spec.default.clone());
-                (spec.id(), Knob::new(&db, value))
+                (spec.id(), Knob::builder(value).durability(salsa::Durability::HIGH).new(&db))
             })
             .collect();
-        let fingerprints = fingerprints.into_iter().map(|(name, hash)| (name, Fingerprint::new(&db, hash))).collect();
-        knobs.insert(DEVICE_KNOB, Knob::new(&db, KnobValue::Str(device.to_string())));
+        let fingerprints = fingerprints
+            .into_iter()
+            .map(|(name, hash)| (name, Fingerprint::builder(hash).durability(salsa::Durability::HIGH).new(&db)))
+            .collect();
+        let device = KnobValue::Str(device.to_string());
+        knobs.insert(DEVICE_KNOB, Knob::builder(device).durability(salsa::Durability::HIGH).new(&db));
         let registry = Some(Registry::new(&db, 0));
         db.inputs =
             Arc::new(Inputs { knobs, fingerprints, slots: Mutex::default(), names: Mutex::default(), registry });
@@ -311,6 +315,22 @@ impl Database {
         let slot = self.inputs.slot(instance.spec(self));
         if slot.result(self) != &done {
             slot.set_result(self).to(done);
+        }
+    }
+
+    /// [`Database::set_result`] of a finished or cached instance. Durability is
+    /// salsa's shortcut: a query reading only inputs of durability D is re-checked
+    /// without walking its edges while no input of durability >= D changed. Knobs and
+    /// fingerprints are HIGH (set once per process), the results of the build's own
+    /// targets MEDIUM, those of members LOW: settling a thousand trials one by one
+    /// then leaves every member's key query, which reads the knobs and the targets'
+    /// results only, valid at a glance.
+    pub(crate) fn set_settled(&mut self, instance: Instance, done: Done, member: bool) {
+        let slot = self.inputs.slot(instance.spec(self));
+        let done = Some(done);
+        if slot.result(self) != &done {
+            let durability = if member { salsa::Durability::LOW } else { salsa::Durability::MEDIUM };
+            slot.set_result(self).with_durability(durability).to(done);
         }
     }
 

@@ -10,7 +10,7 @@
 use cache::{MemberRecord, RecordedMember, StageKey};
 
 use crate::build::{settled_now, StageReport};
-use crate::db::{instance_key, instance_output, instance_verdicts, Database, Instance, StageStatus};
+use crate::db::{instance_key, instance_output, instance_verdicts, Database, Done, Instance, StageStatus};
 use crate::instance::InstanceSpec;
 use crate::recipe::StageOutput;
 
@@ -28,6 +28,26 @@ pub(crate) fn recorded(
         return None;
     }
     Some(StageOutput { artifacts: member.artifacts.clone(), metrics: member.metrics.clone() })
+}
+
+/// Sets the results of the members found cached in one pass of the build loop, then
+/// settles them ([`settled_member`]). Each set is a new salsa revision: settling
+/// between sets would re-verify every member's shared upstream queries once per
+/// member (a 1,000-trial tune: a million edge checks); in a row, once.
+pub(crate) fn settle_members(
+    db: &mut Database,
+    handles: &[Instance],
+    hits: Vec<(usize, Done)>,
+    record: &mut MemberRecord,
+) -> Vec<(usize, StageReport)> {
+    let indices: Vec<usize> = hits.iter().map(|(index, _)| *index).collect();
+    for (index, done) in hits {
+        db.set_settled(handles[index], done, true);
+    }
+    indices
+        .into_iter()
+        .map(|index| (index, settled_member(db, handles[index], StageStatus::Cached, 0.0, record)))
+        .collect()
 }
 
 /// [`settled`] for a member: out/ and last/ are left alone when the record already

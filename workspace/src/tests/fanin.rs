@@ -185,18 +185,16 @@ fn a_no_op_from_the_member_record_still_notices_every_change() {
         reports.iter().find(|r| r.name.0 == name).and_then(|r| r.status) == Some(StageStatus::Cached)
     };
 
-    // Unchanged: nothing runs, every member and the stage are cached.
+    // Unchanged: nothing runs, every member and the stage are cached, and the stage
+    // lists its members twice (to find them, then with their outputs), not once more
+    // per pass while they settle.
     let mut fx = reopen(&[]);
+    fx.db.take_executed("instance_members");
     let (executed, reports) = fx.build_with(&["e"], options(1));
     assert!(executed.is_empty(), "{executed:?}");
     assert!(reports.iter().all(|r| r.status == Some(StageStatus::Cached)), "{:?}", statuses(&reports));
-    fx.keep();
-
-    // One trial's knob changed: that trial and the stage run, the other is cached.
-    let mut fx = reopen(&["e.lrs=[\"0.2\", \"0.35\"]"]);
-    let (executed, reports) = fx.build_with(&["e"], options(1));
-    assert_eq!(executed, ["b(b.lr=0.35)", "e(b[b.lr=0.2];b[b.lr=0.35])"]);
-    assert!(cached(&reports, "b[b.lr=0.2]"), "{:?}", statuses(&reports));
+    let listed: Vec<String> = fx.db.take_executed("instance_members").into_iter().filter(|name| name == "e").collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
     fx.keep();
 
     // A member's object deleted: the member is made again (the same bytes), the stage
@@ -223,10 +221,50 @@ fn a_no_op_from_the_member_record_still_notices_every_change() {
     assert_eq!(std::fs::read(&object).unwrap(), b"a=1 b=0.3");
     fx.keep();
 
+    // One trial's knob (after the record was rewritten above) changed: that trial and the stage run, the other is cached.
+    let mut fx = reopen(&["e.lrs=[\"0.2\", \"0.35\"]"]);
+    let (executed, reports) = fx.build_with(&["e"], options(1));
+    assert_eq!(executed, ["b(b.lr=0.35)", "e(b[b.lr=0.2];b[b.lr=0.35])"]);
+    assert!(cached(&reports, "b[b.lr=0.2]"), "{:?}", statuses(&reports));
+    fx.keep();
+
     // One more trial: only it and the stage run.
     let mut fx = reopen(&["e.lrs=[\"0.2\", \"0.3\", \"0.4\"]"]);
     let (executed, reports) = fx.build_with(&["e"], options(1));
     assert_eq!(executed, ["b(b.lr=0.4)", "e(b[b.lr=0.2];b[b.lr=0.3];b[b.lr=0.4])"]);
     assert!(cached(&reports, "b[b.lr=0.2]") && cached(&reports, "b[b.lr=0.3]"), "{:?}", statuses(&reports));
     assert_eq!(e_text(&reports, &fx), "a=1 b=0.2|a=1 b=0.3|a=1 b=0.4|");
+}
+
+/// `out/.members.json` holds the members of the latest build that had members: a
+/// changed trial replaces its entry, and a build without members leaves it alone.
+#[test]
+fn the_member_record_keeps_only_the_latest_members() {
+    let mut fx = Fixture::new("fanin-record-prune");
+    fx.build_with(&["e"], options(1));
+    let dir = fx.keep();
+    let recorded = |dir: &std::path::Path| {
+        let cache = cache::Cache::open(dir).unwrap();
+        let mut names: Vec<String> = cache.out().members().names().map(str::to_string).collect();
+        names.sort();
+        names
+    };
+    // (`a` is met through the members: upstream of them only.)
+    assert_eq!(recorded(&dir), ["a", "b[b.lr=0.2]", "b[b.lr=0.3]"]);
+    let reopen = |assignments: &[&str]| {
+        let mut config = Config::defaults(&schema());
+        for assignment in assignments {
+            config.set(&schema(), assignment).unwrap();
+        }
+        Fixture::reopen(dir.clone(), &config)
+    };
+    let mut fx = reopen(&["e.lrs=[\"0.2\", \"0.35\"]"]);
+    fx.build_with(&["e"], options(1));
+    fx.keep();
+    assert_eq!(recorded(&dir), ["a", "b[b.lr=0.2]", "b[b.lr=0.35]"]);
+    let mut fx = reopen(&[]);
+    fx.build_with(&["a"], options(1));
+    fx.keep();
+    assert_eq!(recorded(&dir), ["a", "b[b.lr=0.2]", "b[b.lr=0.35]"], "a build without members prunes nothing");
+    std::fs::remove_dir_all(&dir).ok();
 }
