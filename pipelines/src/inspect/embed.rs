@@ -3,6 +3,9 @@
 //! Gaussian random projection to at most `dims` dimensions. No labels, no training.
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::kernels::gemm::{gemm, MatRef, Scratch, Start};
 
 use crate::render::image_dims;
 use crate::rng::Rng;
@@ -49,12 +52,22 @@ pub fn flat_features(spec: &EmbedSpec<'_>, raw: &[f32], standardised: &[f32]) ->
 /// by `spec.seed` (rows are kept as they are when already narrow).
 pub fn project(flat: Vec<f32>, n: usize, spec: &EmbedSpec<'_>) -> Result<Tensor, candle_core::Error> {
     let width = flat.len().checked_div(n).unwrap_or(0);
-    let features = Tensor::from_vec(flat, (n, width), &Device::Cpu)?;
     if width <= spec.dims || n == 0 {
-        return Ok(features);
+        return Tensor::from_vec(flat, (n, width), &Device::Cpu);
     }
     let mut rng = Rng::new(spec.seed, "inspect/embedding");
     let scale = 1.0 / (spec.dims as f64).sqrt();
     let projection: Vec<f32> = (0..width * spec.dims).map(|_| (rng.normal() * scale) as f32).collect();
-    features.matmul(&Tensor::from_vec(projection, (width, spec.dims), &Device::Cpu)?)
+    // Our GEMM, not candle's matmul: each output is one FMA chain over the features in
+    // order, so the embedding (and every finding) is the same bits on any x86-64 CPU and
+    // thread count; candle's k-blocking follows the cache size past 512 features.
+    let dims = spec.dims;
+    let mut out = vec![0f32; n * dims];
+    const ROWS: usize = 2048;
+    out.par_chunks_mut(ROWS * dims).zip(flat.par_chunks(ROWS * width)).for_each(|(out, rows)| {
+        let m = rows.len() / width;
+        let (a, b) = (MatRef::row_major(rows, width), MatRef::row_major(&projection, dims));
+        gemm(m, dims, width, &a, &b, out, dims, Start::Zero, &mut Scratch::default());
+    });
+    Tensor::from_vec(out, (n, dims), &Device::Cpu)
 }
