@@ -9,13 +9,20 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use cache::{ArtifactHash, Cache, KeyInputs, StageKey};
+use cache::{ArtifactHash, Cache, StageKey};
 use salsa::Setter;
 
 use crate::config::Config;
 use crate::instance::{InstanceName, InstanceSpec};
 use crate::knob::{KnobId, KnobValue};
-use crate::recipe::{Checks, NoProgress, ProgressSink, Recipe, Stage, StageId, StageOutput, Verdict, VerdictStatus};
+use crate::recipe::{NoProgress, ProgressSink, Recipe, Stage, StageId, StageOutput};
+
+mod queries;
+
+#[cfg(test)]
+pub(crate) use queries::judge;
+pub(crate) use queries::{device_name, resolved_knobs};
+pub use queries::{instance_key, instance_key_inputs, instance_members, instance_output, instance_verdicts};
 
 /// One knob's value.
 #[salsa::input(debug)]
@@ -381,213 +388,6 @@ impl Inputs {
             .get(spec)
             .unwrap_or_else(|| panic!("instance `{}` was not registered before it was queried", spec.name()))
     }
-}
-
-/// The values of `ids` for `spec`: its override where it has one, else the config's.
-pub(crate) fn resolved_knobs(db: &dyn Db, spec: &InstanceSpec, ids: &[KnobId]) -> BTreeMap<KnobId, KnobValue> {
-    ids.iter()
-        .map(|id| {
-            let value = match spec.override_of(*id) {
-                Some(value) => value.clone(),
-                None => db.inputs().knob(*id).value(db).clone(),
-            };
-            (*id, value)
-        })
-        .collect()
-}
-
-pub(crate) fn device_name(db: &dyn Db) -> String {
-    db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string()
-}
-
-/// The members of a fan-in instance (with its overrides added) and the outputs known
-/// for them, as its stage lists them now. Empty for a stage without members.
-#[salsa::tracked(returns(ref))]
-pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(InstanceSpec, Option<StageOutput>)>, String> {
-    let spec = instance.spec(db);
-    let engine = db.engine();
-    let stage = engine.stage(spec.stage.0);
-    let declared = stage.member_stages();
-    if declared.is_empty() {
-        return Ok(Vec::new());
-    }
-    let knobs = resolved_knobs(db, spec, &stage.spec().knobs);
-    let lookup = Lookup { db, parent: spec };
-    let members = stage.members(&knobs, &lookup)?;
-    let mut resolved: Vec<(InstanceSpec, Option<StageOutput>)> = Vec::with_capacity(members.len());
-    // Each distinct member once (a hash set: a tune lists thousands).
-    let mut seen: std::collections::HashSet<InstanceSpec> = std::collections::HashSet::with_capacity(members.len());
-    for member in &members {
-        if !declared.contains(&member.stage) {
-            return Err(format!(
-                "stage `{}` lists a member of stage `{}`, which it does not declare (a bug in the stage)",
-                spec.stage, member.stage
-            ));
-        }
-        let full = engine.member_of(spec, member);
-        if !seen.insert(full.clone()) {
-            continue;
-        }
-        let output = lookup.full_output(&full);
-        resolved.push((full, output));
-    }
-    Ok(resolved)
-}
-
-/// Member outputs for [`Stage::members`], read through salsa. An instance not yet
-/// registered has no output; reading the registry generation makes salsa ask again
-/// once the build registers it.
-struct Lookup<'a> {
-    db: &'a dyn Db,
-    parent: &'a InstanceSpec,
-}
-
-impl Lookup<'_> {
-    fn full_output(&self, full: &InstanceSpec) -> Option<StageOutput> {
-        match self.db.inputs().try_slot(full) {
-            Some(_) => instance_output(self.db, Instance::new(self.db, full.clone())).clone(),
-            None => {
-                if let Some(registry) = self.db.inputs().registry {
-                    registry.generation(self.db);
-                }
-                None
-            }
-        }
-    }
-}
-
-impl crate::recipe::MemberLookup for Lookup<'_> {
-    fn output(&self, member: &InstanceSpec) -> Option<StageOutput> {
-        self.full_output(&self.db.engine().member_of(self.parent, member))
-    }
-}
-
-/// The inputs of an instance's key: the stage, the resolved values of the knobs it
-/// reads, its upstream and member artifact hashes, its input fingerprints and the
-/// device class. Never executes anything: an upstream instance or member without a
-/// result blocks the key.
-#[salsa::tracked(returns(ref))]
-pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs, Blocked> {
-    let spec = instance.spec(db);
-    let stage = db.engine().stage(spec.stage.0).spec();
-    let mut upstream = BTreeMap::new();
-    let mut waiting = Vec::new();
-    for up in &stage.upstream {
-        let up_spec = db.engine().upstream_of(spec, *up);
-        let output = match db.inputs().try_slot(&up_spec) {
-            Some(_) => instance_output(db, Instance::new(db, up_spec.clone())).clone(),
-            None => {
-                if let Some(registry) = db.inputs().registry {
-                    registry.generation(db);
-                }
-                None
-            }
-        };
-        match output {
-            Some(output) => {
-                upstream.insert(*up, output);
-            }
-            None => waiting.push(up_spec),
-        }
-    }
-    let members = instance_members(db, instance).as_ref().map_err(|message| Blocked::Invalid(message.clone()))?;
-    waiting.extend(members.iter().filter(|(_, output)| output.is_none()).map(|(member, _)| member.clone()));
-    if !waiting.is_empty() {
-        return Err(Blocked::Waiting(waiting));
-    }
-    let knobs = resolved_knobs(db, spec, &stage.knobs);
-    let fingerprints: BTreeMap<String, ArtifactHash> = stage
-        .fingerprints
-        .iter()
-        .map(|name| {
-            let hash = db.inputs().fingerprint(name).map_or(ArtifactHash::of(b""), |input| input.hash(db));
-            (name.to_string(), hash)
-        })
-        .collect();
-    let mut inputs = key_inputs(stage, &knobs, &upstream, fingerprints, &device_name(db));
-    for (member, output) in members {
-        if let Some(output) = output {
-            // The member's name once, not once per artifact.
-            let mut prefix = member.name().0;
-            prefix.push('/');
-            for (name, artifact) in &output.artifacts {
-                let mut entry = String::with_capacity(prefix.len() + name.len());
-                entry.push_str(&prefix);
-                entry.push_str(name);
-                inputs.upstream.insert(entry, artifact.hash);
-            }
-        }
-    }
-    Ok(inputs)
-}
-
-/// The inputs of a stage's key from resolved knob values and upstream outputs.
-pub(crate) fn key_inputs(
-    stage: &crate::recipe::StageSpec,
-    knobs: &BTreeMap<KnobId, KnobValue>,
-    upstream: &BTreeMap<crate::recipe::StageId, StageOutput>,
-    fingerprints: BTreeMap<String, ArtifactHash>,
-    device: &str,
-) -> KeyInputs {
-    KeyInputs {
-        stage: stage.id.0.to_string(),
-        stage_version: stage.version,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        knobs: knobs.iter().map(|(id, value)| (id.0.to_string(), value.canonical())).collect(),
-        upstream: upstream
-            .iter()
-            .flat_map(|(stage, output)| {
-                output.artifacts.iter().map(move |(name, artifact)| (format!("{stage}/{name}"), artifact.hash))
-            })
-            .collect(),
-        fingerprints,
-        device: if stage.device_dependent { device.to_string() } else { "any".to_string() },
-        dtype: "f32".to_string(),
-    }
-}
-
-/// The key of an instance, when its upstream instances have results. Tracked, so
-/// the hash (of thousands of member artifacts, for a fan-in stage) is computed once
-/// per change of its inputs, not at each reader.
-#[salsa::tracked(returns(copy))]
-pub fn instance_key(db: &dyn Db, instance: Instance) -> Option<StageKey> {
-    instance_key_inputs(db, instance).as_ref().ok().map(KeyInputs::key)
-}
-
-/// An instance's output, when its slot holds a result for its current key.
-#[salsa::tracked(returns(ref))]
-pub fn instance_output(db: &dyn Db, instance: Instance) -> Option<StageOutput> {
-    let key = instance_key(db, instance)?;
-    match db.inputs().slot(instance.spec(db)).result(db) {
-        Some(done) if done.key == key => Some(done.output.clone()),
-        _ => None,
-    }
-}
-
-/// The verdicts of an instance: a cheap query over its output and its threshold
-/// knobs (with its overrides). Empty while it has no output.
-#[salsa::tracked(returns(ref))]
-pub fn instance_verdicts(db: &dyn Db, instance: Instance) -> Vec<Verdict> {
-    let spec = instance.spec(db);
-    let stage = db.engine().stage(spec.stage.0);
-    let Some(output) = instance_output(db, instance) else { return Vec::new() };
-    let values = resolved_knobs(db, spec, &stage.spec().checks);
-    judge(stage.as_ref(), output, &values)
-}
-
-/// A stage's verdicts, with an undecodable output or undeclared threshold as a failed verdict.
-pub(crate) fn judge(stage: &dyn Stage, output: &StageOutput, checks: &BTreeMap<KnobId, KnobValue>) -> Vec<Verdict> {
-    let id = stage.spec().id;
-    stage.verdicts(output, &Checks::new(id, checks)).unwrap_or_else(|error| {
-        vec![Verdict {
-            check: format!("{id}_metrics"),
-            status: VerdictStatus::Fail,
-            value: f64::NAN,
-            expected: f64::NAN,
-            message: format!("the verdicts of `{id}` cannot be computed: {error}"),
-            hint: Some("this is a bug in the stage; please report it".into()),
-        }]
-    })
 }
 
 impl crate::runner::RecipeRef for Engine {
