@@ -227,6 +227,24 @@ pub fn gemm_packed(
     start: Start,
     scratch: &mut Scratch,
 ) {
+    if a.m > 0 && n > 0 && a.k > 0 {
+        assert!(b.covers(a.k, n), "gemm: B too short");
+    }
+    packed_times(a, n, Rhs::Pack(b), c, ldc, start, scratch)
+}
+
+/// `C = A·B` or `C += A·B` for a packed `A` and either kind of right operand (the
+/// caller checked `B`'s bounds): the shared body of [`gemm_packed`] and
+/// [`gemm_packed_rows`].
+fn packed_times<B: Operand>(
+    a: &PackedA,
+    n: usize,
+    b: Rhs<'_, B>,
+    c: &mut [f32],
+    ldc: usize,
+    start: Start,
+    scratch: &mut Scratch,
+) {
     let (m, k) = (a.m, a.k);
     if m == 0 || n == 0 {
         return;
@@ -238,15 +256,14 @@ pub fn gemm_packed(
         }
         return;
     }
-    assert!(b.covers(k, n), "gemm: B too short");
     let shape = Shape { m, n, k, ldc, start };
     let lhs: Lhs<'_, MatRef> = Lhs::Packed(&a.panels);
     match a.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => blocked::<x86::Avx512, _, _>(shape, lhs, Rhs::Pack(b), c, scratch),
+        Isa::Avx512 => blocked::<x86::Avx512, _, _>(shape, lhs, b, c, scratch),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => blocked::<x86::Avx2, _, _>(shape, lhs, Rhs::Pack(b), c, scratch),
-        _ => blocked::<Portable, _, _>(shape, lhs, Rhs::Pack(b), c, scratch),
+        Isa::Avx2 => blocked::<x86::Avx2, _, _>(shape, lhs, b, c, scratch),
+        _ => blocked::<Portable, _, _>(shape, lhs, b, c, scratch),
     }
 }
 
@@ -264,31 +281,21 @@ pub struct Rows<'a> {
 /// micro-kernels read whole panels.
 ///
 /// Panics if `offsets` does not have `a`'s depth or `base` is too short.
-pub fn gemm_packed_rows(a: &PackedA, n: usize, b: &Rows<'_>, c: &mut [f32], ldc: usize, start: Start) {
-    let (m, k) = (a.m, a.k);
-    if m == 0 || n == 0 {
-        return;
+pub fn gemm_packed_rows(
+    a: &PackedA,
+    n: usize,
+    b: &Rows<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    start: Start,
+    scratch: &mut Scratch,
+) {
+    if a.m > 0 && n > 0 {
+        assert_eq!(b.offsets.len(), a.k, "gemm: B rows");
+        let last = b.offsets.iter().copied().max().unwrap_or(0);
+        assert!(b.base.len() >= last + n + ROWS_SLACK, "gemm: B rows too short");
     }
-    assert!(ldc >= n && c.len() > (m - 1) * ldc + n - 1, "gemm: C too short");
-    assert_eq!(b.offsets.len(), k, "gemm: B rows");
-    let last = b.offsets.iter().copied().max().unwrap_or(0);
-    assert!(b.base.len() >= last + n + ROWS_SLACK, "gemm: B rows too short");
-    if k == 0 {
-        if start == Start::Zero {
-            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
-    let shape = Shape { m, n, k, ldc, start };
-    let (lhs, rhs): (Lhs<'_, MatRef>, Rhs<'_, MatRef>) = (Lhs::Packed(&a.panels), Rhs::Rows(b));
-    let mut scratch = Scratch::default();
-    match a.isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => blocked::<x86::Avx512, _, _>(shape, lhs, rhs, c, &mut scratch),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => blocked::<x86::Avx2, _, _>(shape, lhs, rhs, c, &mut scratch),
-        _ => blocked::<Portable, _, _>(shape, lhs, rhs, c, &mut scratch),
-    }
+    packed_times::<MatRef>(a, n, Rhs::Rows(b), c, ldc, start, scratch)
 }
 
 /// Floats a [`Rows`] operand's `base` must hold past `offset + n` of its last row: a

@@ -354,7 +354,8 @@ fn every_instruction_set_gives_the_same_bits_as_the_defining_chain() {
             }
             let mut c = normals(m * n, "gemm/c");
             let rows = Rows { base: &base, offsets: &offsets };
-            gemm_packed_rows(&PackedA::new(m, k, &av), n, &rows, &mut c, n, Start::Accumulate);
+            let packed = PackedA::new(m, k, &av);
+            gemm_packed_rows(&packed, n, &rows, &mut c, n, Start::Accumulate, &mut Scratch::default());
             assert_eq!(bits(&c), bits(&expected), "gemm (rows in place) {m}x{n}x{k} on {cap:?}");
         }
         // batch 8 of 28x28: the weight gradient's k (3,136 after stride 2) spans many k-blocks.

@@ -28,8 +28,8 @@ pub(super) fn forward_pooled(
             // The full-resolution activation: over whole padded rows where it can be.
             let (plane_len, row_len) = match wide_rows(g) {
                 Some(wp) => {
-                    let Workspace { padded, .. } = workspace;
-                    forward_sample_wide(g, &tables, &weight, image, bias, relu, &mut full, padded);
+                    let Workspace { padded, gemm, .. } = workspace;
+                    forward_sample_wide(g, &tables, &weight, image, bias, relu, &mut full, padded, gemm);
                     (g.h_out * wp, wp)
                 }
                 None => {
@@ -49,8 +49,8 @@ pub(super) fn forward_pooled(
 }
 
 /// The padded row length when the forward reads the im2col matrix in place: a
-/// stride-1, not pointwise convolution whose padded rows are at most 1/8 longer than
-/// its output rows. Then row `(ci, ky, kx)` of the im2col matrix over whole padded rows
+/// stride-1, not pointwise convolution whose dropped columns (`wp - w_out` of each
+/// computed row of `wp`) are at most 1/8 of the row. Then row `(ci, ky, kx)` of the im2col matrix over whole padded rows
 /// (`h_out x wp` pixels, the last `wp - w_out` of each output row computed and dropped)
 /// is the padded image from `ci * hp * wp + ky * wp + kx` on. On narrow images (8x8
 /// digits: 10 columns for 8) the dropped columns cost more than packing saves.
@@ -72,6 +72,7 @@ fn forward_sample_wide(
     relu: bool,
     out: &mut Vec<f32>,
     padded: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) {
     let wp = g.w + 2 * g.padding;
     let wide = g.h_out * wp;
@@ -89,7 +90,7 @@ fn forward_sample_wide(
         None => Start::Zero,
     };
     let rows = Rows { base: padded, offsets: &tables.tap_offset };
-    gemm_packed_rows(weight, wide, &rows, out, wide, start);
+    gemm_packed_rows(weight, wide, &rows, out, wide, start, scratch);
     if relu {
         out.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
     }
@@ -149,8 +150,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
                 forward_sample(g, &tables, &weight, image, bias, relu, y_n, workspace);
                 return;
             };
-            let Workspace { padded, activation, .. } = workspace;
-            forward_sample_wide(g, &tables, &weight, image, bias, relu, activation, padded);
+            let Workspace { padded, activation, gemm, .. } = workspace;
+            forward_sample_wide(g, &tables, &weight, image, bias, relu, activation, padded, gemm);
             // Keep the first w_out of each padded-width output row.
             let wide_planes = activation.chunks_exact(g.h_out * wp);
             for (plane, y_plane) in wide_planes.zip(y_n.chunks_exact_mut(pixels)) {

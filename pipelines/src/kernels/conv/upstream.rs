@@ -22,7 +22,8 @@ pub(super) enum Upstream<'a> {
 }
 
 impl<'a> Upstream<'a> {
-    /// Elements the operands must have for `g`: `(dy and y, winners)`.
+    /// Checks that `dy`, `y` (and the winners) have the sizes `g` implies: full
+    /// resolution, or pooled for [`Upstream::Pooled`].
     pub(super) fn check(&self, g: &Geometry) -> Result<()> {
         let full = g.batch * g.c_out * g.pixels();
         let (ho, wo) = g.pooled();
