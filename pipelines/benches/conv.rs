@@ -200,8 +200,8 @@ fn product_convnet(spec: &NetSpec, device: &Device) -> Result<Convnet> {
 fn training_data(spec: &NetSpec, device: &Device) -> std::result::Result<SplitTensors, String> {
     if spec.side == 8 {
         let raw = Source::Digits.load(&SourceOptions::default()).map_err(|e| e.to_string())?;
-        let prepared =
-            data::prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, "standard").map_err(|e| e.to_string())?;
+        let prepared = data::prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, data::Normalize::Standard)
+            .map_err(|e| e.to_string())?;
         return SplitTensors::new(&prepared.train, 64, device).map_err(|e| e.to_string());
     }
     let (n, features) = (2048, spec.side * spec.side);

@@ -27,7 +27,8 @@ fn main() {
 fn bench() {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
     let raw = Source::Digits.load(&SourceOptions::default()).expect("digits");
-    let prepared = data::prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, "standard").expect("prepare");
+    let prepared =
+        data::prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, data::Normalize::Standard).expect("prepare");
     let device = Device::Cpu;
     let train = SplitTensors::new(&prepared.train, 64, &device).expect("tensors");
     let spec = MlpSpec { n_in: 64, hidden: vec![128, 128], n_out: 10, activation: Activation::Relu };

@@ -7,9 +7,49 @@ use std::collections::BTreeMap;
 use cache::{ArtifactHash, StatCache};
 use serde::{Deserialize, Serialize};
 
+use workspace::ChoiceKnob;
+
+use crate::models::image_shape;
 use crate::rng::Rng;
 use crate::sources::{Source, SourceError, SourceOptions};
 use crate::tensors::{TensorFile, TensorFileError};
+
+/// `data.normalize`: how features are scaled before training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalize {
+    /// Zero mean and unit variance from the training split: one mean and standard
+    /// deviation per channel for images (every pixel of a channel shares them, so a
+    /// shifted, flipped or rotated image keeps its scale), per feature otherwise.
+    Standard,
+    /// Per-feature statistics, images too: each pixel its own mean and deviation. A
+    /// border pixel that is almost always black gets a tiny deviation, so the rare
+    /// image that lights it (or an augmentation that moves ink there) feeds the net
+    /// values in the hundreds; `batch_preview`'s `input_range` check warns.
+    Feature,
+    /// Raw values.
+    None,
+}
+
+impl ChoiceKnob for Normalize {
+    const OPTIONS: &'static [&'static str] = &["standard", "feature", "none"];
+
+    fn from_index(index: usize) -> Normalize {
+        [Normalize::Standard, Normalize::Feature, Normalize::None][index]
+    }
+}
+
+impl Normalize {
+    /// Whether values are in standard units (0 the training mean, 1 one deviation).
+    pub fn standardises(self) -> bool {
+        self != Normalize::None
+    }
+
+    /// The recorded name of a dataset's normalisation (`DataMeta::normalize`) is in
+    /// standard units.
+    pub fn is_standardised(name: &str) -> bool {
+        Normalize::parse(name).is_some_and(Normalize::standardises)
+    }
+}
 
 /// A whole dataset as loaded from its source.
 #[derive(Debug, Clone)]
@@ -328,7 +368,7 @@ pub fn prepare(
     source: &str,
     fractions: &[f64],
     seed: u64,
-    normalize: &str,
+    normalize: Normalize,
 ) -> Result<Prepared, DataError> {
     let d = raw.n_features();
     if d == 0 || raw.x.len() != raw.len() * d {
@@ -341,7 +381,11 @@ pub fn prepare(
         index: indices,
     };
     let (mut train, mut val, mut test) = (gather(train), gather(val), gather(test));
-    let (mean, std) = if normalize == "standard" { standard_stats(&train.x, d) } else { (vec![0.0; d], vec![1.0; d]) };
+    let (mean, std) = match (normalize, image_shape(&raw.shape)) {
+        (Normalize::Standard, Some((channels, _, _))) => channel_stats(&train.x, d, channels),
+        (Normalize::Standard | Normalize::Feature, _) => standard_stats(&train.x, d),
+        (Normalize::None, _) => (vec![0.0; d], vec![1.0; d]),
+    };
     for split in [&mut train, &mut val, &mut test] {
         for row in split.x.chunks_mut(d) {
             for ((value, m), s) in row.iter_mut().zip(&mean).zip(&std) {
@@ -353,10 +397,26 @@ pub fn prepare(
         source: source.to_string(),
         shape: raw.shape.clone(),
         class_names: raw.class_names.clone(),
-        normalize: normalize.to_string(),
+        normalize: crate::stages::common::choice_name(normalize).to_string(),
         value_range: raw.value_range,
     };
     Ok(Prepared { meta, train, val, test, mean, std })
+}
+
+/// Per-channel mean and standard deviation of images (`d` features in `channels`
+/// planes), repeated for every pixel of the channel: [`standard_stats`] over the
+/// pixels of all examples, one plane at a time.
+fn channel_stats(x: &[f32], d: usize, channels: usize) -> (Vec<f32>, Vec<f32>) {
+    let plane = d / channels;
+    let (mut mean, mut std) = (Vec::with_capacity(d), Vec::with_capacity(d));
+    for channel in 0..channels {
+        let pixels: Vec<f32> =
+            x.chunks(d).flat_map(|row| row[channel * plane..(channel + 1) * plane].iter().copied()).collect();
+        let (m, s) = standard_stats(&pixels, 1);
+        mean.extend(std::iter::repeat_n(m[0], plane));
+        std.extend(std::iter::repeat_n(s[0], plane));
+    }
+    (mean, std)
 }
 
 /// Per-feature mean and standard deviation (in f64) over the finite values; a
@@ -444,7 +504,7 @@ mod tests {
     #[test]
     fn normalisation_uses_training_statistics_only() {
         let raw = Source::Digits.load(&SourceOptions::default()).unwrap();
-        let data = prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, "standard").unwrap();
+        let data = prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, Normalize::Feature).unwrap();
         let d = data.n_features();
         for feature in [10, 20, 36] {
             let column: Vec<f32> = data.train.x.iter().skip(feature).step_by(d).copied().collect();
@@ -454,6 +514,30 @@ mod tests {
         let decoded = Prepared::decode(&data.encode().unwrap()).unwrap();
         assert_eq!(decoded, data);
         assert_eq!(data.encode().unwrap(), decoded.encode().unwrap(), "encoding is deterministic");
+    }
+
+    #[test]
+    fn images_are_standardised_per_channel_so_a_shift_keeps_the_scale() {
+        // Digits are 8x8 images: `standard` gives every pixel the same statistics,
+        // those of all training pixels, and keeps values within a few units; per
+        // feature, the rarely lit border pixels are divided by a tiny deviation.
+        let raw = Source::Digits.load(&SourceOptions::default()).unwrap();
+        let data = prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, Normalize::Standard).unwrap();
+        assert!(data.mean.iter().all(|m| *m == data.mean[0]) && data.std.iter().all(|s| *s == data.std[0]));
+        let n = data.train.x.len() as f64;
+        let mean = data.train.x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = data.train.x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3, "mean {mean}, variance {var}");
+        let largest = |x: &[f32]| x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // Raw digits lie in 0..=16: per channel, 16 is under 3 deviations from the mean.
+        assert!(largest(&data.train.x) < 3.0, "{}", largest(&data.train.x));
+        let per_feature = prepare(&raw, "builtin:digits", &[0.6, 0.2, 0.2], 0, Normalize::Feature).unwrap();
+        assert!(largest(&per_feature.train.x) > 10.0, "{}", largest(&per_feature.train.x));
+        // Tabular data (no image shape) keeps per-feature statistics under `standard`.
+        let table = RawDataset { shape: vec![64], ..raw.clone() };
+        let tabular = prepare(&table, "csv", &[0.6, 0.2, 0.2], 0, Normalize::Standard).unwrap();
+        assert_eq!(tabular.mean, per_feature.mean);
+        assert_eq!(data.meta.normalize, "standard");
     }
 }
 

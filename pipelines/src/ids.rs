@@ -66,6 +66,7 @@ pub mod knob {
         DUMB_BASELINES_LR = "checks.dumb_baselines.lr",
         DUMB_BASELINES_FAIL = "checks.dumb_baselines.fail",
         GRAD_DEPS_SAMPLES = "checks.grad_deps.samples",
+        BATCH_PREVIEW_MAX_ABS = "checks.batch_preview.max_abs",
         DYNAMICS_SIZE = "checks.dynamics.size",
         TRAIN_NESTEROV = "train.nesterov",
         TRAIN_SCHEDULE = "train.schedule",

@@ -49,7 +49,7 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::choice(
             knob::DATA_NORMALIZE,
             Normalize::Standard,
-            "standard: per-feature mean/std of the training split; none: raw values",
+            "standard: mean/std of the training split, per channel for images, per feature otherwise; feature: per feature for images too; none: raw values",
         ),
         KnobSpec::new("data.csv.label", Str, text("label"), "csv: the label column's header name (or its 0-based index without a header; \"last\")"),
         KnobSpec::new("data.csv.header", Bool, KnobValue::Bool(true), "csv: the first row names the columns"),
@@ -159,6 +159,12 @@ pub fn schema() -> Vec<KnobSpec> {
         KnobSpec::new("checks.dumb_baselines.lr", Float { min: 0.0, max: 100.0 }, float(1e-2), "Adam learning rate of the softmax-regression baseline"),
         KnobSpec::new("checks.dumb_baselines.fail", Bool, KnobValue::Bool(false), "fail (not warn) when the model does not beat a dumb baseline"),
         KnobSpec::new("checks.grad_deps.samples", Int { min: 1, max: 4096 }, int(4), "examples of the first batch probed by the gradient dependency check"),
+        KnobSpec::new(
+            "checks.batch_preview.max_abs",
+            Float { min: 0.0, max: 1e12 },
+            float(10.0),
+            "batch_preview: warn when a value of the first batch as fed (augmented) is larger than this in magnitude",
+        ),
         KnobSpec::new(
             "checks.dynamics.size",
             Int { min: 0, max: 10_000 },

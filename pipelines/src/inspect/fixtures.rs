@@ -95,7 +95,7 @@ pub fn plant_copies(raw: &mut RawDataset, n: usize, levels: i64, seed: u64) -> V
 
 /// Splits and normalises a fixture like the `data` stage does (seed 0, standard).
 pub fn prepare(raw: &RawDataset) -> Result<Prepared, DataError> {
-    data::prepare(raw, "fixture", &FRACTIONS, 0, "standard")
+    data::prepare(raw, "fixture", &FRACTIONS, 0, data::Normalize::Standard)
 }
 
 /// Recall and precision of `found` against `truth` (precision 1 when nothing is found).

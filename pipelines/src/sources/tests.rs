@@ -1,11 +1,11 @@
 use super::fixtures::*;
 use super::*;
-use crate::data::prepare;
+use crate::data::{prepare, Normalize};
 
 /// Loads and, when that works, prepares: neither may panic.
 fn exercise(source: &Source, options: &SourceOptions) -> Result<(), String> {
     let raw = source.load(options).map_err(|e| e.to_string())?;
-    prepare(&raw, "fuzz", &[0.6, 0.2, 0.2], 0, "standard").map(|_| ()).map_err(|e| e.to_string())
+    prepare(&raw, "fuzz", &[0.6, 0.2, 0.2], 0, Normalize::Standard).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// The memory bound of one property-test case: every input is a few KB, so a
@@ -65,7 +65,7 @@ fn degenerate_inputs_are_errors_not_panics() {
     // A split with no validation examples is an error, not a NaN later.
     std::fs::write(dir.join("two.csv"), "a,label\n1,x\n2,y\n").unwrap();
     let raw = Source::Csv(dir.join("two.csv")).load(&SourceOptions::default()).unwrap();
-    let err = prepare(&raw, "csv", &[0.6, 0.2, 0.2], 0, "standard").unwrap_err().to_string();
+    let err = prepare(&raw, "csv", &[0.6, 0.2, 0.2], 0, Normalize::Standard).unwrap_err().to_string();
     assert!(err.contains("no validation examples"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use workspace::{Checks, ChoiceKnob, ExecError, StageSpec, Verdict, VerdictError};
+use workspace::{Checks, ChoiceKnob, ExecError, StageSpec, Verdict, VerdictError, VerdictStatus};
 
 use super::common::{err, json_bytes, knobs, Cx};
 use super::data::Normalize;
@@ -21,6 +21,14 @@ pub struct Metrics {
     pub batch_mean: f64,
     pub batch_std: f64,
     pub batch_size: f64,
+    /// The largest magnitude in the batch as fed (augmented), and before augmentation.
+    #[serde(default)]
+    pub batch_max_abs: f64,
+    #[serde(default)]
+    pub clean_max_abs: f64,
+    /// 1 when the images are standardised per pixel (`data.normalize = "feature"`).
+    #[serde(default)]
+    pub per_pixel: f64,
 }
 
 impl RecipeStage for BatchPreview {
@@ -29,10 +37,10 @@ impl RecipeStage for BatchPreview {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::BATCH_PREVIEW,
-            version: 2,
+            version: 3,
             doc: "the first training batch exactly as the training loop receives it, decoded to pictures",
             knobs: knobs(&[&[knob::TRAIN_BATCH_SIZE, knob::TRAIN_SEED], &AUGMENT_KNOBS]),
-            checks: vec![],
+            checks: vec![knob::BATCH_PREVIEW_MAX_ABS],
             upstream: vec![stage::DATA],
             fingerprints: vec![],
             device_dependent: false,
@@ -47,6 +55,7 @@ impl RecipeStage for BatchPreview {
         let mut batches = Batches::new(&train, batch_size, seed, "train");
         let (x, y) = batches.next_batch().map_err(err("batch"))?;
         let augment = cx.augment(&data)?;
+        let clean_max_abs = max_abs(&x.flatten_all().and_then(|x| x.to_vec1::<f32>()).map_err(err("batch"))?);
         let x = augment.apply(&x, 0).map_err(err("augment"))?;
         let values: Vec<Vec<f32>> = x.to_vec2().map_err(err("batch"))?;
         let labels: Vec<u32> = y.to_vec1().map_err(err("batch"))?;
@@ -72,7 +81,7 @@ impl RecipeStage for BatchPreview {
                 .zip(&labels)
                 .map(|(row, &l)| (row.as_slice(), names.get(l as usize).cloned().unwrap_or_else(|| l.to_string())))
                 .collect();
-            let scale = if Normalize::parse(&data.meta.normalize) == Some(Normalize::Standard) {
+            let scale = if Normalize::is_standardised(&data.meta.normalize) {
                 Scale { low: -3.0, high: 3.0 }
             } else {
                 let (low, high) = data.meta.value_range.unwrap_or((min, max));
@@ -80,10 +89,72 @@ impl RecipeStage for BatchPreview {
             };
             artifacts.push(("batch_preview.png".to_string(), tiles(&pictures, &data.meta.shape, scale, 8)));
         }
-        Ok(Run { artifacts, metrics: Metrics { batch_mean: mean, batch_std: std, batch_size: labels.len() as f64 } })
+        let per_pixel =
+            is_image(&data.meta.shape) && Normalize::parse(&data.meta.normalize) == Some(Normalize::Feature);
+        let metrics = Metrics {
+            batch_mean: mean,
+            batch_std: std,
+            batch_size: labels.len() as f64,
+            batch_max_abs: max_abs(&flat),
+            clean_max_abs,
+            per_pixel: f64::from(u8::from(per_pixel)),
+        };
+        Ok(Run { artifacts, metrics })
     }
 
-    fn judge(&self, _metrics: &Metrics, _checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
-        Ok(Vec::new())
+    fn judge(&self, m: &Metrics, checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {
+        Ok(vec![input_range(m, checks.f64(knob::BATCH_PREVIEW_MAX_ABS)?)])
+    }
+}
+
+/// The largest finite magnitude.
+fn max_abs(values: &[f32]) -> f64 {
+    values.iter().filter(|v| v.is_finite()).fold(0f64, |m, &v| m.max(v.abs() as f64))
+}
+
+/// `input_range`: the net should see values of a few units. Per-pixel
+/// standardisation divides near-constant border pixels by a tiny deviation, and a
+/// geometric augmentation then moves ink there: both feed values in the hundreds,
+/// which training survives silently, only worse.
+fn input_range(m: &Metrics, max_abs: f64) -> Verdict {
+    let pass = m.batch_max_abs <= max_abs;
+    let grown = m.batch_max_abs > 1.5 * m.clean_max_abs.max(1.0);
+    let cause = if m.per_pixel > 0.0 {
+        "images standardised per pixel (data.normalize = \"feature\") give rarely lit pixels a tiny deviation; use data.normalize = \"standard\" (per channel)"
+    } else if grown {
+        "the augmentation made the values larger than the clean batch's: check augment.* against the normalisation"
+    } else {
+        "scale the inputs (data.normalize) or raise checks.batch_preview.max_abs if the range is expected"
+    };
+    Verdict {
+        check: "input_range".into(),
+        status: if pass { VerdictStatus::Pass } else { VerdictStatus::Warn },
+        value: m.batch_max_abs,
+        expected: max_abs,
+        message: format!(
+            "largest input magnitude {:.2} in the first batch as fed ({:.2} before augmentation), at most {max_abs} expected",
+            m.batch_max_abs, m.clean_max_abs
+        ),
+        hint: (!pass).then(|| cause.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(batch_max_abs: f64, clean_max_abs: f64, per_pixel: f64) -> Metrics {
+        Metrics { batch_max_abs, clean_max_abs, per_pixel, ..Metrics::default() }
+    }
+
+    #[test]
+    fn input_range_warns_on_large_inputs_and_names_the_cause() {
+        assert_eq!(input_range(&metrics(2.1, 2.1, 0.0), 10.0).status, VerdictStatus::Pass);
+        let per_pixel = input_range(&metrics(90.0, 90.0, 1.0), 10.0);
+        assert_eq!(per_pixel.status, VerdictStatus::Warn);
+        assert!(per_pixel.hint.unwrap().contains("data.normalize"));
+        let augmented = input_range(&metrics(40.0, 3.0, 0.0), 10.0);
+        assert_eq!(augmented.status, VerdictStatus::Warn);
+        assert!(augmented.hint.unwrap().contains("augment"), "the augmentation is named");
     }
 }

@@ -5,30 +5,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use workspace::{Checks, ChoiceKnob, ExecError, StageSpec, Verdict, VerdictError};
+use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError};
 
-use super::common::{choice_name, Cx};
+use super::common::Cx;
 use super::{RecipeStage, Run};
 use crate::data::{downscale, prepare};
 use crate::ids::{knob, stage};
 use crate::sources::{Source, SourceOptions};
 
-/// `data.normalize`: how features are scaled before training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Normalize {
-    /// Per-feature mean and standard deviation of the training split.
-    Standard,
-    /// Raw values.
-    None,
-}
-
-impl ChoiceKnob for Normalize {
-    const OPTIONS: &'static [&'static str] = &["standard", "none"];
-
-    fn from_index(index: usize) -> Normalize {
-        [Normalize::Standard, Normalize::None][index]
-    }
-}
+pub use crate::data::Normalize;
 
 pub struct Data {
     /// The directory of `pipe.toml`: relative data paths start here.
@@ -51,7 +36,7 @@ impl RecipeStage for Data {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::DATA,
-            version: 1,
+            version: 2,
             doc: "load, stratified split, normalise with training statistics",
             knobs: vec![
                 knob::DATA_SOURCE,
@@ -89,7 +74,7 @@ impl RecipeStage for Data {
         let normalize: Normalize = cx.choice(knob::DATA_NORMALIZE)?;
         let raw = parsed.load(&options).map_err(|error| ExecError::BadInput(error.to_string()))?;
         let raw = downscale(raw, cx.count(knob::DATA_DOWNSCALE)?).map_err(|e| ExecError::BadInput(e.to_string()))?;
-        let prepared = prepare(&raw, source, &fractions, seed, choice_name(normalize)).map_err(|error| {
+        let prepared = prepare(&raw, source, &fractions, seed, normalize).map_err(|error| {
             // Too few examples for the split, no features: the data is wrong (exit 2).
             if error.is_bad_input() {
                 ExecError::BadInput(error.to_string())

@@ -372,7 +372,7 @@ fn worst_png(data: &Prepared, scored: &Scored, order: &[usize]) -> Vec<u8> {
         })
         .collect();
     // Standardised inputs are drawn from -3 (black) to +3 (white), as batch_preview does.
-    let scale = if data.meta.normalize == "standard" {
+    let scale = if crate::data::Normalize::is_standardised(&data.meta.normalize) {
         Scale { low: -3.0, high: 3.0 }
     } else {
         let values = cells.iter().flat_map(|(v, _)| v.iter().copied());
