@@ -278,7 +278,7 @@ pub fn schema() -> Vec<KnobSpec> {
             KnobValue::IntList(vec![64]),
             "squeeze: hidden widths of an mlp student",
         ),
-        KnobSpec::choice(knob::SQUEEZE_MEMBERS, MemberSource::Seeds, "squeeze: the members: seeds (overfit under train.seed, train.seed + 1, ...) or tune (the squeeze.k best trials of tune, by val acc, then loss)"),
+        KnobSpec::choice(knob::SQUEEZE_MEMBERS, MemberSource::Seeds, "squeeze: the members: seeds (overfit under train.seed, train.seed + 1, ...), tune (the squeeze.k best trials of tune, by val acc, then loss) or regularize (the best rung of regularize under train.seed, train.seed + 1, ...)"),
         KnobSpec::new("checks.squeeze.min_gain", Float { min: -1.0, max: 1.0 }, float(0.0), "squeeze: warn unless the ensemble's val accuracy beats its best member's by more than this"),
         KnobSpec::new("checks.squeeze.min_kept", Float { min: -100.0, max: 100.0 }, float(0.5), "squeeze: warn when the student keeps less than this share of the ensemble's gain"),
     ]

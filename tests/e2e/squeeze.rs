@@ -159,3 +159,58 @@ members = "tune"
     assert_eq!(ran.len(), 1, "{ran:?}");
     assert!(!trained.contains(&ran[0]));
 }
+
+/// `squeeze.members = "regularize"`: the ladder's rungs train (shared with
+/// `regularize`'s own), then the best rung by validation loss is member 0 as it is and
+/// member 1 is that rung under the next seed.
+#[test]
+fn members_from_regularize_are_seeds_of_its_best_rung() {
+    let config = r#"
+[model]
+kind = "mlp"
+hidden = [16]
+
+[train]
+steps = 40
+eval_every = 20
+
+[checks.overfit]
+min_drop = 0.0
+min_train_acc = 0.0
+
+[regularize]
+rungs = ["train.lr=0.01", "model.hidden=[32]"]
+
+[squeeze]
+k = 2
+members = "regularize"
+"#;
+    let dir = TestDir::with_pipeline(config);
+    let first = build(&dir, "squeeze");
+    let trained = trained_trials(&first);
+    assert_eq!(trained.len(), 4, "three rungs and one more seed: {trained:?}");
+    let rungs: Vec<&String> = trained.iter().filter(|name| !name.contains("train.seed")).collect();
+    assert_eq!(rungs.len(), 3, "{trained:?}");
+    let val_loss = |name: &str| first.stage(name)["metrics"]["val_loss"].as_f64().unwrap();
+    let best = rungs.iter().copied().min_by(|a, b| val_loss(a).total_cmp(&val_loss(b))).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/squeeze/squeeze.json")).unwrap()).unwrap();
+    assert_eq!(report["source"], "regularize");
+    let members: Vec<&str> =
+        report["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let reseeded = format!("{},train.seed=1]", best.trim_end_matches(']'));
+    assert_eq!(members, [best.as_str(), reseeded.as_str()], "{report}");
+
+    // The ladder is the same instances: `regularize` trains nothing and picks the
+    // same rung.
+    let ladder = build(&dir, "regularize");
+    let again = statuses(&ladder);
+    assert!(
+        again.iter().filter(|(name, _)| name.starts_with("overfit[")).all(|(_, status)| status == "cached"),
+        "{again:?}"
+    );
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/regularize/ladder.json")).unwrap()).unwrap();
+    let best_rung = ladder.stage("regularize")["metrics"]["best_rung"].as_f64().unwrap() as usize;
+    assert_eq!(table["rungs"][best_rung]["instance"], best.as_str(), "{table}");
+}

@@ -147,8 +147,8 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
     let overfit_stage = overfit::Overfit { base_dir: base_dir.clone() };
     let data_stage = data::Data { base_dir: base_dir.clone() };
     // A rung may change what `overfit` or the `data` stage before it reads.
-    let trainable = overfit_stage.spec().knobs.into_iter().chain(data_stage.spec().knobs);
-    let ladder_stage = regularize::Regularize::new(trainable);
+    let trainable: Vec<_> = overfit_stage.spec().knobs.into_iter().chain(data_stage.spec().knobs).collect();
+    let ladder_stage = regularize::Regularize::new(trainable.iter().copied());
     vec![
         entry(data_stage),
         entry(inspect::Inspect),
@@ -164,7 +164,7 @@ pub fn registry(base_dir: &Path) -> Vec<Entry> {
         entry(beats_baselines::BeatsBaselines),
         entry(ladder_stage),
         entry(tune::Tune),
-        entry(squeeze::Squeeze),
+        entry(squeeze::Squeeze { ladder: regularize::Regularize::new(trainable) }),
         entry(evaluate::Evaluate),
     ]
 }

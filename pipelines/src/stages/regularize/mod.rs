@@ -33,7 +33,8 @@ impl Regularize {
         Regularize { trainable: trainable.into_iter().collect() }
     }
 
-    fn rungs(&self, knobs: &BTreeMap<KnobId, KnobValue>) -> Result<Vec<Rung>, String> {
+    /// Rung 0 and one rung per entry of `regularize.rungs`, for the stage's knobs.
+    pub fn rungs(&self, knobs: &BTreeMap<KnobId, KnobValue>) -> Result<Vec<Rung>, String> {
         let rungs = knobs
             .get(&knob::REGULARIZE_RUNGS)
             .ok_or_else(|| format!("the ladder reads `{}` it did not declare", knob::REGULARIZE_RUNGS))?

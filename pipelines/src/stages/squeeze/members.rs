@@ -1,6 +1,12 @@
 //! Which models `squeeze` ensembles (`squeeze.members`): k seeds of the configuration,
-//! or the k best trials of `tune`. Either way each member is an ordinary cached
-//! `overfit` instance, so a changed member retrains alone.
+//! k seeds of the best rung of the `regularize` ladder, or the k best trials of
+//! `tune`. Either way each member is an ordinary cached `overfit` instance, so a
+//! changed member retrains alone.
+//!
+//! With `"regularize"`, `squeeze` lists the ladder's rungs until all are known, then
+//! the best rung (chosen as `regularize` chooses it: [`ladder::best`]) and that rung
+//! under `train.seed + 1`, `+ 2`, ...: the best rung itself is member 0, so the ladder's
+//! training is reused.
 //!
 //! With `"tune"`, `squeeze` reads the tune's knobs (they are in its key, as are the
 //! members' artifacts) and lists every trial of the tune's plan (rung by rung, as
@@ -14,6 +20,7 @@ use workspace::{ExecError, InstanceSpec, KnobId, KnobValue, MemberLookup};
 
 use crate::ids::{knob, stage};
 use crate::stages::common::Cx;
+use crate::stages::regularize::{ladder, Regularize};
 use crate::stages::tune::plan::{list_knobs, plan, score, Setup};
 
 /// `squeeze.members`.
@@ -23,13 +30,15 @@ pub enum MemberSource {
     Seeds,
     /// The `squeeze.k` best trials of `tune`.
     Tune,
+    /// The best rung of `regularize` under `train.seed`, `train.seed + 1`, ...
+    Regularize,
 }
 
 impl workspace::ChoiceKnob for MemberSource {
-    const OPTIONS: &'static [&'static str] = &["seeds", "tune"];
+    const OPTIONS: &'static [&'static str] = &["seeds", "tune", "regularize"];
 
     fn from_index(index: usize) -> MemberSource {
-        [MemberSource::Seeds, MemberSource::Tune][index]
+        [MemberSource::Seeds, MemberSource::Tune, MemberSource::Regularize][index]
     }
 }
 
@@ -41,28 +50,59 @@ fn int(knobs: &BTreeMap<KnobId, KnobValue>, id: KnobId) -> Result<i64, String> {
     knobs.get(&id).and_then(KnobValue::as_i64).ok_or(format!("`{id}` is not an integer"))
 }
 
-/// The members for the stage's knobs and the member outputs known so far.
-pub fn members(knobs: &BTreeMap<KnobId, KnobValue>, known: &dyn MemberLookup) -> Result<Vec<InstanceSpec>, String> {
+/// The members for the stage's knobs and the member outputs known so far; `ladder`
+/// builds the rungs for `"regularize"`.
+pub fn members(
+    knobs: &BTreeMap<KnobId, KnobValue>,
+    known: &dyn MemberLookup,
+    ladder: &Regularize,
+) -> Result<Vec<InstanceSpec>, String> {
     let k = int(knobs, knob::SQUEEZE_K)?;
     let source = knobs.get(&knob::SQUEEZE_MEMBERS).and_then(KnobValue::as_str);
     match source.and_then(<MemberSource as workspace::ChoiceKnob>::parse) {
-        Some(MemberSource::Seeds) => seeds(k, int(knobs, knob::TRAIN_SEED)?),
+        Some(MemberSource::Seeds) => seeds(&[], k, int(knobs, knob::TRAIN_SEED)?),
         Some(MemberSource::Tune) => best_trials(knobs, known, k as usize),
-        None => Err(format!("`{}` is {source:?}, not one of seeds, tune", knob::SQUEEZE_MEMBERS)),
+        Some(MemberSource::Regularize) => best_rung_seeds(knobs, known, ladder, k),
+        None => Err(format!("`{}` is {source:?}, not one of seeds, tune, regularize", knob::SQUEEZE_MEMBERS)),
     }
 }
 
-/// `overfit` (the configuration itself), then `overfit[train.seed=seed+i]` for i in 1..k.
-fn seeds(k: i64, seed: i64) -> Result<Vec<InstanceSpec>, String> {
+/// `overfit[overrides]` (under its own seed), then the same with
+/// `train.seed = seed + i` for i in 1..k, where `seed` is the seed `overrides` set, or
+/// else `default_seed`.
+fn seeds(overrides: &[(KnobId, KnobValue)], k: i64, default_seed: i64) -> Result<Vec<InstanceSpec>, String> {
+    let own_seed = overrides.iter().find(|(id, _)| *id == knob::TRAIN_SEED).and_then(|(_, value)| value.as_i64());
+    let seed = own_seed.unwrap_or(default_seed);
     (0..k)
-        .map(|i| match i {
-            0 => Ok(InstanceSpec::plain(stage::OVERFIT)),
-            _ => {
-                let seed = seed.checked_add(i).ok_or(format!("`{}` + {i} overflows", knob::TRAIN_SEED))?;
-                Ok(InstanceSpec::new(stage::OVERFIT, [(knob::TRAIN_SEED, KnobValue::Int(seed))]))
-            }
+        .map(|i| {
+            let seed = seed.checked_add(i).ok_or(format!("`{}` + {i} overflows", knob::TRAIN_SEED))?;
+            // Member 0 keeps the overrides as they are (the same instance, its name
+            // and cache entry); later ones add their seed (later entries win).
+            let reseeded = (i > 0).then_some((knob::TRAIN_SEED, KnobValue::Int(seed)));
+            Ok(InstanceSpec::new(stage::OVERFIT, overrides.iter().cloned().chain(reseeded)))
         })
         .collect()
+}
+
+/// Every rung of the ladder while any is unknown; then the best rung under k seeds.
+fn best_rung_seeds(
+    knobs: &BTreeMap<KnobId, KnobValue>,
+    known: &dyn MemberLookup,
+    ladder: &Regularize,
+    k: i64,
+) -> Result<Vec<InstanceSpec>, String> {
+    let rungs = ladder.rungs(knobs)?;
+    let instances = crate::stages::regularize::rungs::members(&rungs);
+    let mut results = Vec::with_capacity(instances.len());
+    for instance in &instances {
+        match known.output(instance) {
+            Some(output) => results.push((instance.clone(), output)),
+            None => return Ok(instances),
+        }
+    }
+    let rows = ladder::rows(&rungs, &results).map_err(|error| error.to_string())?;
+    let best = &instances[ladder::best(&rows)];
+    seeds(&best.overrides, k, int(knobs, knob::TRAIN_SEED)?)
 }
 
 /// Every trial of the tune while any is unknown; then the `k` best, best first.

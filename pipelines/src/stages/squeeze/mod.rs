@@ -31,7 +31,10 @@ use distill::{Distill, Lesson};
 pub use ensemble::{ensemble_probs, load_checkpoint, Probs, Score};
 pub use members::MemberSource;
 
-pub struct Squeeze;
+pub struct Squeeze {
+    /// Builds the `regularize` ladder's rungs for `squeeze.members = "regularize"`.
+    pub ladder: super::regularize::Regularize,
+}
 
 /// `squeeze.student`: the distilled model's architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +107,7 @@ impl RecipeStage for Squeeze {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::SQUEEZE,
-            version: 2,
+            version: 3,
             doc: "ensemble k seeds of the model against its best member; distill a student from it",
             knobs: knobs(&[
                 &OPTIM_KNOBS,
@@ -121,6 +124,8 @@ impl RecipeStage for Squeeze {
                 ],
                 &members::TUNE_KNOBS,
                 &super::tune::plan::list_knobs(),
+                &[knob::REGULARIZE_RUNGS],
+                &super::regularize::rungs::VOCABULARY_KNOBS,
             ]),
             checks: vec![knob::SQUEEZE_MIN_GAIN, knob::SQUEEZE_MIN_KEPT],
             upstream: vec![stage::DATA],
@@ -135,13 +140,14 @@ impl RecipeStage for Squeeze {
 
     /// `squeeze.members = "seeds"`: `overfit` (the configuration itself), then
     /// `overfit[train.seed=seed+i]` for i in 1..k. `"tune"`: every trial of the tune
-    /// until all are known, then the k best ([`members`]).
+    /// until all are known, then the k best. `"regularize"`: every rung until all are
+    /// known, then the best rung under k seeds ([`members`]).
     fn members(
         &self,
         knobs: &BTreeMap<KnobId, KnobValue>,
         known: &dyn MemberLookup,
     ) -> Result<Vec<InstanceSpec>, String> {
-        members::members(knobs, known)
+        members::members(knobs, known, &self.ladder)
     }
 
     fn run(&self, cx: &Cx<'_, '_>) -> Result<Run<Metrics>, ExecError> {
