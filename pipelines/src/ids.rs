@@ -99,6 +99,7 @@ pub mod knob {
         TRAIN_EARLY_STOPPING = "train.early_stopping",
         TRAIN_PATIENCE = "train.patience",
         REGULARIZE_RUNGS = "regularize.rungs",
+        REGULARIZE_SELECT = "regularize.select",
         EVALUATE_MODEL = "evaluate.model",
         CACHE_REMOTE = "cache.remote",
         // Random search (issue 11).

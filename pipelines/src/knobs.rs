@@ -8,6 +8,7 @@ use crate::ids::knob;
 use crate::models::{Activation, ModelKind};
 use crate::stages::data::Normalize;
 use crate::stages::evaluate::ScoredModel;
+use crate::stages::regularize::ladder::Select;
 use crate::stages::regularize::rungs::DEFAULT_RUNGS;
 use crate::stages::squeeze::{MemberSource, StudentKind};
 use crate::train::{OptimizerName, ScheduleName};
@@ -242,6 +243,11 @@ pub fn schema() -> Vec<KnobSpec> {
             StrList,
             KnobValue::StrList(DEFAULT_RUNGS.iter().map(|rung| rung.to_string()).collect()),
             "the ladder: each rung adds to the one before either knob=value assignments (comma-separated) or a word: augment, dropout, weight_decay, larger (2x width and steps), downscale, smaller_batch; every rung is early stopped",
+        ),
+        KnobSpec::choice(
+            knob::REGULARIZE_SELECT,
+            Select::ValLoss,
+            "regularize: the best rung has the lowest val_loss (what early stopping minimises) or the highest val_acc (ties: lower loss)",
         ),
         KnobSpec::new(
             "cache.remote",

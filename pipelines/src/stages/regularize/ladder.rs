@@ -2,7 +2,9 @@
 //! validation curves (`curves.svg`), the best rung's knobs (`best.toml`) and its
 //! checkpoint, and the verdicts over them. The best rung is the one with the lowest
 //! validation loss (what early stopping minimises, and a finer measure than
-//! accuracy on a small validation split).
+//! accuracy on a small validation split), or with `regularize.select = "val_acc"` the
+//! highest validation accuracy (then the lower loss): the two can disagree, since a
+//! change that makes the model less confident can lower loss and accuracy together.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +17,31 @@ use super::rungs::Rung;
 use crate::plot::Curves;
 use crate::render::{charts_svg, Panel, Series, PALETTE};
 use crate::stages::common::json_bytes;
+
+/// `regularize.select`: what makes a rung the best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    ValLoss,
+    ValAcc,
+}
+
+impl workspace::ChoiceKnob for Select {
+    const OPTIONS: &'static [&'static str] = &["val_loss", "val_acc"];
+
+    fn from_index(index: usize) -> Select {
+        [Select::ValLoss, Select::ValAcc][index]
+    }
+}
+
+impl Select {
+    /// Whether `a` is strictly better than `b`.
+    fn better(self, a: &Row, b: &Row) -> bool {
+        match self {
+            Select::ValLoss => a.val_loss < b.val_loss,
+            Select::ValAcc => a.val_acc > b.val_acc || (a.val_acc == b.val_acc && a.val_loss < b.val_loss),
+        }
+    }
+}
 
 /// The ladder's metrics: the best rung's numbers (what `evaluate` and the headline
 /// read), rung 0's for comparison, and one entry per later rung named after its
@@ -32,6 +59,9 @@ pub struct Metrics {
     /// Rung 0: the configured model, early stopped, nothing else changed.
     pub base_val_loss: f64,
     pub base_val_acc: f64,
+    /// 1 when the best rung is the most accurate one (`regularize.select = "val_acc"`).
+    #[serde(default)]
+    pub selected_by_acc: f64,
     #[serde(flatten)]
     pub deltas: BTreeMap<String, f64>,
 }
@@ -83,13 +113,13 @@ pub fn rows(rungs: &[Rung], members: &[(workspace::InstanceSpec, StageOutput)]) 
     Ok(rows)
 }
 
-/// The rung with the lowest validation loss (the first of equals).
-pub fn best(rows: &[Row]) -> usize {
-    rows.iter().enumerate().fold(0, |best, (i, row)| if row.val_loss < rows[best].val_loss { i } else { best })
+/// The best rung by `select` (the first of equals).
+pub fn best(rows: &[Row], select: Select) -> usize {
+    rows.iter().enumerate().fold(0, |best, (i, row)| if select.better(row, &rows[best]) { i } else { best })
 }
 
-pub fn metrics(rows: &[Row]) -> Metrics {
-    let b = &rows[best(rows)];
+pub fn metrics(rows: &[Row], select: Select) -> Metrics {
+    let b = &rows[best(rows, select)];
     let deltas = rows
         .iter()
         .filter_map(|row| Some((format!("rung {}: {}", row.rung, row.change), row.delta_val_loss?)))
@@ -104,20 +134,20 @@ pub fn metrics(rows: &[Row]) -> Metrics {
         rungs: rows.len() as f64,
         base_val_loss: rows[0].val_loss,
         base_val_acc: rows[0].val_acc,
+        selected_by_acc: f64::from(u8::from(select == Select::ValAcc)),
         deltas,
     }
 }
 
-pub fn ladder_json(rows: &[Row]) -> Result<Vec<u8>, ExecError> {
-    json_bytes(&json!({ "best_rung": best(rows), "rungs": rows }))
+pub fn ladder_json(rows: &[Row], best: usize) -> Result<Vec<u8>, ExecError> {
+    json_bytes(&json!({ "best_rung": best, "rungs": rows }))
 }
 
 /// The table as fixed-width text (the report shows it as is).
-pub fn ladder_text(rows: &[Row]) -> String {
+pub fn ladder_text(rows: &[Row], best: usize) -> String {
     let signed = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:+.4}"));
     let mut text =
         String::from("rung  train loss  train acc  val loss  val acc  d val loss  d val acc  best step  change\n");
-    let best = best(rows);
     for row in rows {
         let _ = writeln!(
             text,
@@ -166,8 +196,8 @@ pub fn curves_svg(rows: &[Row], curves: &[Option<Curves>]) -> String {
 }
 
 /// `best.toml`: the best rung's overrides as a `pipe.toml` snippet, by section.
-pub fn best_toml(rows: &[Row], overrides: &[(workspace::KnobId, KnobValue)]) -> String {
-    let b = &rows[best(rows)];
+pub fn best_toml(rows: &[Row], best: usize, overrides: &[(workspace::KnobId, KnobValue)]) -> String {
+    let b = &rows[best];
     let mut text = format!(
         "# The best rung of the regularization ladder: rung {} ({}),\n# validation loss {:.4}, accuracy {:.4}. Add to pipe.toml.\n",
         b.rung, b.change, b.val_loss, b.val_acc
@@ -202,17 +232,30 @@ pub fn verdicts(m: &Metrics) -> Vec<Verdict> {
             "complexify only one at a time: drop that change from regularize.rungs or give it another value".into()
         }),
     };
-    let gain = m.base_val_loss - m.val_loss;
+    let by_acc = m.selected_by_acc > 0.0;
+    let gain = if by_acc { m.val_acc - m.base_val_acc } else { m.base_val_loss - m.val_loss };
     let beats = gain > 0.0;
     let beats_overfit = Verdict {
         check: "beats_overfit".into(),
         status: if beats { VerdictStatus::Pass } else { VerdictStatus::Warn },
         value: gain,
         expected: 0.0,
-        message: format!(
-            "best rung {} has validation loss {:.4} (accuracy {:.4}), the unregularized rung 0 {:.4} (accuracy {:.4})",
-            m.best_rung, m.val_loss, m.val_acc, m.base_val_loss, m.base_val_acc
-        ),
+        message: if by_acc {
+            format!(
+                "best rung {} by accuracy has validation accuracy {:.4} (loss {:.4}), the unregularized rung 0 {:.4} (loss {:.4})",
+                m.best_rung, m.val_acc, m.val_loss, m.base_val_acc, m.base_val_loss
+            )
+        } else {
+            format!(
+                "best rung {} has validation loss {:.4} (accuracy {:.4}), the unregularized rung 0 {:.4} (accuracy {:.4}){}",
+                m.best_rung,
+                m.val_loss,
+                m.val_acc,
+                m.base_val_loss,
+                m.base_val_acc,
+                if m.val_acc < m.base_val_acc { ": lower loss, lower accuracy (regularize.select = \"val_acc\" picks by accuracy)" } else { "" }
+            )
+        },
         hint: (!beats).then(|| {
             "no rung beat the unregularized model: try other changes (more data, augmentation, a pretrained model via model.init_from)".into()
         }),
@@ -243,8 +286,8 @@ mod tests {
     #[test]
     fn a_rung_that_hurts_warns_naming_its_change() {
         let rows = vec![row(0, 0.30, None), row(1, 0.25, Some(0.30)), row(2, 0.28, Some(0.25))];
-        assert_eq!(best(&rows), 1);
-        let m = metrics(&rows);
+        assert_eq!(best(&rows, Select::ValLoss), 1);
+        let m = metrics(&rows, Select::ValLoss);
         assert_eq!((m.best_rung, m.val_loss, m.base_val_loss), (1.0, 0.25, 0.30));
         let verdicts = verdicts(&m);
         assert_eq!(verdicts[0].status, VerdictStatus::Warn);
@@ -255,14 +298,35 @@ mod tests {
         let flat = crate::stages::flat::to_map(&m).unwrap();
         let back: Metrics = crate::stages::flat::from_map(&flat).unwrap();
         assert_eq!(back.deltas, m.deltas);
-        assert!(ladder_text(&rows).lines().nth(2).unwrap().ends_with("change 1  <- best"));
+        assert!(ladder_text(&rows, 1).lines().nth(2).unwrap().ends_with("change 1  <- best"));
     }
 
     #[test]
     fn no_better_rung_warns() {
         let rows = vec![row(0, 0.20, None), row(1, 0.25, Some(0.20))];
-        let verdicts = verdicts(&metrics(&rows));
+        let verdicts = verdicts(&metrics(&rows, Select::ValLoss));
         assert_eq!((verdicts[0].status, verdicts[1].status), (VerdictStatus::Warn, VerdictStatus::Warn));
+    }
+
+    #[test]
+    fn loss_and_accuracy_can_pick_different_rungs() {
+        // Rung 1 has the lower loss, rung 2 the higher accuracy.
+        let mut rows = vec![row(0, 0.30, None), row(1, 0.24, Some(0.30)), row(2, 0.26, Some(0.24))];
+        rows[0].val_acc = 0.91;
+        rows[1].val_acc = 0.90;
+        rows[2].val_acc = 0.92;
+        assert_eq!((best(&rows, Select::ValLoss), best(&rows, Select::ValAcc)), (1, 2));
+        let by_loss = verdicts(&metrics(&rows, Select::ValLoss));
+        assert_eq!(by_loss[1].status, VerdictStatus::Pass);
+        assert!(by_loss[1].message.contains("lower loss, lower accuracy"), "{}", by_loss[1].message);
+        let by_acc = metrics(&rows, Select::ValAcc);
+        assert_eq!((by_acc.best_rung, by_acc.val_acc), (2.0, 0.92));
+        let verdict = &verdicts(&by_acc)[1];
+        assert_eq!(verdict.status, VerdictStatus::Pass);
+        assert!((verdict.value - 0.01).abs() < 1e-12, "{verdict:?}");
+        // Ties on accuracy go to the lower loss.
+        rows[1].val_acc = 0.92;
+        assert_eq!(best(&rows, Select::ValAcc), 1);
     }
 
     #[test]
@@ -273,7 +337,7 @@ mod tests {
             (crate::ids::knob::MODEL_DROPOUT, KnobValue::Float(workspace::Float(0.1))),
             (crate::ids::knob::TRAIN_EARLY_STOPPING, KnobValue::Bool(true)),
         ];
-        let text = best_toml(&rows, &overrides);
+        let text = best_toml(&rows, 0, &overrides);
         assert!(
             text.ends_with("\n[augment]\ncrop_pad = 2\n\n[model]\ndropout = 0.1\n\n[train]\nearly_stopping = true\n"),
             "{text}"

@@ -49,11 +49,11 @@ impl RecipeStage for Regularize {
     type Metrics = Metrics;
 
     fn spec(&self) -> StageSpec {
-        let mut knobs = vec![knob::REGULARIZE_RUNGS];
+        let mut knobs = vec![knob::REGULARIZE_RUNGS, knob::REGULARIZE_SELECT];
         knobs.extend(VOCABULARY_KNOBS);
         StageSpec {
             id: stage::REGULARIZE,
-            version: 1,
+            version: 2,
             doc: "a ladder of early-stopped overfit instances, one change per rung; what each change bought",
             knobs,
             checks: vec![],
@@ -84,16 +84,17 @@ impl RecipeStage for Regularize {
             .iter()
             .map(|(_, output)| Ok(Curves::from_metrics_json(&artifact(output, "metrics.json")?)))
             .collect::<Result<Vec<_>, ExecError>>()?;
-        let best = ladder::best(&rows);
+        let select: ladder::Select = cx.choice(knob::REGULARIZE_SELECT)?;
+        let best = ladder::best(&rows, select);
         let (best_instance, best_output) = &members[best];
         let artifacts = vec![
             ("checkpoint.safetensors".to_string(), artifact(best_output, "checkpoint.safetensors")?),
-            ("ladder.json".into(), ladder::ladder_json(&rows)?),
-            ("ladder.txt".into(), ladder::ladder_text(&rows).into_bytes()),
+            ("ladder.json".into(), ladder::ladder_json(&rows, best)?),
+            ("ladder.txt".into(), ladder::ladder_text(&rows, best).into_bytes()),
             ("curves.svg".into(), ladder::curves_svg(&rows, &curves).into_bytes()),
-            ("best.toml".into(), ladder::best_toml(&rows, &best_instance.overrides).into_bytes()),
+            ("best.toml".into(), ladder::best_toml(&rows, best, &best_instance.overrides).into_bytes()),
         ];
-        Ok(Run { artifacts, metrics: ladder::metrics(&rows) })
+        Ok(Run { artifacts, metrics: ladder::metrics(&rows, select) })
     }
 
     fn judge(&self, metrics: &Metrics, _checks: &Checks<'_>) -> Result<Vec<Verdict>, VerdictError> {

@@ -101,7 +101,11 @@ fn best_rung_seeds(
         }
     }
     let rows = ladder::rows(&rungs, &results).map_err(|error| error.to_string())?;
-    let best = &instances[ladder::best(&rows)];
+    let select = knobs.get(&knob::REGULARIZE_SELECT).and_then(KnobValue::as_str);
+    let select = select
+        .and_then(<ladder::Select as workspace::ChoiceKnob>::parse)
+        .ok_or(format!("`{}` is {select:?}, not one of val_loss, val_acc", knob::REGULARIZE_SELECT))?;
+    let best = &instances[ladder::best(&rows, select)];
     seeds(&best.overrides, k, int(knobs, knob::TRAIN_SEED)?)
 }
 

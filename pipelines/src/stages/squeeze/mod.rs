@@ -124,7 +124,7 @@ impl RecipeStage for Squeeze {
                 ],
                 &members::TUNE_KNOBS,
                 &super::tune::plan::list_knobs(),
-                &[knob::REGULARIZE_RUNGS],
+                &[knob::REGULARIZE_RUNGS, knob::REGULARIZE_SELECT],
                 &super::regularize::rungs::VOCABULARY_KNOBS,
             ]),
             checks: vec![knob::SQUEEZE_MIN_GAIN, knob::SQUEEZE_MIN_KEPT],
