@@ -98,8 +98,9 @@ fn ctrl_c_abandons_training_releases_the_lock_and_exits_130() {
     assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
     assert!(!seen.iter().any(|line| line.contains("\"stage\":\"overfit\"")), "{seen:?}");
     // The lock is free and nothing partial was cached: the next build (with a small
-    // budget) runs only overfit and what depends on it.
-    let next = dir.build(&["--set", "train.steps=400"]);
+    // budget, too small to fit every training example, so the accuracy floor is
+    // lowered; thresholds are in no key) runs only overfit and what depends on it.
+    let next = dir.build(&["--set", "train.steps=400", "--set", "checks.overfit.min_train_acc=0.9"]);
     assert_eq!(next.code, 0, "{}", next.stderr);
     let ran: Vec<_> = stage_statuses(&next).into_iter().filter(|(_, s)| s == "ran").map(|(n, _)| n).collect();
     assert!(ran.contains(&"overfit".to_string()), "{ran:?}");
