@@ -36,6 +36,22 @@ fn trained_trials(run: &Run) -> Vec<String> {
         .collect()
 }
 
+/// A small MLP trained briefly, with the overfit checks relaxed: the members of the
+/// tune and regularize tests.
+const SMALL_MLP: &str = r#"
+[model]
+kind = "mlp"
+hidden = [16]
+
+[train]
+steps = 40
+eval_every = 20
+
+[checks.overfit]
+min_drop = 0.0
+min_train_acc = 0.0
+"#;
+
 fn pair(name: &str, status: &str) -> (String, String) {
     (name.to_string(), status.to_string())
 }
@@ -96,19 +112,8 @@ fn a_new_or_changed_member_retrains_only_that_member() {
 /// new one.
 #[test]
 fn members_from_tune_are_its_best_trials() {
-    let config = r#"
-[model]
-kind = "mlp"
-hidden = [16]
-
-[train]
-steps = 40
-eval_every = 20
-
-[checks.overfit]
-min_drop = 0.0
-min_train_acc = 0.0
-
+    let config = format!(
+        r#"{SMALL_MLP}
 [tune]
 trials = 3
 space = ["train.lr = log(1e-3, 3e-2)"]
@@ -116,8 +121,9 @@ space = ["train.lr = log(1e-3, 3e-2)"]
 [squeeze]
 k = 2
 members = "tune"
-"#;
-    let dir = TestDir::with_pipeline(config);
+"#
+    );
+    let dir = TestDir::with_pipeline(&config);
     let first = build(&dir, "squeeze");
     let trained = trained_trials(&first);
     assert_eq!(trained.len(), 3, "every trial trains: {trained:?}");
@@ -165,27 +171,17 @@ members = "tune"
 /// member 1 is that rung under the next seed.
 #[test]
 fn members_from_regularize_are_seeds_of_its_best_rung() {
-    let config = r#"
-[model]
-kind = "mlp"
-hidden = [16]
-
-[train]
-steps = 40
-eval_every = 20
-
-[checks.overfit]
-min_drop = 0.0
-min_train_acc = 0.0
-
+    let config = format!(
+        r#"{SMALL_MLP}
 [regularize]
 rungs = ["train.lr=0.01", "model.hidden=[32]"]
 
 [squeeze]
 k = 2
 members = "regularize"
-"#;
-    let dir = TestDir::with_pipeline(config);
+"#
+    );
+    let dir = TestDir::with_pipeline(&config);
     let first = build(&dir, "squeeze");
     let trained = trained_trials(&first);
     assert_eq!(trained.len(), 4, "three rungs and one more seed: {trained:?}");
