@@ -22,12 +22,9 @@ pub struct Metrics {
     pub batch_std: f64,
     pub batch_size: f64,
     /// The largest magnitude in the batch as fed (augmented), and before augmentation.
-    #[serde(default)]
     pub batch_max_abs: f64,
-    #[serde(default)]
     pub clean_max_abs: f64,
     /// 1 when the images are standardised per pixel (`data.normalize = "feature"`).
-    #[serde(default)]
     pub per_pixel: f64,
 }
 

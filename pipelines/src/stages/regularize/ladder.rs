@@ -60,7 +60,6 @@ pub struct Metrics {
     pub base_val_loss: f64,
     pub base_val_acc: f64,
     /// 1 when the best rung is the most accurate one (`regularize.select = "val_acc"`).
-    #[serde(default)]
     pub selected_by_acc: f64,
     #[serde(flatten)]
     pub deltas: BTreeMap<String, f64>,

@@ -77,6 +77,7 @@ impl RecipeStage for Regularize {
 
     fn run(&self, cx: &Cx<'_, '_>) -> Result<Run<Metrics>, ExecError> {
         let rungs = self.rungs(cx.exec.knobs).map_err(ExecError::Failed)?;
+        let select: ladder::Select = cx.choice(knob::REGULARIZE_SELECT)?;
         let members = cx.exec.members;
         let rows = ladder::rows(&rungs, members)?;
         let artifact = |output: &workspace::StageOutput, name: &str| cx.artifact("a ladder rung", output, name);
@@ -84,7 +85,6 @@ impl RecipeStage for Regularize {
             .iter()
             .map(|(_, output)| Ok(Curves::from_metrics_json(&artifact(output, "metrics.json")?)))
             .collect::<Result<Vec<_>, ExecError>>()?;
-        let select: ladder::Select = cx.choice(knob::REGULARIZE_SELECT)?;
         let best = ladder::best(&rows, select);
         let (best_instance, best_output) = &members[best];
         let artifacts = vec![

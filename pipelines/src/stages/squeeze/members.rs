@@ -20,6 +20,7 @@ use workspace::{ExecError, InstanceSpec, KnobId, KnobValue, MemberLookup};
 
 use crate::ids::{knob, stage};
 use crate::stages::common::Cx;
+use crate::stages::regularize::rungs::VOCABULARY_KNOBS;
 use crate::stages::regularize::{ladder, Regularize};
 use crate::stages::tune::plan::{list_knobs, plan, score, Setup};
 
@@ -145,13 +146,21 @@ fn best_trials(
 }
 
 /// The knobs `run` does not otherwise need: read (so a missing one is named), and the
-/// tune's parsed when it is the source.
-pub fn check_tune_knobs(cx: &Cx<'_, '_>, source: MemberSource) -> Result<(), ExecError> {
-    for id in TUNE_KNOBS.into_iter().chain(list_knobs()) {
+/// tune's or the ladder's parsed when it is the source.
+pub fn check_source_knobs(cx: &Cx<'_, '_>, source: MemberSource, ladder: &Regularize) -> Result<(), ExecError> {
+    let ladder_knobs = [knob::REGULARIZE_RUNGS, knob::REGULARIZE_SELECT];
+    for id in TUNE_KNOBS.into_iter().chain(list_knobs()).chain(ladder_knobs).chain(VOCABULARY_KNOBS) {
         cx.exec.knob(id)?;
     }
-    if source == MemberSource::Tune {
-        Setup::new(cx.exec.knobs).map_err(|error| ExecError::Failed(error.to_string()))?;
+    match source {
+        MemberSource::Tune => {
+            Setup::new(cx.exec.knobs).map_err(|error| ExecError::Failed(error.to_string()))?;
+        }
+        MemberSource::Regularize => {
+            ladder.rungs(cx.exec.knobs).map_err(ExecError::Failed)?;
+            let _: ladder::Select = cx.choice(knob::REGULARIZE_SELECT)?;
+        }
+        MemberSource::Seeds => {}
     }
     Ok(())
 }

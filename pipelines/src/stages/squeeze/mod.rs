@@ -153,7 +153,7 @@ impl RecipeStage for Squeeze {
     fn run(&self, cx: &Cx<'_, '_>) -> Result<Run<Metrics>, ExecError> {
         let settings = Settings::read(cx)?;
         let source: MemberSource = cx.choice(knob::SQUEEZE_MEMBERS)?;
-        members::check_tune_knobs(cx, source)?;
+        members::check_source_knobs(cx, source, &self.ladder)?;
         if cx.exec.members.len() != settings.k {
             return Err(ExecError::Failed(format!(
                 "squeeze has {} members, squeeze.k asks for {}",
