@@ -129,7 +129,7 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
     if !waiting.is_empty() {
         return Err(Blocked::Waiting(waiting));
     }
-    let knobs = knob_texts(db, spec, &stage.knobs);
+    let knobs = knob_texts(db, spec);
     let fingerprints: BTreeMap<String, ArtifactHash> = stage
         .fingerprints
         .iter()
@@ -162,18 +162,30 @@ pub(crate) fn knob_text(db: &dyn Db, knob: Knob) -> String {
     knob.value(db).canonical()
 }
 
-/// The canonical texts of the knobs `ids` for `spec` (its override where it has one,
-/// else the config's value, as [`knob_text`] holds it), by knob name: a stage key's knobs.
-pub(crate) fn knob_texts(db: &dyn Db, spec: &InstanceSpec, ids: &[KnobId]) -> BTreeMap<String, String> {
-    ids.iter()
-        .map(|id| {
-            let text = match spec.override_of(*id) {
-                Some(value) => value.canonical(),
-                None => knob_text(db, db.inputs().knob(*id)).clone(),
-            };
-            (id.0.to_string(), text)
-        })
-        .collect()
+/// The canonical texts of the knobs `spec`'s stage reads (its override where it has one,
+/// else the config's value, as [`knob_text`] holds it), by knob name: a stage key's
+/// knobs. An instance with overrides starts from its plain stage's texts
+/// ([`config_knob_texts`], one query read instead of one per knob) and replaces its
+/// overrides.
+pub(crate) fn knob_texts(db: &dyn Db, spec: &InstanceSpec) -> BTreeMap<String, String> {
+    if spec.overrides.is_empty() {
+        let ids = &db.engine().stage(spec.stage.0).spec().knobs;
+        return ids.iter().map(|id| (id.0.to_string(), knob_text(db, db.inputs().knob(*id)).clone())).collect();
+    }
+    let mut texts = config_knob_texts(db, Instance::new(db, InstanceSpec::plain(spec.stage))).clone();
+    for (id, value) in &spec.overrides {
+        if let Some(text) = texts.get_mut(id.0) {
+            *text = value.canonical();
+        }
+    }
+    texts
+}
+
+/// [`knob_texts`] of a plain stage (`plain` has no overrides): what each of its
+/// instances' key texts start from.
+#[salsa::tracked(returns(ref))]
+pub(crate) fn config_knob_texts(db: &dyn Db, plain: Instance) -> BTreeMap<String, String> {
+    knob_texts(db, plain.spec(db))
 }
 
 /// The inputs of a stage's key from the canonical texts of its knobs ([`knob_texts`])
