@@ -126,11 +126,14 @@ pub fn print(reports: &[StageReport]) {
     if scorecard.is_empty() {
         return;
     }
-    let mut stdout = std::io::stdout().lock();
+    // One write for the whole card, not one per line (a tune's has thousands).
+    let mut text = String::new();
     for line in scorecard.lines() {
-        // A closed stdout (`pipe build | head`) is not an error.
-        let _ = std::io::Write::write_all(&mut stdout, format!("{line}\n").as_bytes());
+        text.push_str(&line);
+        text.push('\n');
     }
+    // A closed stdout (`pipe build | head`) is not an error.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
 }
 
 #[cfg(test)]

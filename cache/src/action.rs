@@ -239,7 +239,9 @@ impl ActionCache {
     /// and encoding them is cheaper than parsing the file back.
     pub fn last_is(&self, stage: &str, inputs: &KeyInputs) -> bool {
         let Ok(bytes) = crate::fs::read(&self.root, &self.last.join(format!("{stage}.json"))) else { return false };
-        serde_json::to_vec_pretty(inputs).is_ok_and(|expected| expected == bytes)
+        // Encoded straight against the file's bytes (no second megabyte for a tune).
+        let mut rest = Compare { rest: &bytes };
+        serde_json::to_writer_pretty(&mut rest, inputs).is_ok() && rest.rest.is_empty()
     }
 
     /// Key inputs of the latest build of `stage`, if any.
@@ -252,6 +254,28 @@ impl ActionCache {
         if let Some(name) = path.file_name() {
             crate::fs::rename(&self.root, path, &self.quarantine.join(name)).ok();
         }
+    }
+}
+
+/// A writer that checks what is written against `rest`, consuming it; the first
+/// difference is an error, which stops the encoder.
+struct Compare<'a> {
+    rest: &'a [u8],
+}
+
+impl std::io::Write for Compare<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self.rest.strip_prefix(bytes) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(bytes.len())
+            }
+            None => Err(std::io::Error::other("differs")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -298,6 +322,15 @@ mod tests {
         let mut other = manifest.inputs.clone();
         other.knobs.insert("train.lr".into(), "f64:0.5".into());
         assert!(!cache.actions().last_is("data", &other) && !cache.actions().last_is("train", &manifest.inputs));
+        // A file with more, or fewer, bytes than the encoding is not the same either.
+        let last = dir.join("last/data.json");
+        let bytes = std::fs::read(&last).unwrap();
+        std::fs::write(&last, [bytes.as_slice(), b"\n"].concat()).unwrap();
+        assert!(!cache.actions().last_is("data", &manifest.inputs));
+        std::fs::write(&last, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(!cache.actions().last_is("data", &manifest.inputs));
+        std::fs::write(&last, &bytes).unwrap();
+        assert!(cache.actions().last_is("data", &manifest.inputs));
 
         let object = cache.store().path(&manifest.artifacts["dataset.safetensors"].hash);
         std::fs::remove_file(&object).unwrap();

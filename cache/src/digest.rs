@@ -100,7 +100,10 @@ macro_rules! digest_type {
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.to_hex())
+                let mut text = [0u8; 64];
+                crate::digest::hex_into(&self.0, &mut text);
+                // Only ASCII hex digits were written.
+                serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
             }
         }
 

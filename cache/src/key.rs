@@ -48,24 +48,47 @@ pub struct KeyInputs {
 }
 
 impl KeyInputs {
-    /// The canonical byte encoding hashed into the key.
+    /// The canonical byte encoding hashed into the key. Built by pushing bytes, not by
+    /// formatting: a tune's key names thousands of member artifacts, and each of its
+    /// thousand trials has a key of its own.
     pub fn canonical(&self) -> String {
-        use std::fmt::Write as _;
         let hashes = self.upstream.len() + self.fingerprints.len();
         let mut text = String::with_capacity(256 + 64 * self.knobs.len() + 128 * hashes);
-        // Writing into a String cannot fail.
-        let _ = write!(text, "pipe-key-v1\nstage={}\nstage_version={}\n", self.stage, self.stage_version);
-        let _ = writeln!(text, "tool_version={}", self.tool_version);
+        let mut hex = [0u8; 64];
+        let mut hash_line = |text: &mut String, what: &str, name: &str, hash: &ArtifactHash| {
+            crate::digest::hex_into(hash.as_bytes(), &mut hex);
+            text.push_str(what);
+            text.push_str(name);
+            text.push('=');
+            // Only ASCII hex digits were written.
+            text.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+            text.push('\n');
+        };
+        text.push_str("pipe-key-v1\nstage=");
+        text.push_str(&self.stage);
+        text.push_str("\nstage_version=");
+        text.push_str(&self.stage_version.to_string());
+        text.push_str("\ntool_version=");
+        text.push_str(&self.tool_version);
+        text.push('\n');
         for (name, value) in &self.knobs {
-            let _ = writeln!(text, "knob {name}={value}");
+            text.push_str("knob ");
+            text.push_str(name);
+            text.push('=');
+            text.push_str(value);
+            text.push('\n');
         }
         for (name, hash) in &self.upstream {
-            let _ = writeln!(text, "upstream {name}={hash}");
+            hash_line(&mut text, "upstream ", name, hash);
         }
         for (name, hash) in &self.fingerprints {
-            let _ = writeln!(text, "fingerprint {name}={hash}");
+            hash_line(&mut text, "fingerprint ", name, hash);
         }
-        let _ = write!(text, "device={}\ndtype={}\n", self.device, self.dtype);
+        text.push_str("device=");
+        text.push_str(&self.device);
+        text.push_str("\ndtype=");
+        text.push_str(&self.dtype);
+        text.push('\n');
         text
     }
 
@@ -161,6 +184,42 @@ mod tests {
             device: "cpu".into(),
             dtype: "f32".into(),
         }
+    }
+
+    /// The encoding as it was first written (with `write!`): keys never change.
+    fn formatted(inputs: &KeyInputs) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        let _ = write!(text, "pipe-key-v1\nstage={}\nstage_version={}\n", inputs.stage, inputs.stage_version);
+        let _ = writeln!(text, "tool_version={}", inputs.tool_version);
+        for (name, value) in &inputs.knobs {
+            let _ = writeln!(text, "knob {name}={value}");
+        }
+        for (name, hash) in &inputs.upstream {
+            let _ = writeln!(text, "upstream {name}={hash}");
+        }
+        for (name, hash) in &inputs.fingerprints {
+            let _ = writeln!(text, "fingerprint {name}={hash}");
+        }
+        let _ = write!(text, "device={}\ndtype={}\n", inputs.device, inputs.dtype);
+        text
+    }
+
+    #[test]
+    fn the_canonical_text_is_the_formatted_one() {
+        let mut many = inputs();
+        many.stage_version = 1234;
+        many.knobs.insert("model.hidden".into(), "list[int:64]".into());
+        many.upstream.insert("tune/b.json".into(), ArtifactHash::of(b"b"));
+        many.fingerprints.insert("dataset".into(), ArtifactHash::of(b"d"));
+        for inputs in [inputs(), many] {
+            assert_eq!(inputs.canonical(), formatted(&inputs));
+        }
+        // A key written before this encoding: the same bytes, the same key.
+        assert_eq!(
+            inputs().key().to_hex(),
+            StageKey::from_bytes(*blake3::hash(formatted(&inputs()).as_bytes()).as_bytes()).to_hex()
+        );
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub fn run(
         }
         RunnerKind::Slurm => Arc::new(slurm_runner(project, &session, slurm)?),
     };
-    let result = workspace::build(&mut session.db, &instances, &options, runner, |report| printer.stage(report));
+    let result = workspace::build(&mut session.db, &instances, &options, runner, |event| printer.event(event));
+    printer.flush();
     if result.interrupted {
         eprintln!("pipe: interrupted: running stages were abandoned; finished ones are cached");
         session.cache.save_stats().ok();

@@ -158,14 +158,25 @@ pub fn action_for(db: &Database, instance: Instance, inputs: &KeyInputs) -> Acti
     }
 }
 
+/// What [`build`] tells its caller as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum BuildEvent<'a> {
+    /// An instance settled (cached, ran, failed or skipped).
+    Settled(&'a StageReport),
+    /// The build now waits for running actions: what the caller buffered of the
+    /// instances settled so far should be shown (a no-op's thousand members settle in
+    /// one burst, and a write per line was a tenth of it).
+    Waiting,
+}
+
 /// Builds `instances` (in recipe order, as [`resolve_targets`] gives them), calling
-/// `on_stage` as each instance is settled.
+/// `on_stage` as each instance is settled and before each wait for running actions.
 pub fn build(
     db: &mut Database,
     instances: &[InstanceSpec],
     options: &BuildOptions,
     runner: Arc<dyn Runner>,
-    mut on_stage: impl FnMut(&StageReport),
+    mut on_stage: impl FnMut(BuildEvent<'_>),
 ) -> BuildResult {
     let mut instances: Vec<InstanceSpec> = instances.to_vec();
     // Instances met later are only members of a fan-in stage (trials, rungs): their
@@ -238,7 +249,7 @@ pub fn build(
                         };
                         failed_names.insert(report.name.0.clone());
                         stopped |= !options.keep_going;
-                        on_stage(&report);
+                        on_stage(BuildEvent::Settled(&report));
                         reports.insert(index, report);
                         continue;
                     }
@@ -250,7 +261,7 @@ pub fn build(
                                 ..StageReport::skipped(&instances[index], None, "")
                             };
                             failed_names.insert(report.name.0.clone());
-                            on_stage(&report);
+                            on_stage(BuildEvent::Settled(&report));
                             reports.insert(index, report);
                         } else {
                             // Members (and their upstream) met for the first time.
@@ -285,7 +296,7 @@ pub fn build(
                             db.set_settled(*instance, Done { key, output }, false);
                             let report = settled_now(db, *instance, StageStatus::Cached, 0.0);
                             stopped |= stops(index, &report);
-                            on_stage(&report);
+                            on_stage(BuildEvent::Settled(&report));
                             reports.insert(index, report);
                             continue;
                         }
@@ -307,7 +318,7 @@ pub fn build(
         }
         for (index, report) in crate::settle::settle_members(db, &handles, hits, &mut record) {
             stopped |= stops(index, &report);
-            on_stage(&report);
+            on_stage(BuildEvent::Settled(&report));
             reports.insert(index, report);
         }
         let rescan = !stopped && !discovered.is_empty();
@@ -342,6 +353,7 @@ pub fn build(
             break;
         }
         // Wait for one action to finish, watching for Ctrl-C.
+        on_stage(BuildEvent::Waiting);
         let outcome = loop {
             match receiver.recv_timeout(Duration::from_millis(50)) {
                 Ok(outcome) => break Some(outcome),
@@ -433,7 +445,7 @@ pub fn build(
                 }
             };
             stopped |= stops(index, &report);
-            on_stage(&report);
+            on_stage(BuildEvent::Settled(&report));
             reports.insert(index, report);
         }
     }
@@ -474,7 +486,7 @@ pub fn build(
                 let key = instance_key_inputs(db, handles[index]).as_ref().ok().map(KeyInputs::key);
                 let report = StageReport::skipped(&instances[index], key, why);
                 if !interrupted {
-                    on_stage(&report);
+                    on_stage(BuildEvent::Settled(&report));
                 }
                 report
             }

@@ -22,8 +22,8 @@ pub mod verify;
 
 pub use action::{execute_and_store, run_action, Action, ActionOutcome, MemberOutput};
 pub use build::{
-    build, cached_reports, closure, plan, resolve_targets, status, BuildOptions, BuildResult, Lookup, Planned,
-    StageReport, StaleReason, StatusReport,
+    build, cached_reports, closure, plan, resolve_targets, status, BuildEvent, BuildOptions, BuildResult, Lookup,
+    Planned, StageReport, StaleReason, StatusReport,
 };
 pub use config::{Config, ConfigError};
 pub use db::{Blocked, Database, Db, StageStatus};

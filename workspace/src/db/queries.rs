@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cache::{ArtifactHash, KeyInputs, StageKey};
 
-use super::{Blocked, Db, Instance};
+use super::{Blocked, Db, Instance, Knob};
 use crate::instance::InstanceSpec;
 use crate::knob::{KnobId, KnobValue};
 use crate::recipe::{Checks, Stage, StageOutput, Verdict, VerdictStatus};
@@ -118,12 +118,18 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
             None => waiting.push(up_spec),
         }
     }
-    let members = instance_members(db, instance).as_ref().map_err(|message| Blocked::Invalid(message.clone()))?;
+    // A stage without members (a trial) does not ask: one query less per trial.
+    let members: &[(InstanceSpec, Option<StageOutput>)] = if db.engine().stage(spec.stage.0).member_stages().is_empty()
+    {
+        &[]
+    } else {
+        instance_members(db, instance).as_ref().map_err(|message| Blocked::Invalid(message.clone()))?
+    };
     waiting.extend(members.iter().filter(|(_, output)| output.is_none()).map(|(member, _)| member.clone()));
     if !waiting.is_empty() {
         return Err(Blocked::Waiting(waiting));
     }
-    let knobs = resolved_knobs(db, spec, &stage.knobs);
+    let knobs = knob_texts(db, spec);
     let fingerprints: BTreeMap<String, ArtifactHash> = stage
         .fingerprints
         .iter()
@@ -132,7 +138,7 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
             (name.to_string(), hash)
         })
         .collect();
-    let mut inputs = key_inputs(stage, &knobs, &upstream, fingerprints, &device_name(db));
+    let mut inputs = key_inputs(stage, knobs, &upstream, fingerprints, &device_name(db));
     for (member, output) in members {
         if let Some(output) = output {
             // The member's name once, not once per artifact.
@@ -149,10 +155,44 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
     Ok(inputs)
 }
 
-/// The inputs of a stage's key from resolved knob values and upstream outputs.
+/// The canonical text of a knob's configured value, computed once per value: each of
+/// a thousand trials reads some 36 knobs, nearly all at the config's value.
+#[salsa::tracked(returns(ref))]
+pub(crate) fn knob_text(db: &dyn Db, knob: Knob) -> String {
+    knob.value(db).canonical()
+}
+
+/// The canonical texts of the knobs `spec`'s stage reads (its override where it has one,
+/// else the config's value, as [`knob_text`] holds it), by knob name: a stage key's
+/// knobs. An instance with overrides starts from its plain stage's texts
+/// ([`config_knob_texts`], one query read instead of one per knob) and replaces its
+/// overrides.
+pub(crate) fn knob_texts(db: &dyn Db, spec: &InstanceSpec) -> BTreeMap<String, String> {
+    if spec.overrides.is_empty() {
+        let ids = &db.engine().stage(spec.stage.0).spec().knobs;
+        return ids.iter().map(|id| (id.0.to_string(), knob_text(db, db.inputs().knob(*id)).clone())).collect();
+    }
+    let mut texts = config_knob_texts(db, Instance::new(db, InstanceSpec::plain(spec.stage))).clone();
+    for (id, value) in &spec.overrides {
+        if let Some(text) = texts.get_mut(id.0) {
+            *text = value.canonical();
+        }
+    }
+    texts
+}
+
+/// [`knob_texts`] of a plain stage (`plain` has no overrides): what each of its
+/// instances' key texts start from.
+#[salsa::tracked(returns(ref))]
+pub(crate) fn config_knob_texts(db: &dyn Db, plain: Instance) -> BTreeMap<String, String> {
+    knob_texts(db, plain.spec(db))
+}
+
+/// The inputs of a stage's key from the canonical texts of its knobs ([`knob_texts`])
+/// and its upstream outputs.
 pub(crate) fn key_inputs(
     stage: &crate::recipe::StageSpec,
-    knobs: &BTreeMap<KnobId, KnobValue>,
+    knobs: BTreeMap<String, String>,
     upstream: &BTreeMap<crate::recipe::StageId, StageOutput>,
     fingerprints: BTreeMap<String, ArtifactHash>,
     device: &str,
@@ -161,11 +201,17 @@ pub(crate) fn key_inputs(
         stage: stage.id.0.to_string(),
         stage_version: stage.version,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        knobs: knobs.iter().map(|(id, value)| (id.0.to_string(), value.canonical())).collect(),
+        knobs,
         upstream: upstream
             .iter()
             .flat_map(|(stage, output)| {
-                output.artifacts.iter().map(move |(name, artifact)| (format!("{stage}/{name}"), artifact.hash))
+                output.artifacts.iter().map(move |(name, artifact)| {
+                    let mut entry = String::with_capacity(stage.0.len() + 1 + name.len());
+                    entry.push_str(stage.0);
+                    entry.push('/');
+                    entry.push_str(name);
+                    (entry, artifact.hash)
+                })
             })
             .collect(),
         fingerprints,
