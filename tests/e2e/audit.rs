@@ -143,9 +143,11 @@ fn the_trained_model_ranks_planted_flips_first() {
         report["issues"].as_array().unwrap().iter().map(|i| i["example"]["source_index"].as_u64().unwrap()).collect();
     let caught = ranked.iter().filter(|i| planted.contains(i)).count();
     let top = ranked.iter().take(planted.len()).filter(|i| planted.contains(i)).count();
-    // Measured: 12 planted in ~1,080 training examples; 18 flagged, 10 of them planted.
-    assert!(caught * 4 >= planted.len() * 3, "caught {caught} of {}: {ranked:?}", planted.len());
-    assert!(top * 2 >= planted.len(), "the first {} issues hold {top} planted: {ranked:?}", planted.len());
+    // Measured (label_issues v7): 12 planted in ~1,080 training examples; 17 flagged,
+    // all 12 planted among them, 10 in the first 12 (v4: 18 flagged, 10 of them planted).
+    assert!(caught * 10 >= planted.len() * 9, "caught {caught} of {}: {ranked:?}", planted.len());
+    assert!(caught * 2 >= ranked.len(), "precision below 50%: {ranked:?}");
+    assert!(top * 3 >= planted.len() * 2, "the first {} issues hold {top} planted: {ranked:?}", planted.len());
     let first = &report["issues"][0];
     assert_eq!(first["neighbours"].as_array().unwrap().len(), 10);
     assert_ne!(first["suggested_label"], first["example"]["label"]);
@@ -159,6 +161,36 @@ fn the_trained_model_ranks_planted_flips_first() {
     assert_eq!(verdict["status"], "pass", "{verdict}");
     // `label_issues` is its own target: the overfit target does not run it.
     assert!(run.lines().iter().all(|l| l["stage"] != "evaluate"), "label_issues needs no test score");
+}
+
+/// `label_issues` with the measurement's convnet on digits with 30% of the fours
+/// labelled nine (a block `inspect` finds 19 of 34 of, among 26 flags): the classifier
+/// fitted out of fold on the trained model's embedding finds most of it with few false
+/// flags. Measured: 24 of the 34 planted among 25 flags (label_issues v4, neighbour
+/// votes in the same embedding: 5 among 7); about 15 s on one busy core.
+#[test]
+fn the_convnets_embedding_finds_most_of_a_large_flipped_block() {
+    let mut raw = digits_as_bytes();
+    let flipped = fixtures::flip_block(&mut raw, 4, 9, 0.3, 1);
+    let dir = TestDir::with_raw(&format!("[data]\nsource = \"idx:digits\"\n{MEASURED_CONVNET}"));
+    write_idx(&dir.path().join("digits"), &raw);
+    let run = dir.build(&["--threads", "1", "label_issues"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let stage = run.stage("label_issues");
+    let path = stage["artifacts"]["label_issues.json"]["path"].as_str().unwrap().to_string();
+    let report: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let flagged: BTreeSet<u32> =
+        report["flagged_source_indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    assert_eq!(flagged.len() as u64, report["n_issues"].as_u64().unwrap());
+    let (planted, recall, precision) = scored(&flagged, &raw, &flipped);
+    assert_eq!(planted, 34);
+    assert!(recall >= 0.6, "recall {recall:.3} ({} flagged)", flagged.len());
+    assert!(precision >= 0.85, "precision {precision:.3} ({} flagged)", flagged.len());
+    assert!(report["confident_joint"][9][4].as_u64().unwrap() > 0, "{}", report["confident_joint"]);
+    let accuracy = report["classifier"]["out_of_fold_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.5 && accuracy < 1.0, "{accuracy}");
+    let verdict = stage["verdicts"].as_array().unwrap().iter().find(|v| v["check"] == "label_issues").unwrap();
+    assert_eq!(verdict["status"], "pass", "{verdict}");
 }
 
 /// The convnet of the quality measurement: small enough for a few hundred steps a
