@@ -170,7 +170,7 @@ fn projections(standardised: &[f32], n: usize, d: usize, seed: u64) -> Vec<f32> 
 
 /// Each column to mean 0 and standard deviation 1 (in f64, in row order); a constant
 /// column is left at its value, so the bias column stays 1.
-fn standardise(values: &mut [f32], n: usize, dims: usize) {
+pub(crate) fn standardise(values: &mut [f32], n: usize, dims: usize) {
     if n == 0 {
         return;
     }

@@ -1,5 +1,5 @@
 //! Label issues of the training split: out-of-fold class probabilities (the audit's own
-//! classifier, `oof.rs`, or neighbour votes in a trained model's embedding) go through
+//! classifier, `oof.rs`, on random features or on a trained model's embedding) go through
 //! confident learning (`confident.rs`), which picks the likely errors; each one keeps
 //! its nearest out-of-fold training neighbours as the explanation.
 
@@ -70,29 +70,6 @@ pub fn audited_rows(n: usize, max: usize, seed: u64) -> Vec<usize> {
     rows
 }
 
-/// Confident learning over the audited training rows' out-of-fold neighbour votes (the
-/// votes are the probabilities and explain each issue).
-pub(crate) fn audit(
-    train: &View<'_>,
-    votes: &[Vec<Neighbour>],
-    audited: &[usize],
-    n_classes: usize,
-    filter: &Filter,
-) -> LabelAudit {
-    let mut priors = vec![0f64; n_classes];
-    train.split.y.iter().for_each(|&y| priors[y as usize] += 1.0);
-    let total = priors.iter().sum::<f64>().max(1.0);
-    priors.iter_mut().for_each(|p| *p /= total);
-    let probabilities: Vec<Vec<f64>> = audited
-        .iter()
-        .map(|&row| {
-            let labels: Vec<u32> = votes[row].iter().map(|nb| train.split.y[nb.row as usize]).collect();
-            confident::votes_to_probabilities(&labels, &priors, PRIOR_WEIGHT)
-        })
-        .collect();
-    audit_probabilities(train, &probabilities, votes, audited, n_classes, filter)
-}
-
 /// Confident learning over the audited training rows' out-of-fold `probabilities`
 /// (one row per audited row); each issue is explained by its out-of-fold neighbours
 /// (`votes`, per training row).
@@ -133,6 +110,3 @@ pub(crate) fn audit_probabilities(
         classifier: None,
     }
 }
-
-/// Weight of the class priors in the vote, in neighbours.
-const PRIOR_WEIGHT: f64 = 0.5;

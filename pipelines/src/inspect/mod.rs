@@ -55,11 +55,8 @@ pub struct InspectOptions {
 
 /// Dimensions of the audit's embedding.
 pub const EMBED_DIMS: usize = 64;
-/// A label issue's suggested label holds at least this out-of-fold probability (a
-/// majority), where the probabilities are neighbour votes (`model_eyes.rs`).
-pub const MIN_SUGGESTED_CONFIDENCE: f64 = 0.5;
 /// A label issue's suggested label holds at least this out-of-fold probability of the
-/// audit's own classifier (`oof.rs`). On all of Fashion-MNIST (clean, 45,000 training
+/// audit's own classifier (`oof.rs`, in `inspect` and in `label_issues`). On all of Fashion-MNIST (clean, 45,000 training
 /// images) the audit flagged 4.2% at 0.8 in inspect v4 (4.5% in v5, with the excess
 /// flags of `EXCESS_FACTOR` and a third round) (a NumPy prototype of the same
 /// classifier: 6.5% at 0.5, 4.6% at 0.7, 3.3% at 0.8, 1.9% at 0.9, while recall of

@@ -1,9 +1,9 @@
 //! `label_issues`: the label audit with the trained model's eyes (issue 15, item 3).
 //! After `overfit`, each training example goes through the trained checkpoint once (in
 //! evaluation mode); its penultimate-layer embedding (the head's input) replaces the
-//! fixed input-space embedding of `inspect`, and confident learning over out-of-fold
-//! neighbour votes lists the training examples the trained model's view most
-//! confidently contradicts, with pictures (`crate::inspect::model_eyes`). It reads the
+//! random features of `inspect`'s own out-of-fold classifier, and confident learning
+//! on that classifier's probabilities lists the training examples the trained model's
+//! view most confidently contradicts, with pictures (`crate::inspect::model_eyes`). It reads the
 //! training split only (`Cx::data`), never the test split. Not in the `overfit`
 //! target (it adds a pass over the training split to every training build): build it
 //! by name, `pipe build label_issues`. It shares the `inspect` knobs and its threshold,
@@ -42,7 +42,7 @@ impl RecipeStage for LabelIssues {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::LABEL_ISSUES,
-            version: 4,
+            version: 7,
             doc:
                 "label errors seen with the trained model's eyes: confident learning in its penultimate-layer embedding",
             knobs: vec![
@@ -97,7 +97,7 @@ impl RecipeStage for LabelIssues {
             value: m.issue_share,
             expected: limit,
             message: format!(
-                "{} of {} training examples look mislabelled to the trained model: most of their out-of-fold neighbours in its penultimate layer carry one other label ({:.1}% of them, at most {:.1}% allowed)",
+                "{} of {} training examples look mislabelled to the trained model: a classifier fitted out of fold on its penultimate layer gives another label ({:.1}% of them, at most {:.1}% allowed)",
                 m.n_issues,
                 m.n_audited,
                 100.0 * m.issue_share,
