@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod kernels;
 pub mod knobs;
 pub mod models;
+pub mod normalize;
 pub mod plot;
 pub mod render;
 pub mod rng;
