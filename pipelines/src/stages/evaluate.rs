@@ -149,11 +149,9 @@ impl RecipeStage for Evaluate {
         let ensemble = match scored_output.artifacts.get("squeeze.json") {
             Some(report) => {
                 let bytes = cx.exec.read(&report.hash)?;
-                let n_features = data.n_features();
-                let x = &data.test.x;
-                let score =
-                    super::squeeze::score_ensemble(cx.exec.store, &bytes, x, n_features, &data.test.y, &cx.device)
-                        .map_err(ExecError::Failed)?;
+                let (x, shape) = (&data.test.x, &data.meta.shape);
+                let score = super::squeeze::score_ensemble(cx.exec.store, &bytes, x, shape, &data.test.y, &cx.device)
+                    .map_err(ExecError::Failed)?;
                 Some(score)
             }
             None => None,

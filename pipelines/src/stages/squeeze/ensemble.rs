@@ -127,20 +127,96 @@ pub fn logits(model: &dyn Model, x: &[f32], features: usize, device: &Device) ->
     Ok(out)
 }
 
+/// `squeeze.tta`: test-time augmentation of every member's predictions (on the
+/// validation, training and test splits alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tta {
+    /// Each example as it is.
+    #[default]
+    None,
+    /// The mean of the probabilities of the image and of its mirror image (right for
+    /// members trained with `augment.hflip`, which have seen both).
+    Hflip,
+}
+
+impl workspace::ChoiceKnob for Tta {
+    const OPTIONS: &'static [&'static str] = &["none", "hflip"];
+
+    fn from_index(index: usize) -> Tta {
+        [Tta::None, Tta::Hflip][index]
+    }
+}
+
+/// How members see a split: the test-time augmentation and the examples' shape.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub tta: Tta,
+    pub shape: &'a [usize],
+}
+
+impl View<'_> {
+    /// Refuses a mirror image of data that is not a picture.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tta == Tta::Hflip && !crate::render::is_image(self.shape) {
+            return Err(format!(
+                "squeeze.tta = \"hflip\" mirrors images, but examples have shape {:?}: set squeeze.tta = \"none\"",
+                self.shape
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every row of `x` (examples whose last axis, of `width` values, runs left to
+/// right) mirrored left to right.
+pub fn hflip(x: &[f32], width: usize) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for row in out.chunks_mut(width.max(1)) {
+        row.reverse();
+    }
+    out
+}
+
+/// `model`'s probabilities at `temperature` for the rows of `x`, under the view's
+/// test-time augmentation (the mirror image's probabilities averaged in second).
+pub fn predict(
+    model: &dyn Model,
+    classes: usize,
+    x: &[f32],
+    temperature: f64,
+    view: View<'_>,
+    device: &Device,
+) -> Result<Probs, String> {
+    view.check()?;
+    let features = view.shape.iter().product::<usize>().max(1);
+    let probs = |x: &[f32]| -> Result<Probs, String> {
+        let z = logits(model, x, features, device).map_err(|e| format!("predict: {e}"))?;
+        Ok(Probs::softmax(&z, classes, temperature))
+    };
+    let plain = probs(x)?;
+    match view.tta {
+        Tta::None => Ok(plain),
+        Tta::Hflip => {
+            let width = view.shape.last().copied().unwrap_or(1);
+            let mirrored = probs(&hflip(x, width))?;
+            Probs::average(&[plain, mirrored]).ok_or_else(|| "mirror images predicted another shape".into())
+        }
+    }
+}
+
 /// The ensemble of the checkpoints `members` on `x`: each member's probabilities at
-/// `temperature`, averaged in member order.
+/// `temperature` (under the view's test-time augmentation), averaged in member order.
 pub fn ensemble_probs(
     members: &[Vec<u8>],
     x: &[f32],
-    features: usize,
     temperature: f64,
+    view: View<'_>,
     device: &Device,
 ) -> Result<Probs, String> {
     let mut probs = Vec::with_capacity(members.len());
     for bytes in members {
         let (spec, model, _) = load_checkpoint(bytes, device)?;
-        let z = logits(model.as_ref(), x, features, device).map_err(|e| format!("predict: {e}"))?;
-        probs.push(Probs::softmax(&z, spec_classes(&spec), temperature));
+        probs.push(predict(model.as_ref(), spec_classes(&spec), x, temperature, view, device)?);
     }
     Probs::average(&probs).ok_or_else(|| "the ensemble has no members, or members disagree on the classes".into())
 }
@@ -200,6 +276,48 @@ mod tests {
         assert!(soft.values[0] < sharp.values[0] && soft.values[2] > sharp.values[2]);
         assert!(soft.values[0] > soft.values[1] && soft.values[1] > soft.values[2]);
         assert!((soft.values.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn hflip_mirrors_each_row_and_twice_is_the_identity() {
+        // Two 2x3 images, row-major: each row of 3 reversed, nothing crosses rows.
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let flipped = hflip(&x, 3);
+        assert_eq!(flipped, [2.0, 1.0, 0.0, 5.0, 4.0, 3.0, 8.0, 7.0, 6.0, 11.0, 10.0, 9.0]);
+        assert_eq!(hflip(&flipped, 3), x);
+    }
+
+    #[test]
+    fn hflip_needs_pictures() {
+        let table = View { tta: Tta::Hflip, shape: &[16] };
+        let err = table.check().unwrap_err();
+        assert!(err.contains("squeeze.tta") && err.contains("[16]"), "{err}");
+        assert!(View { tta: Tta::None, shape: &[16] }.check().is_ok());
+        assert!(View { tta: Tta::Hflip, shape: &[1, 4, 4] }.check().is_ok());
+    }
+
+    /// Under hflip a member's probabilities are the mean of the image's and the
+    /// mirror image's; an image that is its own mirror image is unchanged.
+    #[test]
+    fn hflip_tta_averages_the_image_and_its_mirror() {
+        use crate::models::{Activation, Init, MlpSpec};
+        let device = Device::Cpu;
+        let spec = ModelSpec::Mlp(MlpSpec { n_in: 4, hidden: vec![5], n_out: 3, activation: Activation::Relu });
+        let model = spec.build(&Init::Naive, 7, &device).unwrap();
+        model.set_training(false);
+        let shape = [1, 2, 2];
+        let x = [0.5f32, -1.0, 2.0, 0.25, 1.0, 1.0, -0.5, -0.5];
+        let plain = View { tta: Tta::None, shape: &shape };
+        let tta = View { tta: Tta::Hflip, shape: &shape };
+        let got = predict(model.as_ref(), 3, &x, 1.0, tta, &device).unwrap();
+        let a = predict(model.as_ref(), 3, &x, 1.0, plain, &device).unwrap();
+        let b = predict(model.as_ref(), 3, &hflip(&x, 2), 1.0, plain, &device).unwrap();
+        assert_ne!(a.row(0), b.row(0), "the net is not mirror-symmetric: the test would prove nothing");
+        assert_eq!(got, Probs::average(&[a.clone(), b]).unwrap());
+        // The second image is its own mirror image.
+        for (p, q) in got.row(1).iter().zip(a.row(1)) {
+            assert!((p - q).abs() < 1e-6, "{:?} vs {:?}", got.row(1), a.row(1));
+        }
     }
 
     #[test]

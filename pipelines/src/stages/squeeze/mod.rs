@@ -28,7 +28,7 @@ use crate::data::Prepared;
 use crate::ids::{knob, stage};
 use crate::models::{Activation, Init, MlpSpec, ModelSpec};
 use distill::{Distill, Lesson};
-pub use ensemble::{ensemble_probs, load_checkpoint, Probs, Score};
+pub use ensemble::{ensemble_probs, load_checkpoint, Probs, Score, Tta, View};
 pub use members::MemberSource;
 
 pub struct Squeeze {
@@ -78,6 +78,7 @@ struct Settings {
     distill: Distill,
     student: StudentKind,
     student_hidden: Vec<usize>,
+    tta: Tta,
     optim: crate::train::OptimSpec,
     schedule: crate::train::Schedule,
     steps: usize,
@@ -92,6 +93,7 @@ impl Settings {
             distill: Distill { temperature: cx.f64(knob::SQUEEZE_TEMPERATURE)?, alpha: cx.f64(knob::SQUEEZE_ALPHA)? },
             student: cx.choice(knob::SQUEEZE_STUDENT)?,
             student_hidden: cx.int_list(knob::SQUEEZE_STUDENT_HIDDEN)?.iter().map(|&w| w as usize).collect(),
+            tta: cx.choice(knob::SQUEEZE_TTA)?,
             optim: cx.optim()?,
             schedule: cx.schedule()?,
             steps: cx.count(knob::TRAIN_STEPS)?,
@@ -107,7 +109,7 @@ impl RecipeStage for Squeeze {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::SQUEEZE,
-            version: 3,
+            version: 4,
             doc: "ensemble k seeds of the model against its best member; distill a student from it",
             knobs: knobs(&[
                 &OPTIM_KNOBS,
@@ -121,6 +123,7 @@ impl RecipeStage for Squeeze {
                     knob::SQUEEZE_STUDENT,
                     knob::SQUEEZE_STUDENT_HIDDEN,
                     knob::SQUEEZE_MEMBERS,
+                    knob::SQUEEZE_TTA,
                 ],
                 &members::TUNE_KNOBS,
                 &super::tune::plan::list_knobs(),
@@ -162,7 +165,9 @@ impl RecipeStage for Squeeze {
             )));
         }
         let data = cx.data()?;
-        let members = predict_members(cx, &data, settings.distill.temperature)?;
+        let view = View { tta: settings.tta, shape: &data.meta.shape };
+        view.check().map_err(ExecError::Failed)?;
+        let members = predict_members(cx, &data, settings.distill.temperature, view)?;
         let best = best_member(&members);
         let ensemble = Probs::average(&members.iter().map(|m| m.val.clone()).collect::<Vec<_>>())
             .ok_or_else(|| ExecError::Failed("members disagree on the classes".into()))?
@@ -192,6 +197,7 @@ impl RecipeStage for Squeeze {
             "best_member": members[best].name,
             "source": crate::stages::common::choice_name(source),
             "ensemble": {"val_acc": ensemble.acc, "val_loss": ensemble.loss, "combine": "mean of softmax probabilities"},
+            "tta": crate::stages::common::choice_name(settings.tta),
             "student": {
                 "model": student_spec.kind_name(),
                 "temperature": settings.distill.temperature,
@@ -259,8 +265,12 @@ struct Member {
     train_soft: Probs,
 }
 
-fn predict_members(cx: &Cx<'_, '_>, data: &Prepared, temperature: f64) -> Result<Vec<Member>, ExecError> {
-    let features = data.n_features();
+fn predict_members(
+    cx: &Cx<'_, '_>,
+    data: &Prepared,
+    temperature: f64,
+    view: View<'_>,
+) -> Result<Vec<Member>, ExecError> {
     let mut members = Vec::new();
     for (instance, output) in cx.exec.members {
         cx.exec.check_cancelled()?;
@@ -271,12 +281,10 @@ fn predict_members(cx: &Cx<'_, '_>, data: &Prepared, temperature: f64) -> Result
         let bytes = cx.exec.read(&artifact.hash)?;
         let (spec, model, _) = load_checkpoint(&bytes, &cx.device).map_err(failed)?;
         let classes = ensemble::spec_classes(&spec);
-        let val_logits = ensemble::logits(model.as_ref(), &data.val.x, features, &cx.device).map_err(err("predict"))?;
-        let train_logits =
-            ensemble::logits(model.as_ref(), &data.train.x, features, &cx.device).map_err(err("predict"))?;
-        let val = Probs::softmax(&val_logits, classes, 1.0);
+        let val = ensemble::predict(model.as_ref(), classes, &data.val.x, 1.0, view, &cx.device).map_err(failed)?;
         let score = val.score(&data.val.y);
-        let train_soft = Probs::softmax(&train_logits, classes, temperature);
+        let train_soft =
+            ensemble::predict(model.as_ref(), classes, &data.train.x, temperature, view, &cx.device).map_err(failed)?;
         members.push(Member { name, checkpoint: artifact.hash.to_hex(), spec, val, score, train_soft });
     }
     if members.is_empty() {
@@ -334,22 +342,28 @@ fn train(
 }
 
 /// The ensemble `squeeze.json` describes, scored on `x`/`labels` (e.g. the test
-/// split, by `evaluate`): member checkpoints are read from `store` by hash.
+/// split, by `evaluate`) under the test-time augmentation it names (none when it
+/// names none): member checkpoints are read from `store` by hash.
 pub fn score_ensemble(
     store: &cache::Store,
     squeeze_json: &[u8],
     x: &[f32],
-    features: usize,
+    shape: &[usize],
     labels: &[u32],
     device: &candle_core::Device,
 ) -> Result<Score, String> {
+    use workspace::ChoiceKnob as _;
     let report: serde_json::Value = serde_json::from_slice(squeeze_json).map_err(|e| format!("squeeze.json: {e}"))?;
     let hashes = report["members"].as_array().ok_or("squeeze.json lists no members")?;
+    let tta = match report["tta"].as_str() {
+        None => Tta::None,
+        Some(name) => Tta::parse(name).ok_or_else(|| format!("squeeze.json: unknown tta `{name}`"))?,
+    };
     let mut checkpoints = Vec::new();
     for member in hashes {
         let hash: cache::ArtifactHash =
             member["checkpoint"].as_str().unwrap_or_default().parse().map_err(|e: cache::CacheError| e.to_string())?;
         checkpoints.push(store.get(&hash).map_err(|e| e.to_string())?);
     }
-    Ok(ensemble_probs(&checkpoints, x, features, 1.0, device)?.score(labels))
+    Ok(ensemble_probs(&checkpoints, x, 1.0, View { tta, shape }, device)?.score(labels))
 }
