@@ -210,3 +210,23 @@ members = "regularize"
     let best_rung = ladder.stage("regularize")["metrics"]["best_rung"].as_f64().unwrap() as usize;
     assert_eq!(table["rungs"][best_rung]["instance"], best.as_str(), "{table}");
 }
+
+/// `squeeze.tta = "hflip"` re-scores the same members (cached) through their mirror
+/// images too, and says so in `squeeze.json`.
+#[test]
+fn test_time_flips_rescore_cached_members() {
+    let dir = TestDir::with_pipeline(SQUEEZE);
+    build(&dir, "squeeze[squeeze.k=2]");
+    let flipped =
+        dir.run_with_env(&["build", "--json", "--set", "squeeze.tta=\"hflip\"", "squeeze[squeeze.k=2]"], &[NO_STATES]);
+    assert_eq!(flipped.code, 0, "{}\n{}", flipped.stdout, flipped.stderr);
+    assert_eq!(
+        statuses(&flipped),
+        [pair("overfit", "cached"), pair("overfit[train.seed=1]", "cached"), pair("squeeze[squeeze.k=2]", "ran")]
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/squeeze[squeeze.k=2]/squeeze.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["tta"], "hflip", "{report}");
+    assert!(report["ensemble"]["val_acc"].is_f64(), "{report}");
+}
