@@ -129,10 +129,9 @@ pub fn logits(model: &dyn Model, x: &[f32], features: usize, device: &Device) ->
 
 /// `squeeze.tta`: test-time augmentation of every member's predictions (on the
 /// validation, training and test splits alike).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tta {
     /// Each example as it is.
-    #[default]
     None,
     /// The mean of the probabilities of the image and of its mirror image (right for
     /// members trained with `augment.hflip`, which have seen both).
