@@ -118,6 +118,7 @@ pub mod knob {
         SQUEEZE_STUDENT_HIDDEN = "squeeze.student_hidden",
         SQUEEZE_MEMBERS = "squeeze.members",
         SQUEEZE_TTA = "squeeze.tta",
+        SQUEEZE_COMBINE = "squeeze.combine",
         SQUEEZE_MIN_GAIN = "checks.squeeze.min_gain",
         SQUEEZE_MIN_KEPT = "checks.squeeze.min_kept",
     });

@@ -10,7 +10,7 @@ use crate::stages::data::Normalize;
 use crate::stages::evaluate::ScoredModel;
 use crate::stages::regularize::ladder::Select;
 use crate::stages::regularize::rungs::DEFAULT_RUNGS;
-use crate::stages::squeeze::{MemberSource, StudentKind, Tta};
+use crate::stages::squeeze::{Combine, MemberSource, StudentKind, Tta};
 use crate::train::{OptimizerName, ScheduleName};
 
 fn float(v: f64) -> KnobValue {
@@ -286,6 +286,7 @@ pub fn schema() -> Vec<KnobSpec> {
         ),
         KnobSpec::choice(knob::SQUEEZE_MEMBERS, MemberSource::Seeds, "squeeze: the members: seeds (overfit under train.seed, train.seed + 1, ...), tune (the squeeze.k best trials of tune, by val acc, then loss) or regularize (the best rung of regularize under train.seed, train.seed + 1, ...)"),
         KnobSpec::choice(knob::SQUEEZE_TTA, Tta::None, "squeeze: test-time augmentation of every member's predictions: none, or hflip (the mean over each image and its mirror image; for members trained with augment.hflip)"),
+        KnobSpec::choice(knob::SQUEEZE_COMBINE, Combine::Mean, "squeeze: how probability tables are pooled (the views of squeeze.tta, then the members): mean (of probabilities) or geomean (the normalised geometric mean: softmax of the mean log-probability)"),
         KnobSpec::new("checks.squeeze.min_gain", Float { min: -1.0, max: 1.0 }, float(0.0), "squeeze: warn unless the ensemble's val accuracy beats its best member's by more than this"),
         KnobSpec::new("checks.squeeze.min_kept", Float { min: -100.0, max: 100.0 }, float(0.5), "squeeze: warn when the student keeps less than this share of the ensemble's gain"),
     ]

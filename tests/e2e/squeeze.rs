@@ -212,9 +212,10 @@ members = "regularize"
 }
 
 /// `squeeze.tta = "hflip"` re-scores the same members (cached) through their mirror
-/// images too, and says so in `squeeze.json`.
+/// images too, and `squeeze.combine = "geomean"` pools them another way; each says
+/// so in `squeeze.json`.
 #[test]
-fn test_time_flips_rescore_cached_members() {
+fn test_time_flips_and_pooling_rescore_cached_members() {
     let dir = TestDir::with_pipeline(SQUEEZE);
     build(&dir, "squeeze[squeeze.k=2]");
     let flipped =
@@ -228,5 +229,31 @@ fn test_time_flips_rescore_cached_members() {
         serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/squeeze[squeeze.k=2]/squeeze.json")).unwrap())
             .unwrap();
     assert_eq!(report["tta"], "hflip", "{report}");
+    assert_eq!(report["ensemble"]["combine"], "mean", "{report}");
     assert!(report["ensemble"]["val_acc"].is_f64(), "{report}");
+    let pooled = dir.run_with_env(
+        &[
+            "build",
+            "--json",
+            "--set",
+            "squeeze.tta=\"hflip\"",
+            "--set",
+            "squeeze.combine=\"geomean\"",
+            "squeeze[squeeze.k=2]",
+        ],
+        &[NO_STATES],
+    );
+    assert_eq!(pooled.code, 0, "{}\n{}", pooled.stdout, pooled.stderr);
+    assert_eq!(
+        statuses(&pooled),
+        [pair("overfit", "cached"), pair("overfit[train.seed=1]", "cached"), pair("squeeze[squeeze.k=2]", "ran")]
+    );
+    let geo: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".pipe/out/squeeze[squeeze.k=2]/squeeze.json")).unwrap())
+            .unwrap();
+    assert_eq!(geo["ensemble"]["combine"], "geomean", "{geo}");
+    let checkpoints = |report: &serde_json::Value| -> Vec<serde_json::Value> {
+        report["members"].as_array().unwrap().iter().map(|m| m["checkpoint"].clone()).collect()
+    };
+    assert_eq!(checkpoints(&geo), checkpoints(&report), "the same members, pooled another way");
 }

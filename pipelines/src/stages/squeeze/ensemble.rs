@@ -56,6 +56,40 @@ impl Probs {
         Some(Probs { rows: first.rows, classes: first.classes, values: sums.iter().map(|s| (s / k) as f32).collect() })
     }
 
+    /// The normalised geometric mean of `members` (same shape): per row, the
+    /// softmax of the mean log-probability (floored at 1e-30), in member order and
+    /// in f64. A member that is sure a class is wrong vetoes it, where the
+    /// arithmetic mean lets a confident member outvote the rest.
+    pub fn geometric_mean(members: &[Probs]) -> Option<Probs> {
+        let first = members.first()?;
+        if members.iter().any(|m| m.rows != first.rows || m.classes != first.classes) {
+            return None;
+        }
+        let mut logs = vec![0f64; first.values.len()];
+        for member in members {
+            for (sum, &p) in logs.iter_mut().zip(&member.values) {
+                *sum += f64::from(p).max(1e-30).ln();
+            }
+        }
+        let k = members.len() as f64;
+        let mut values = Vec::with_capacity(logs.len());
+        for row in logs.chunks(first.classes.max(1)) {
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exp: Vec<f64> = row.iter().map(|l| ((l - max) / k).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            values.extend(exp.iter().map(|e| (e / sum) as f32));
+        }
+        Some(Probs { rows: first.rows, classes: first.classes, values })
+    }
+
+    /// `members` pooled as `combine` says.
+    pub fn pool(members: &[Probs], combine: Combine) -> Option<Probs> {
+        match combine {
+            Combine::Mean => Probs::average(members),
+            Combine::Geomean => Probs::geometric_mean(members),
+        }
+    }
+
     /// Accuracy (argmax, first of ties) and mean negative log-likelihood of `labels`
     /// (probabilities floored at 1e-12).
     pub fn score(&self, labels: &[u32]) -> Score {
@@ -146,11 +180,31 @@ impl workspace::ChoiceKnob for Tta {
     }
 }
 
-/// How members see a split: the test-time augmentation and the examples' shape.
+/// `squeeze.combine`: how several probability tables of one split (the views of
+/// a test-time augmentation, the members of an ensemble) become one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// The arithmetic mean of the probabilities.
+    Mean,
+    /// The normalised geometric mean (the softmax of the mean log-probability).
+    Geomean,
+}
+
+impl workspace::ChoiceKnob for Combine {
+    const OPTIONS: &'static [&'static str] = &["mean", "geomean"];
+
+    fn from_index(index: usize) -> Combine {
+        [Combine::Mean, Combine::Geomean][index]
+    }
+}
+
+/// How members see a split: the test-time augmentation, the examples' shape, and
+/// how the views' (and then the members') probabilities are pooled.
 #[derive(Debug, Clone, Copy)]
 pub struct View<'a> {
     pub tta: Tta,
     pub shape: &'a [usize],
+    pub combine: Combine,
 }
 
 impl View<'_> {
@@ -198,13 +252,14 @@ pub fn predict(
         Tta::Hflip => {
             let width = view.shape.last().copied().unwrap_or(1);
             let mirrored = probs(&hflip(x, width))?;
-            Probs::average(&[plain, mirrored]).ok_or_else(|| "mirror images predicted another shape".into())
+            Probs::pool(&[plain, mirrored], view.combine).ok_or_else(|| "mirror images predicted another shape".into())
         }
     }
 }
 
 /// The ensemble of the checkpoints `members` on `x`: each member's probabilities at
-/// `temperature` (under the view's test-time augmentation), averaged in member order.
+/// `temperature` (under the view's test-time augmentation), pooled in member order
+/// as the view says.
 pub fn ensemble_probs(
     members: &[Vec<u8>],
     x: &[f32],
@@ -217,7 +272,8 @@ pub fn ensemble_probs(
         let (spec, model, _) = load_checkpoint(bytes, device)?;
         probs.push(predict(model.as_ref(), spec_classes(&spec), x, temperature, view, device)?);
     }
-    Probs::average(&probs).ok_or_else(|| "the ensemble has no members, or members disagree on the classes".into())
+    Probs::pool(&probs, view.combine)
+        .ok_or_else(|| "the ensemble has no members, or members disagree on the classes".into())
 }
 
 /// The number of classes a model spec predicts.
@@ -262,6 +318,29 @@ mod tests {
         assert!(Probs::average(&[]).is_none());
     }
 
+    /// The geometric mean of (0.5, 0.5) and (0.9, 0.1) is (sqrt .45, sqrt .05)
+    /// normalised: (0.75, 0.25), where the arithmetic mean is (0.7, 0.3); and a
+    /// member sure that a class is wrong vetoes it.
+    #[test]
+    fn geometric_mean_normalises_and_vetoes() {
+        let two = |a: [f32; 2], b: [f32; 2]| {
+            [Probs { rows: 1, classes: 2, values: a.to_vec() }, Probs { rows: 1, classes: 2, values: b.to_vec() }]
+        };
+        let members = two([0.5, 0.5], [0.9, 0.1]);
+        let geo = Probs::pool(&members, Combine::Geomean).unwrap();
+        let mean = Probs::pool(&members, Combine::Mean).unwrap();
+        for (got, want) in geo.values.iter().zip([0.75, 0.25]) {
+            assert!((f64::from(*got) - want).abs() < 1e-6, "{:?}", geo.values);
+        }
+        for (got, want) in mean.values.iter().zip([0.7, 0.3]) {
+            assert!((f64::from(*got) - want).abs() < 1e-6, "{:?}", mean.values);
+        }
+        let veto = Probs::geometric_mean(&two([0.6, 0.4], [0.0, 1.0])).unwrap();
+        assert!(veto.values[0] < 1e-10 && (veto.values[1] - 1.0).abs() < 1e-6, "{:?}", veto.values);
+        let mismatched = [members[0].clone(), probs(&[[0.2, 0.3, 0.5]])];
+        assert!(Probs::geometric_mean(&mismatched).is_none() && Probs::geometric_mean(&[]).is_none());
+    }
+
     #[test]
     fn temperature_softens_without_reordering() {
         let logits = [2.0f32, 1.0, 0.0];
@@ -288,11 +367,11 @@ mod tests {
 
     #[test]
     fn hflip_needs_pictures() {
-        let table = View { tta: Tta::Hflip, shape: &[16] };
+        let table = View { tta: Tta::Hflip, shape: &[16], combine: Combine::Mean };
         let err = table.check().unwrap_err();
         assert!(err.contains("squeeze.tta") && err.contains("[16]"), "{err}");
-        assert!(View { tta: Tta::None, shape: &[16] }.check().is_ok());
-        assert!(View { tta: Tta::Hflip, shape: &[1, 4, 4] }.check().is_ok());
+        assert!(View { tta: Tta::None, shape: &[16], combine: Combine::Mean }.check().is_ok());
+        assert!(View { tta: Tta::Hflip, shape: &[1, 4, 4], combine: Combine::Mean }.check().is_ok());
     }
 
     /// Under hflip a member's probabilities are the mean of the image's and the
@@ -306,8 +385,8 @@ mod tests {
         model.set_training(false);
         let shape = [1, 2, 2];
         let x = [0.5f32, -1.0, 2.0, 0.25, 1.0, 1.0, -0.5, -0.5];
-        let plain = View { tta: Tta::None, shape: &shape };
-        let tta = View { tta: Tta::Hflip, shape: &shape };
+        let plain = View { tta: Tta::None, shape: &shape, combine: Combine::Mean };
+        let tta = View { tta: Tta::Hflip, shape: &shape, combine: Combine::Mean };
         let got = predict(model.as_ref(), 3, &x, 1.0, tta, &device).unwrap();
         let a = predict(model.as_ref(), 3, &x, 1.0, plain, &device).unwrap();
         let b = predict(model.as_ref(), 3, &hflip(&x, 2), 1.0, plain, &device).unwrap();

@@ -1,8 +1,8 @@
 //! `squeeze`: the recipe's last step. An ensemble of `squeeze.k` models (the
 //! configuration's `overfit` under seeds `train.seed`, `train.seed + 1`, ...: fan-in
 //! members, each an ordinary cached `overfit` instance), scored on the validation
-//! split against its best member (the average of the members' softmax
-//! probabilities); then a single student distilled from the ensemble's softened
+//! split against its best member (the members' softmax probabilities pooled by
+//! `squeeze.combine`: their mean, or their normalised geometric mean); then a single student distilled from the ensemble's softened
 //! predictions ([`distill`]).
 //!
 //! Artifacts: `checkpoint.safetensors` and the metric `val_acc` are the student's
@@ -28,7 +28,7 @@ use crate::data::Prepared;
 use crate::ids::{knob, stage};
 use crate::models::{Activation, Init, MlpSpec, ModelSpec};
 use distill::{Distill, Lesson};
-pub use ensemble::{ensemble_probs, load_checkpoint, Probs, Score, Tta, View};
+pub use ensemble::{ensemble_probs, load_checkpoint, Combine, Probs, Score, Tta, View};
 pub use members::MemberSource;
 
 pub struct Squeeze {
@@ -79,6 +79,7 @@ struct Settings {
     student: StudentKind,
     student_hidden: Vec<usize>,
     tta: Tta,
+    combine: Combine,
     optim: crate::train::OptimSpec,
     schedule: crate::train::Schedule,
     steps: usize,
@@ -94,6 +95,7 @@ impl Settings {
             student: cx.choice(knob::SQUEEZE_STUDENT)?,
             student_hidden: cx.int_list(knob::SQUEEZE_STUDENT_HIDDEN)?.iter().map(|&w| w as usize).collect(),
             tta: cx.choice(knob::SQUEEZE_TTA)?,
+            combine: cx.choice(knob::SQUEEZE_COMBINE)?,
             optim: cx.optim()?,
             schedule: cx.schedule()?,
             steps: cx.count(knob::TRAIN_STEPS)?,
@@ -109,7 +111,7 @@ impl RecipeStage for Squeeze {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::SQUEEZE,
-            version: 4,
+            version: 5,
             doc: "ensemble k seeds of the model against its best member; distill a student from it",
             knobs: knobs(&[
                 &OPTIM_KNOBS,
@@ -124,6 +126,7 @@ impl RecipeStage for Squeeze {
                     knob::SQUEEZE_STUDENT_HIDDEN,
                     knob::SQUEEZE_MEMBERS,
                     knob::SQUEEZE_TTA,
+                    knob::SQUEEZE_COMBINE,
                 ],
                 &members::TUNE_KNOBS,
                 &super::tune::plan::list_knobs(),
@@ -165,14 +168,14 @@ impl RecipeStage for Squeeze {
             )));
         }
         let data = cx.data()?;
-        let view = View { tta: settings.tta, shape: &data.meta.shape };
+        let view = View { tta: settings.tta, shape: &data.meta.shape, combine: settings.combine };
         view.check().map_err(ExecError::Failed)?;
         let members = predict_members(cx, &data, settings.distill.temperature, view)?;
         let best = best_member(&members);
-        let ensemble = Probs::average(&members.iter().map(|m| m.val.clone()).collect::<Vec<_>>())
+        let ensemble = Probs::pool(&members.iter().map(|m| m.val.clone()).collect::<Vec<_>>(), settings.combine)
             .ok_or_else(|| ExecError::Failed("members disagree on the classes".into()))?
             .score(&data.val.y);
-        let teacher = Probs::average(&members.iter().map(|m| m.train_soft.clone()).collect::<Vec<_>>())
+        let teacher = Probs::pool(&members.iter().map(|m| m.train_soft.clone()).collect::<Vec<_>>(), settings.combine)
             .ok_or_else(|| ExecError::Failed("members disagree on the classes".into()))?;
         let (student_spec, student_bytes, student) = train(cx, &data, &settings, &members[best].spec, &teacher)?;
         let best_score = members[best].score;
@@ -196,7 +199,7 @@ impl RecipeStage for Squeeze {
             })).collect::<Vec<_>>(),
             "best_member": members[best].name,
             "source": crate::stages::common::choice_name(source),
-            "ensemble": {"val_acc": ensemble.acc, "val_loss": ensemble.loss, "combine": "mean of softmax probabilities"},
+            "ensemble": {"val_acc": ensemble.acc, "val_loss": ensemble.loss, "combine": crate::stages::common::choice_name(settings.combine)},
             "tta": crate::stages::common::choice_name(settings.tta),
             "student": {
                 "model": student_spec.kind_name(),
@@ -342,8 +345,8 @@ fn train(
 }
 
 /// The ensemble `squeeze.json` describes, scored on `x`/`labels` (e.g. the test
-/// split, by `evaluate`) under the test-time augmentation it names (none when it
-/// names none): member checkpoints are read from `store` by hash.
+/// split, by `evaluate`) under the test-time augmentation and pooling it names
+/// (none and the mean when it names none): member checkpoints are read from `store` by hash.
 pub fn score_ensemble(
     store: &cache::Store,
     squeeze_json: &[u8],
@@ -359,11 +362,16 @@ pub fn score_ensemble(
         None => Tta::None,
         Some(name) => Tta::parse(name).ok_or_else(|| format!("squeeze.json: unknown tta `{name}`"))?,
     };
+    // Reports before `squeeze.combine` said this in words; they meant the mean.
+    let combine = match report["ensemble"]["combine"].as_str() {
+        None | Some("mean of softmax probabilities") => Combine::Mean,
+        Some(name) => Combine::parse(name).ok_or_else(|| format!("squeeze.json: unknown combine `{name}`"))?,
+    };
     let mut checkpoints = Vec::new();
     for member in hashes {
         let hash: cache::ArtifactHash =
             member["checkpoint"].as_str().unwrap_or_default().parse().map_err(|e: cache::CacheError| e.to_string())?;
         checkpoints.push(store.get(&hash).map_err(|e| e.to_string())?);
     }
-    Ok(ensemble_probs(&checkpoints, x, 1.0, View { tta, shape }, device)?.score(labels))
+    Ok(ensemble_probs(&checkpoints, x, 1.0, View { tta, shape, combine }, device)?.score(labels))
 }
