@@ -23,6 +23,9 @@ pub struct Printer {
     /// [`Printer::flush`] (the build waits or ends), before anything goes to stderr,
     /// and when large.
     pending: std::cell::RefCell<Vec<u8>>,
+    /// Per stage, cached instances with overrides whose checks all pass: how many got
+    /// a line, and how many more were only counted (see [`Printer::quiet`]).
+    quiet: std::cell::RefCell<Vec<(String, usize, usize)>>,
 }
 
 /// Pending stage lines are written once they reach this many bytes.
@@ -96,7 +99,7 @@ pub(crate) fn short(value: f64) -> String {
 
 impl Printer {
     pub fn new(json: bool, out: OutDir) -> Printer {
-        Printer { json, out, pending: std::cell::RefCell::default() }
+        Printer { json, out, pending: std::cell::RefCell::default(), quiet: std::cell::RefCell::default() }
     }
 
     /// Writes the pending stage lines.
@@ -117,7 +120,41 @@ impl Printer {
         }
     }
 
+    /// Whether `report` goes without a line of its own: a cached instance with
+    /// overrides (a tune's trial, an ensemble's seed) whose checks all pass, past the
+    /// first [`crate::scorecard::LISTED_INSTANCES`] of its stage. [`Printer::done`]
+    /// counts them on one line; `--json` lists every one.
+    fn quiet(&self, report: &StageReport) -> bool {
+        let name = report.name.as_str();
+        if self.json
+            || report.status != Some(StageStatus::Cached)
+            || !name.contains('[')
+            || report.verdicts.iter().any(|verdict| verdict.status != VerdictStatus::Pass)
+        {
+            return false;
+        }
+        let stage = name.split('[').next().unwrap_or(name);
+        let mut quiet = self.quiet.borrow_mut();
+        let entry = match quiet.iter().position(|(s, _, _)| s == stage) {
+            Some(at) => &mut quiet[at],
+            None => {
+                quiet.push((stage.to_string(), 0, 0));
+                quiet.last_mut().expect("just pushed")
+            }
+        };
+        if entry.1 < crate::scorecard::LISTED_INSTANCES {
+            entry.1 += 1;
+            false
+        } else {
+            entry.2 += 1;
+            true
+        }
+    }
+
     pub fn stage(&self, report: &StageReport) {
+        if self.quiet(report) {
+            return;
+        }
         let mut pending = self.pending.borrow_mut();
         if self.json {
             let _ = writeln!(pending, "{}", stage_json(report, &self.out));
@@ -165,6 +202,20 @@ impl Printer {
                 eprintln!("error[{}]: {error}", report.name.as_str());
             }
         }
+    }
+
+    /// After the last stage: one line per stage for the instances only counted
+    /// ([`Printer::quiet`]), then everything pending is written.
+    pub fn end_stages(&self) {
+        for (stage, _, hidden) in self.quiet.borrow().iter().filter(|(_, _, hidden)| *hidden > 0) {
+            let _ = writeln!(
+                self.pending.borrow_mut(),
+                "{:>8} {hidden} more instance{} of {stage}, every check passing (`--json` lists each)",
+                "cached",
+                if *hidden == 1 { "" } else { "s" }
+            );
+        }
+        self.flush();
     }
 
     pub fn done(&self, reports: &[StageReport], secs: f64) {

@@ -22,10 +22,24 @@ pub struct Check<'a> {
     pub verdict: &'a Verdict,
 }
 
+/// How many instances of one stage with overrides (a tune's trials, an ensemble's
+/// seeds) a terminal lists when every check of theirs passes; the rest are counted.
+pub const LISTED_INSTANCES: usize = 5;
+
+/// Instances of one stage not listed because every check of theirs passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collapsed<'a> {
+    pub stage: &'a str,
+    pub instances: usize,
+    pub checks: usize,
+}
+
 /// The verdicts of a set of stage reports, in build order, plus the stages that
 /// could not be judged.
 pub struct Scorecard<'a> {
     pub checks: Vec<Check<'a>>,
+    /// Passing instances counted, not listed ([`Scorecard::terminal`] only).
+    pub collapsed: Vec<Collapsed<'a>>,
     /// Stages that errored (no artifacts, so no verdicts), with their error.
     pub errored: Vec<(&'a str, &'a str)>,
     /// Stages skipped because an earlier stage failed.
@@ -45,23 +59,71 @@ impl<'a> Scorecard<'a> {
             .collect();
         let skipped =
             reports.iter().filter(|report| report.status.is_none()).map(|report| report.name.as_str()).collect();
-        Scorecard { checks, errored, skipped }
+        Scorecard { checks, collapsed: Vec::new(), errored, skipped }
     }
 
+    /// [`Scorecard::of`] for a terminal: of the instances with overrides of one stage
+    /// whose checks all pass, the first [`LISTED_INSTANCES`] are listed and the rest
+    /// counted on one line (a 1,000-trial tune's card is not 3,000 lines of `pass`).
+    /// Any instance with a warning or a failure is listed in full.
+    pub fn terminal(reports: &'a [StageReport]) -> Scorecard<'a> {
+        let mut card = Scorecard::of(&[]);
+        let mut listed: Vec<(&str, usize)> = Vec::new();
+        for report in reports {
+            let name = report.name.as_str();
+            let quiet = name.contains('[')
+                && !report.verdicts.is_empty()
+                && report.verdicts.iter().all(|verdict| verdict.status == VerdictStatus::Pass);
+            if quiet {
+                let stage = name.split('[').next().unwrap_or(name);
+                let shown = match listed.iter_mut().find(|(s, _)| *s == stage) {
+                    Some((_, shown)) => shown,
+                    None => {
+                        listed.push((stage, 0));
+                        &mut listed.last_mut().expect("just pushed").1
+                    }
+                };
+                if *shown >= LISTED_INSTANCES {
+                    match card.collapsed.iter_mut().find(|c| c.stage == stage) {
+                        Some(c) => {
+                            c.instances += 1;
+                            c.checks += report.verdicts.len();
+                        }
+                        None => card.collapsed.push(Collapsed { stage, instances: 1, checks: report.verdicts.len() }),
+                    }
+                    continue;
+                }
+                *shown += 1;
+            }
+            card.checks.extend(report.verdicts.iter().map(|verdict| Check { stage: name, verdict }));
+        }
+        let full = Scorecard::of(reports);
+        card.errored = full.errored;
+        card.skipped = full.skipped;
+        card
+    }
+
+    /// Checks of `status`, counted ones included.
     pub fn count(&self, status: VerdictStatus) -> usize {
-        self.checks.iter().filter(|check| check.verdict.status == status).count()
+        let counted = if status == VerdictStatus::Pass { self.collapsed.iter().map(|c| c.checks).sum() } else { 0 };
+        self.checks.iter().filter(|check| check.verdict.status == status).count() + counted
+    }
+
+    /// Every check, counted ones included.
+    pub fn total(&self) -> usize {
+        self.checks.len() + self.collapsed.iter().map(|c| c.checks).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.checks.is_empty() && self.errored.is_empty() && self.skipped.is_empty()
+        self.total() == 0 && self.errored.is_empty() && self.skipped.is_empty()
     }
 
     /// `18 checks: 16 pass, 1 warn, 1 fail; 1 stage errored, 2 skipped`.
     pub fn summary(&self) -> String {
         let mut text = format!(
             "{} check{}: {} pass, {} warn, {} fail",
-            self.checks.len(),
-            if self.checks.len() == 1 { "" } else { "s" },
+            self.total(),
+            if self.total() == 1 { "" } else { "s" },
             self.count(VerdictStatus::Pass),
             self.count(VerdictStatus::Warn),
             self.count(VerdictStatus::Fail),
@@ -113,6 +175,12 @@ impl<'a> Scorecard<'a> {
                 lines.push(format!("        try: {hint}"));
             }
         }
+        for Collapsed { stage, instances, checks } in &self.collapsed {
+            lines.push(format!(
+                "  pass  {instances} more instance{} of {stage}: all {checks} of their checks pass (`--json` lists each)",
+                if *instances == 1 { "" } else { "s" }
+            ));
+        }
         for (stage, error) in &self.errored {
             lines.push(format!("  {:<5} {stage:<stage_width$}  {error}", "ERROR"));
         }
@@ -122,7 +190,7 @@ impl<'a> Scorecard<'a> {
 
 /// Prints the scorecard of `reports` to stdout (nothing when there is nothing to judge).
 pub fn print(reports: &[StageReport]) {
-    let scorecard = Scorecard::of(reports);
+    let scorecard = Scorecard::terminal(reports);
     if scorecard.is_empty() {
         return;
     }

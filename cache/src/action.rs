@@ -65,7 +65,8 @@ impl Manifest {
         };
         let (body_head, rest) = text.split_at(at);
         let recorded = rest[DIGEST_FIELD.len()..].strip_suffix("\"\n}").unwrap_or_default();
-        let actual = blake3::hash(format!("{body_head}\n}}").as_bytes()).to_hex();
+        // The digest covers the body closed as it was written: `{body_head}\n}`.
+        let actual = blake3::Hasher::new().update(body_head.as_bytes()).update(b"\n}").finalize().to_hex();
         let manifest: Manifest = serde_json::from_str(text).map_err(|err| format!("invalid JSON: {err}"))?;
         if recorded != actual.as_str() {
             return Err("its content does not match its digest (edited after it was written)".into());

@@ -239,7 +239,7 @@ pub(crate) mod tests {
             stage: stage.into(),
             stage_version: 1,
             tool_version: "test".into(),
-            knobs: BTreeMap::from([("x".into(), format!("str:{}", String::from_utf8_lossy(payload)))]),
+            knobs: BTreeMap::from([("x".into(), format!("str:{}", String::from_utf8_lossy(payload)).into())]),
             upstream: BTreeMap::new(),
             fingerprints: BTreeMap::new(),
             device: "cpu".into(),

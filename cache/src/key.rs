@@ -22,14 +22,20 @@
 //! The encoding is line based, sorted by name, with one float format (Rust's
 //! shortest round-trip `{:?}`), so `3e-4` and `0.0003` give the same key.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{ArtifactHash, StageKey};
 
-/// The canonical text of one knob value, e.g. `f64:0.0003` or `list[int:2,int:32]`.
-pub type KnobValueText = String;
+/// The canonical text of one knob value, e.g. `f64:0.0003` or `list[int:2,int:32]`:
+/// shared, so a thousand trials' keys hold one copy of each configured value.
+pub type KnobValueText = Arc<str>;
+
+/// A knob's name in a key: the schema's static name, or an owned one read back.
+pub type KnobName = Cow<'static, str>;
 
 /// Everything a stage key is made of; stored in manifests so `pipe status` can say
 /// which input changed.
@@ -38,7 +44,7 @@ pub struct KeyInputs {
     pub stage: String,
     pub stage_version: u32,
     pub tool_version: String,
-    pub knobs: BTreeMap<String, KnobValueText>,
+    pub knobs: BTreeMap<KnobName, KnobValueText>,
     /// `upstream_stage/artifact_name` -> content hash.
     pub upstream: BTreeMap<String, ArtifactHash>,
     /// Content fingerprints of external inputs such as a dataset.
@@ -54,46 +60,56 @@ impl KeyInputs {
     pub fn canonical(&self) -> String {
         let hashes = self.upstream.len() + self.fingerprints.len();
         let mut text = String::with_capacity(256 + 64 * self.knobs.len() + 128 * hashes);
-        let mut hex = [0u8; 64];
-        let mut hash_line = |text: &mut String, what: &str, name: &str, hash: &ArtifactHash| {
-            crate::digest::hex_into(hash.as_bytes(), &mut hex);
-            text.push_str(what);
-            text.push_str(name);
-            text.push('=');
-            // Only ASCII hex digits were written.
-            text.push_str(std::str::from_utf8(&hex).unwrap_or_default());
-            text.push('\n');
-        };
-        text.push_str("pipe-key-v1\nstage=");
-        text.push_str(&self.stage);
-        text.push_str("\nstage_version=");
-        text.push_str(&self.stage_version.to_string());
-        text.push_str("\ntool_version=");
-        text.push_str(&self.tool_version);
-        text.push('\n');
-        for (name, value) in &self.knobs {
-            text.push_str("knob ");
-            text.push_str(name);
-            text.push('=');
-            text.push_str(value);
-            text.push('\n');
-        }
-        for (name, hash) in &self.upstream {
-            hash_line(&mut text, "upstream ", name, hash);
-        }
-        for (name, hash) in &self.fingerprints {
-            hash_line(&mut text, "fingerprint ", name, hash);
-        }
-        text.push_str("device=");
-        text.push_str(&self.device);
-        text.push_str("\ndtype=");
-        text.push_str(&self.dtype);
-        text.push('\n');
+        self.encode(&mut |part| text.push_str(part));
         text
     }
 
+    /// The blake3 hash of [`KeyInputs::canonical`], fed part by part (no buffer).
     pub fn key(&self) -> StageKey {
-        StageKey::from_bytes(*blake3::hash(self.canonical().as_bytes()).as_bytes())
+        let mut hasher = blake3::Hasher::new();
+        self.encode(&mut |part| {
+            hasher.update(part.as_bytes());
+        });
+        StageKey::from_bytes(*hasher.finalize().as_bytes())
+    }
+
+    /// The canonical encoding, handed to `out` in pieces.
+    fn encode(&self, out: &mut dyn FnMut(&str)) {
+        let mut hex = [0u8; 64];
+        let mut hash_line = |out: &mut dyn FnMut(&str), what: &str, name: &str, hash: &ArtifactHash| {
+            crate::digest::hex_into(hash.as_bytes(), &mut hex);
+            out(what);
+            out(name);
+            out("=");
+            // Only ASCII hex digits were written.
+            out(std::str::from_utf8(&hex).unwrap_or_default());
+            out("\n");
+        };
+        out("pipe-key-v1\nstage=");
+        out(&self.stage);
+        out("\nstage_version=");
+        out(&self.stage_version.to_string());
+        out("\ntool_version=");
+        out(&self.tool_version);
+        out("\n");
+        for (name, value) in &self.knobs {
+            out("knob ");
+            out(name);
+            out("=");
+            out(value);
+            out("\n");
+        }
+        for (name, hash) in &self.upstream {
+            hash_line(out, "upstream ", name, hash);
+        }
+        for (name, hash) in &self.fingerprints {
+            hash_line(out, "fingerprint ", name, hash);
+        }
+        out("device=");
+        out(&self.device);
+        out("\ndtype=");
+        out(&self.dtype);
+        out("\n");
     }
 
     /// Human-readable reasons why `self` (the current inputs) differ from `before`.
@@ -150,9 +166,9 @@ fn upstream_changes(before: &BTreeMap<String, ArtifactHash>, after: &BTreeMap<St
         .collect()
 }
 
-fn diff_maps<V: PartialEq>(
-    before: &BTreeMap<String, V>,
-    after: &BTreeMap<String, V>,
+fn diff_maps<K: Ord + std::fmt::Display, V: PartialEq>(
+    before: &BTreeMap<K, V>,
+    after: &BTreeMap<K, V>,
     what: &str,
     reasons: &mut Vec<String>,
     show: impl Fn(&V) -> String,
@@ -178,7 +194,7 @@ mod tests {
             stage: "overfit".into(),
             stage_version: 1,
             tool_version: "0.1.0".into(),
-            knobs: BTreeMap::from([("train.lr".to_string(), "f64:0.0003".to_string())]),
+            knobs: BTreeMap::from([("train.lr".into(), "f64:0.0003".into())]),
             upstream: BTreeMap::from([("data/dataset".to_string(), ArtifactHash::of(b"x"))]),
             fingerprints: BTreeMap::new(),
             device: "cpu".into(),
@@ -214,6 +230,8 @@ mod tests {
         many.fingerprints.insert("dataset".into(), ArtifactHash::of(b"d"));
         for inputs in [inputs(), many] {
             assert_eq!(inputs.canonical(), formatted(&inputs));
+            // The streamed hash is the hash of the whole text.
+            assert_eq!(inputs.key(), StageKey::from_bytes(*blake3::hash(formatted(&inputs).as_bytes()).as_bytes()));
         }
         // A key written before this encoding: the same bytes, the same key.
         assert_eq!(

@@ -48,7 +48,7 @@ pub use error::CacheError;
 pub use fsck::{fsck, FsckReport, Problem};
 pub use gc::{gc, gc_retaining, FreedAction, FreedObject, GcOptions, GcReport, DEFAULT_RETENTION};
 pub use input::{check_regular, open_input, read_input, read_input_text, InputError};
-pub use key::{value_text, KeyInputs, KnobValueText};
+pub use key::{value_text, KeyInputs, KnobName, KnobValueText};
 pub use lock::CacheLock;
 pub use out::{MemberRecord, OutDir, RecordedMember};
 pub use queue::ActionQueue;

@@ -166,8 +166,8 @@ mod tests {
             stage_version: 1,
             tool_version: "0.1.0".into(),
             knobs: BTreeMap::from([
-                ("train.steps".to_string(), format!("int:{steps}")),
-                ("train.lr".to_string(), format!("f64:{lr}")),
+                ("train.steps".into(), format!("int:{steps}").into()),
+                ("train.lr".into(), format!("f64:{lr}").into()),
             ]),
             upstream: BTreeMap::new(),
             fingerprints: BTreeMap::new(),

@@ -48,7 +48,7 @@ pub fn run(
         RunnerKind::Slurm => Arc::new(slurm_runner(project, &session, slurm)?),
     };
     let result = workspace::build(&mut session.db, &instances, &options, runner, |event| printer.event(event));
-    printer.flush();
+    printer.end_stages();
     if result.interrupted {
         eprintln!("pipe: interrupted: running stages were abandoned; finished ones are cached");
         session.cache.save_stats().ok();

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cache::{ArtifactHash, KeyInputs, StageKey};
+use cache::{ArtifactHash, KeyInputs, KnobName, KnobValueText, StageKey};
 
 use super::{Blocked, Db, Instance, Knob};
 use crate::instance::InstanceSpec;
@@ -158,24 +158,24 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
 /// The canonical text of a knob's configured value, computed once per value: each of
 /// a thousand trials reads some 36 knobs, nearly all at the config's value.
 #[salsa::tracked(returns(ref))]
-pub(crate) fn knob_text(db: &dyn Db, knob: Knob) -> String {
-    knob.value(db).canonical()
+pub(crate) fn knob_text(db: &dyn Db, knob: Knob) -> KnobValueText {
+    knob.value(db).canonical().into()
 }
 
 /// The canonical texts of the knobs `spec`'s stage reads (its override where it has one,
 /// else the config's value, as [`knob_text`] holds it), by knob name: a stage key's
 /// knobs. An instance with overrides starts from its plain stage's texts
 /// ([`config_knob_texts`], one query read instead of one per knob) and replaces its
-/// overrides.
-pub(crate) fn knob_texts(db: &dyn Db, spec: &InstanceSpec) -> BTreeMap<String, String> {
+/// overrides. Names are the schema's and texts shared, so this copies no string.
+pub(crate) fn knob_texts(db: &dyn Db, spec: &InstanceSpec) -> BTreeMap<KnobName, KnobValueText> {
     if spec.overrides.is_empty() {
         let ids = &db.engine().stage(spec.stage.0).spec().knobs;
-        return ids.iter().map(|id| (id.0.to_string(), knob_text(db, db.inputs().knob(*id)).clone())).collect();
+        return ids.iter().map(|id| (KnobName::Borrowed(id.0), knob_text(db, db.inputs().knob(*id)).clone())).collect();
     }
     let mut texts = config_knob_texts(db, Instance::new(db, InstanceSpec::plain(spec.stage))).clone();
     for (id, value) in &spec.overrides {
         if let Some(text) = texts.get_mut(id.0) {
-            *text = value.canonical();
+            *text = value.canonical().into();
         }
     }
     texts
@@ -184,7 +184,7 @@ pub(crate) fn knob_texts(db: &dyn Db, spec: &InstanceSpec) -> BTreeMap<String, S
 /// [`knob_texts`] of a plain stage (`plain` has no overrides): what each of its
 /// instances' key texts start from.
 #[salsa::tracked(returns(ref))]
-pub(crate) fn config_knob_texts(db: &dyn Db, plain: Instance) -> BTreeMap<String, String> {
+pub(crate) fn config_knob_texts(db: &dyn Db, plain: Instance) -> BTreeMap<KnobName, KnobValueText> {
     knob_texts(db, plain.spec(db))
 }
 
@@ -192,7 +192,7 @@ pub(crate) fn config_knob_texts(db: &dyn Db, plain: Instance) -> BTreeMap<String
 /// and its upstream outputs.
 pub(crate) fn key_inputs(
     stage: &crate::recipe::StageSpec,
-    knobs: BTreeMap<String, String>,
+    knobs: BTreeMap<KnobName, KnobValueText>,
     upstream: &BTreeMap<crate::recipe::StageId, StageOutput>,
     fingerprints: BTreeMap<String, ArtifactHash>,
     device: &str,
