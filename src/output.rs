@@ -125,15 +125,10 @@ impl Printer {
     /// first [`crate::scorecard::LISTED_INSTANCES`] of its stage. [`Printer::done`]
     /// counts them on one line; `--json` lists every one.
     fn quiet(&self, report: &StageReport) -> bool {
-        let name = report.name.as_str();
-        if self.json
-            || report.status != Some(StageStatus::Cached)
-            || !name.contains('[')
-            || report.verdicts.iter().any(|verdict| verdict.status != VerdictStatus::Pass)
-        {
+        if self.json || report.status != Some(StageStatus::Cached) {
             return false;
         }
-        let stage = name.split('[').next().unwrap_or(name);
+        let Some(stage) = crate::scorecard::countable_stage(report) else { return false };
         let mut quiet = self.quiet.borrow_mut();
         let entry = match quiet.iter().position(|(s, _, _)| s == stage) {
             Some(at) => &mut quiet[at],

@@ -16,6 +16,15 @@ pub fn number(value: f64) -> String {
     }
 }
 
+/// The stage of `report` when a terminal may count it instead of listing it: an
+/// instance with overrides (a tune's trial, an ensemble's seed) with checks, all
+/// passing.
+pub(crate) fn countable_stage(report: &StageReport) -> Option<&str> {
+    let name = report.name.as_str();
+    let passing = !report.verdicts.is_empty() && report.verdicts.iter().all(|v| v.status == VerdictStatus::Pass);
+    name.split_once('[').filter(|_| passing).map(|(stage, _)| stage)
+}
+
 /// One judged check of one stage.
 pub struct Check<'a> {
     pub stage: &'a str,
@@ -48,10 +57,16 @@ pub struct Scorecard<'a> {
 
 impl<'a> Scorecard<'a> {
     pub fn of(reports: &'a [StageReport]) -> Scorecard<'a> {
-        let checks = reports
+        let mut card = Scorecard::unjudged(reports);
+        card.checks = reports
             .iter()
             .flat_map(|report| report.verdicts.iter().map(|verdict| Check { stage: report.name.as_str(), verdict }))
             .collect();
+        card
+    }
+
+    /// No checks yet: only the stages that errored or were skipped.
+    fn unjudged(reports: &'a [StageReport]) -> Scorecard<'a> {
         let errored = reports
             .iter()
             .filter(|report| report.status == Some(StageStatus::Failed))
@@ -59,7 +74,7 @@ impl<'a> Scorecard<'a> {
             .collect();
         let skipped =
             reports.iter().filter(|report| report.status.is_none()).map(|report| report.name.as_str()).collect();
-        Scorecard { checks, collapsed: Vec::new(), errored, skipped }
+        Scorecard { checks: Vec::new(), collapsed: Vec::new(), errored, skipped }
     }
 
     /// [`Scorecard::of`] for a terminal: of the instances with overrides of one stage
@@ -67,15 +82,11 @@ impl<'a> Scorecard<'a> {
     /// counted on one line (a 1,000-trial tune's card is not 3,000 lines of `pass`).
     /// Any instance with a warning or a failure is listed in full.
     pub fn terminal(reports: &'a [StageReport]) -> Scorecard<'a> {
-        let mut card = Scorecard::of(&[]);
+        let mut card = Scorecard::unjudged(reports);
         let mut listed: Vec<(&str, usize)> = Vec::new();
         for report in reports {
             let name = report.name.as_str();
-            let quiet = name.contains('[')
-                && !report.verdicts.is_empty()
-                && report.verdicts.iter().all(|verdict| verdict.status == VerdictStatus::Pass);
-            if quiet {
-                let stage = name.split('[').next().unwrap_or(name);
+            if let Some(stage) = countable_stage(report) {
                 let shown = match listed.iter_mut().find(|(s, _)| *s == stage) {
                     Some((_, shown)) => shown,
                     None => {
@@ -97,9 +108,6 @@ impl<'a> Scorecard<'a> {
             }
             card.checks.extend(report.verdicts.iter().map(|verdict| Check { stage: name, verdict }));
         }
-        let full = Scorecard::of(reports);
-        card.errored = full.errored;
-        card.skipped = full.skipped;
         card
     }
 
