@@ -365,7 +365,7 @@ fn stage_section(
     html.push_str(
         "<h4>Artifacts</h4>\n<table class=\"artifacts\">\n<tr><th>artifact</th><th>bytes</th><th>blake3</th></tr>\n",
     );
-    for (name, artifact) in &output.artifacts {
+    for (name, artifact) in output.artifacts.iter() {
         let _ = writeln!(
             html,
             "<tr><td><a class=\"artifact\" href=\"{}\">{}</a></td><td class=\"num\">{}</td>\
@@ -380,7 +380,7 @@ fn stage_section(
     html.push_str("</table>\n");
     let mut figures = String::new();
     let mut previews = String::new();
-    for (name, artifact) in &output.artifacts {
+    for (name, artifact) in output.artifacts.iter() {
         let href = escape(&artifact_href(stage, name));
         if let Some(mime) = image_type(name) {
             if artifact.bytes > INLINE_IMAGE_MAX_BYTES {
@@ -446,12 +446,13 @@ mod tests {
     }
 
     fn reports(png: &[u8]) -> Vec<StageReport> {
-        let mut output = StageOutput::default();
-        output.metrics.insert("loss<a>&b".into(), 0.5);
-        output
-            .artifacts
-            .insert("plot <1>.png".into(), ArtifactRef { hash: ArtifactHash::of(png), bytes: png.len() as u64 });
-        output.artifacts.insert("weights.safetensors".into(), ArtifactRef { hash: ArtifactHash::of(b"w"), bytes: 1 });
+        let output = StageOutput::new(
+            BTreeMap::from([
+                ("plot <1>.png".into(), ArtifactRef { hash: ArtifactHash::of(png), bytes: png.len() as u64 }),
+                ("weights.safetensors".into(), ArtifactRef { hash: ArtifactHash::of(b"w"), bytes: 1 }),
+            ]),
+            BTreeMap::from([("loss<a>&b".into(), 0.5)]),
+        );
         vec![StageReport {
             name: workspace::InstanceName("fake".into()),
             stage: workspace::StageId("fake"),

@@ -48,7 +48,7 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
     let artifacts: BTreeMap<&String, Value> = report
         .output
         .iter()
-        .flat_map(|output| &output.artifacts)
+        .flat_map(|output| output.artifacts.iter())
         .map(|(name, artifact)| {
             // A lazy artifact (large, not copied into out/) points at its read-only object.
             let (path, lazy) = out.locate(report.name.as_str(), name, artifact);
@@ -280,8 +280,8 @@ pub fn record_run(
                 stage: report.name.0.clone(),
                 key: report.key,
                 status: status_word(report).to_string(),
-                artifacts: report.output.as_ref().map(|o| o.artifacts.clone()).unwrap_or_default(),
-                metrics: report.output.as_ref().map(|o| o.metrics.clone()).unwrap_or_default(),
+                artifacts: report.output.as_ref().map(|o| (*o.artifacts).clone()).unwrap_or_default(),
+                metrics: report.output.as_ref().map(|o| (*o.metrics).clone()).unwrap_or_default(),
                 verdicts: serde_json::to_value(&report.verdicts).unwrap_or(Value::Null),
             })
             .collect(),
@@ -341,13 +341,13 @@ pub fn print_show(report: &StageReport, out: &OutDir, json: bool) {
     say!("stage {}  key {}", report.name.as_str(), report.key.map(|k| k.to_hex()).unwrap_or_default());
     if let Some(output) = &report.output {
         say!("artifacts:");
-        for (name, artifact) in &output.artifacts {
+        for (name, artifact) in output.artifacts.iter() {
             let (path, lazy) = out.locate(report.name.as_str(), name, artifact);
             let note = if lazy { "  (read-only object: not copied into .pipe/out)" } else { "" };
             say!("  {name:<26} {:>10} bytes  {}  {}{note}", artifact.bytes, artifact.hash.short(), path.display());
         }
         say!("metrics:");
-        for (name, value) in &output.metrics {
+        for (name, value) in output.metrics.iter() {
             say!("  {name:<26} {}", short(*value));
         }
     }

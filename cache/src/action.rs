@@ -38,6 +38,15 @@ pub struct Manifest {
     pub secs: f64,
 }
 
+/// A stored manifest without its key inputs (skipped unparsed), for a build's hit on
+/// an entry already checked whole ([`ActionCache::get_output`]).
+#[derive(Deserialize)]
+struct ManifestHead {
+    key: StageKey,
+    artifacts: BTreeMap<String, ArtifactRef>,
+    metrics: Metrics,
+}
+
 /// What separates a stored manifest's JSON body from the digest of that body: the
 /// digest is the last field, so the body is the file without it, byte for byte.
 const DIGEST_FIELD: &str = ",\n  \"digest\": \"";
@@ -203,6 +212,34 @@ impl ActionCache {
         Some(manifest)
     }
 
+    /// The artifacts and metrics of the entry under `key`, as [`ActionCache::get`]
+    /// gives them, for a build (which knows the key inputs). An entry whose bytes are
+    /// those [`ActionCache::get`] last checked whole (the stat cache holds its
+    /// blake3 for its unchanged stat) is not decoded and re-keyed again: a tune's entry
+    /// names every member artifact among its inputs, a megabyte of JSON. Its objects
+    /// are verified either way.
+    pub fn get_output(&self, key: &StageKey) -> Option<(BTreeMap<String, ArtifactRef>, Metrics)> {
+        let path = self.path(key);
+        let stats = self.store.stats();
+        if let Ok(bytes) = crate::fs::read(&self.root, &path) {
+            let content = ArtifactHash::of(&bytes);
+            if stats.unchanged(&path, &content) {
+                let head = serde_json::from_slice::<ManifestHead>(&bytes).ok().filter(|head| head.key == *key);
+                if let Some(head) = head {
+                    if head.artifacts.values().all(|artifact| self.store.verify(&artifact.hash)) {
+                        return Some((head.artifacts, head.metrics));
+                    }
+                }
+            }
+        }
+        let manifest = self.get(key)?;
+        // Checked whole just now: remember its bytes for the next build.
+        if let Ok(bytes) = crate::fs::read(&self.root, &path) {
+            stats.remember_content(&path, ArtifactHash::of(&bytes));
+        }
+        Some((manifest.artifacts, manifest.metrics))
+    }
+
     /// The manifest stored under `key` without checking its objects and without moving
     /// anything aside: for readers that must not change the cache (`pipe diff`, `pipe
     /// verify`, `pipe gc`). A build uses [`ActionCache::get`].
@@ -227,22 +264,42 @@ impl ActionCache {
         Ok(())
     }
 
-    /// Remembers `manifest` as the latest build of its stage (used by `pipe status`).
+    /// Remembers `manifest` as the latest build of its stage (used by `pipe status`):
+    /// `last/<stage>.json`, its key inputs, then `last/<stage>.key`, their key. The key
+    /// file is removed first, so one that exists always names the JSON beside it.
     pub fn set_last(&self, manifest: &Manifest) -> Result<(), CacheError> {
         let path = self.last.join(format!("{}.json", manifest.stage));
         let bytes = serde_json::to_vec_pretty(&manifest.inputs)
             .map_err(|source| CacheError::Json { path: path.clone(), source })?;
-        write_atomic(&self.root, &path, &bytes)
+        let key_path = self.last.join(format!("{}.key", manifest.stage));
+        match crate::fs::remove_file(&self.root, &key_path) {
+            Err(err) if !crate::fs::is_not_found(&err) => return Err(err),
+            _ => {}
+        }
+        write_atomic(&self.root, &path, &bytes)?;
+        write_atomic(&self.root, &key_path, last_key_line(&manifest.inputs.key(), bytes.len() as u64).as_bytes())
     }
 
-    /// Whether `last/<stage>.json` holds `inputs` as [`ActionCache::set_last`] writes
-    /// them, compared as bytes: a tune's inputs name thousands of member artifacts,
-    /// and encoding them is cheaper than parsing the file back.
-    pub fn last_is(&self, stage: &str, inputs: &KeyInputs) -> bool {
-        let Ok(bytes) = crate::fs::read(&self.root, &self.last.join(format!("{stage}.json"))) else { return false };
+    /// Whether `last/<stage>.json` holds `inputs` (whose key is `key`) as
+    /// [`ActionCache::set_last`] writes them: by its key file when there is one (a
+    /// tune's inputs name thousands of member artifacts), else compared as bytes.
+    pub fn last_is(&self, stage: &str, key: &StageKey, inputs: &KeyInputs) -> bool {
+        let path = self.last.join(format!("{stage}.json"));
+        let key_path = self.last.join(format!("{stage}.key"));
+        if let Ok(recorded) = crate::fs::read(&self.root, &key_path) {
+            // The key, and the JSON's length (a file edited to another length reads as changed).
+            let len = crate::fs::guard(&self.root, &path).ok().and_then(|()| path.symlink_metadata().ok());
+            return len.is_some_and(|meta| meta.is_file() && recorded == last_key_line(key, meta.len()).as_bytes());
+        }
+        let Ok(bytes) = crate::fs::read(&self.root, &path) else { return false };
         // Encoded straight against the file's bytes (no second megabyte for a tune).
         let mut rest = Compare { rest: &bytes };
-        serde_json::to_writer_pretty(&mut rest, inputs).is_ok() && rest.rest.is_empty()
+        let same = serde_json::to_writer_pretty(&mut rest, inputs).is_ok() && rest.rest.is_empty();
+        if same {
+            // Written by a pipe before key files: the next build compares keys.
+            write_atomic(&self.root, &key_path, last_key_line(key, bytes.len() as u64).as_bytes()).ok();
+        }
+        same
     }
 
     /// Key inputs of the latest build of `stage`, if any.
@@ -256,6 +313,11 @@ impl ActionCache {
             crate::fs::rename(&self.root, path, &self.quarantine.join(name)).ok();
         }
     }
+}
+
+/// What `last/<stage>.key` holds: the key, then the length of `last/<stage>.json`.
+fn last_key_line(key: &StageKey, json_len: u64) -> String {
+    format!("{} {json_len}\n", key.to_hex())
 }
 
 /// A writer that checks what is written against `rest`, consuming it; the first
@@ -311,6 +373,38 @@ mod tests {
     }
 
     #[test]
+    fn a_build_reads_an_entry_checked_before_without_decoding_its_inputs_and_still_sees_edits() {
+        let dir = crate::store::tests::test_dir("action-output");
+        let cache = Cache::open(&dir).unwrap();
+        let manifest = manifest(&cache, b"tensor bytes");
+        cache.actions().put(&manifest).unwrap();
+        let want = Some((manifest.artifacts.clone(), manifest.metrics.clone()));
+        let path = cache.actions().path(&manifest.key);
+        // The first read checks the entry whole and remembers its bytes by stat.
+        assert_eq!(cache.actions().get_output(&manifest.key), want);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(cache.stats().unchanged(&path, &ArtifactHash::of(&bytes)));
+        assert_eq!(cache.actions().get_output(&manifest.key), want);
+        // An edit of the same length (and its stat put back) is still caught by its bytes.
+        let text = String::from_utf8(bytes.clone()).unwrap().replace("\"int:0\"", "\"int:1\"");
+        assert_eq!(text.len(), bytes.len());
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, text).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(cache.actions().get_output(&manifest.key), None, "an edited entry is a miss");
+        // A lost object is a miss on the fast path too.
+        cache.actions().put(&manifest).unwrap();
+        assert_eq!(cache.actions().get_output(&manifest.key), want);
+        std::fs::remove_file(cache.store().path(&manifest.artifacts["dataset.safetensors"].hash)).unwrap();
+        assert_eq!(cache.actions().get_output(&manifest.key), None, "a missing object is a miss");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn hit_after_put_and_miss_after_corruption() {
         let dir = crate::store::tests::test_dir("action");
         let cache = Cache::open(&dir).unwrap();
@@ -319,19 +413,33 @@ mod tests {
         cache.actions().put(&manifest).unwrap();
         assert_eq!(cache.actions().get(&manifest.key), Some(manifest.clone()));
         assert_eq!(cache.actions().last("data"), Some(manifest.inputs.clone()));
-        assert!(cache.actions().last_is("data", &manifest.inputs));
+        let key = manifest.key;
+        assert!(cache.actions().last_is("data", &key, &manifest.inputs));
         let mut other = manifest.inputs.clone();
         other.knobs.insert("train.lr".into(), "f64:0.5".into());
-        assert!(!cache.actions().last_is("data", &other) && !cache.actions().last_is("train", &manifest.inputs));
-        // A file with more, or fewer, bytes than the encoding is not the same either.
+        assert!(!cache.actions().last_is("data", &other.key(), &other));
+        assert!(!cache.actions().last_is("train", &key, &manifest.inputs));
+        // A file with more, or fewer, bytes than the encoding is not the same either,
+        // by its key file or (without one) by its bytes.
         let last = dir.join("last/data.json");
         let bytes = std::fs::read(&last).unwrap();
-        std::fs::write(&last, [bytes.as_slice(), b"\n"].concat()).unwrap();
-        assert!(!cache.actions().last_is("data", &manifest.inputs));
-        std::fs::write(&last, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(!cache.actions().last_is("data", &manifest.inputs));
+        for key_file in [true, false] {
+            std::fs::write(&last, [bytes.as_slice(), b"\n"].concat()).unwrap();
+            assert!(!cache.actions().last_is("data", &key, &manifest.inputs));
+            std::fs::write(&last, &bytes[..bytes.len() - 1]).unwrap();
+            assert!(!cache.actions().last_is("data", &key, &manifest.inputs));
+            std::fs::write(&last, &bytes).unwrap();
+            if !key_file {
+                std::fs::remove_file(dir.join("last/data.key")).unwrap();
+            }
+            assert!(cache.actions().last_is("data", &key, &manifest.inputs));
+            // The comparison by bytes wrote the key file again.
+            assert!(dir.join("last/data.key").exists());
+        }
+        // A key file names the JSON beside it only: with the JSON gone, nothing is the last.
+        std::fs::remove_file(&last).unwrap();
+        assert!(!cache.actions().last_is("data", &key, &manifest.inputs));
         std::fs::write(&last, &bytes).unwrap();
-        assert!(cache.actions().last_is("data", &manifest.inputs));
 
         let object = cache.store().path(&manifest.artifacts["dataset.safetensors"].hash);
         std::fs::remove_file(&object).unwrap();

@@ -175,6 +175,11 @@ pub fn gc_retaining(
             crate::fs::read(root, &path).ok().and_then(|b| serde_json::from_slice(&b).ok());
         if last.is_some_and(|inputs| removed_keys.contains(&inputs.key())) {
             remove(root, &path, options.dry_run)?;
+            // Its key file (`ActionCache::set_last`) goes with it.
+            let key_file = path.with_extension("key");
+            if key_file.symlink_metadata().is_ok() {
+                remove(root, &key_file, options.dry_run)?;
+            }
         }
     }
 

@@ -11,7 +11,8 @@
 //!   lock                      exclusive lock held by a running build
 //!   objects/ab/abcdef...      artifact bytes, named by their blake3 hash, read-only
 //!   actions/ab/<key>.json     stage key -> manifest, written after its objects exist
-//!   last/<stage>.json         key inputs of the latest build of each stage (for `pipe status`)
+//!   last/<stage>.json         key inputs of the latest build of each stage (for `pipe status`),
+//!   last/<stage>.key          and their key (written after the JSON; a no-op compares keys)
 //!   out/<stage>/<name>.<ext>  copies of the latest artifacts at a stable path
 //!   runs/<id>.json            one record per `pipe build`
 //!   stat-cache.txt            (path, size, mtime, inode) -> hash of data files and objects
@@ -55,7 +56,7 @@ pub use queue::ActionQueue;
 pub use resume::{best_state, PrefixKey, ResumeIndex, SavedState};
 pub use run_index::{changed_knobs, stages_hash, RunSummary};
 pub use runs::{RunRecord, RunStage, Runs};
-pub use stat::{hash_file, StatCache};
+pub use stat::{hash_file, DigestHasher, DigestSet, StatCache};
 pub use store::Store;
 
 use std::path::{Path, PathBuf};

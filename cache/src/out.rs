@@ -238,8 +238,9 @@ pub struct MemberRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedMember {
     pub key: StageKey,
-    pub artifacts: BTreeMap<String, ArtifactRef>,
-    pub metrics: Metrics,
+    /// Shared with the outputs made from the record (`Arc`: no copies per lookup).
+    pub artifacts: std::sync::Arc<BTreeMap<String, ArtifactRef>>,
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 impl OutDir {
@@ -284,6 +285,11 @@ impl MemberRecord {
         let before = self.members.len();
         self.members.retain(|name, _| keep(name));
         self.dirty |= self.members.len() != before;
+    }
+
+    /// The hashes of every object the record names (repeats included).
+    pub fn hashes(&self) -> impl Iterator<Item = &ArtifactHash> {
+        self.members.values().flat_map(|member| member.artifacts.values().map(|artifact| &artifact.hash))
     }
 
     /// The names of the members recorded.
@@ -426,8 +432,8 @@ mod tests {
         let manifest = manifest(&cache, &[("metrics.json", b"{}")]);
         let member = RecordedMember {
             key: manifest.key,
-            artifacts: manifest.artifacts.clone(),
-            metrics: BTreeMap::from([("val_acc".to_string(), 0.5)]),
+            artifacts: manifest.artifacts.clone().into(),
+            metrics: BTreeMap::from([("val_acc".to_string(), 0.5)]).into(),
         };
         let mut record = cache.out().members();
         assert!(record.get("overfit[train.lr=0.1]", &manifest.key).is_none());

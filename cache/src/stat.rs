@@ -26,7 +26,7 @@ pub(crate) type FileStat = (u64, i128, u64);
 /// A store object's name is its blake3 hash: already uniformly spread, so its first
 /// eight bytes are the hash-map hash (no SipHash over 32 bytes per lookup).
 #[derive(Default, Clone, Copy)]
-pub(crate) struct DigestHasher(u64);
+pub struct DigestHasher(u64);
 
 impl std::hash::Hasher for DigestHasher {
     fn finish(&self) -> u64 {
@@ -43,6 +43,9 @@ impl std::hash::Hasher for DigestHasher {
 }
 
 pub(crate) type DigestMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<DigestHasher>>;
+
+/// A set of blake3 hashes hashed by [`DigestHasher`].
+pub type DigestSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<DigestHasher>>;
 
 /// A stat cache: (path, size, mtime, inode) -> content hash, so a no-op build does
 /// not re-read gigabytes. Saved to `stat-cache.txt` in the cache, one line per file
@@ -170,6 +173,17 @@ impl StatCache {
     pub fn remember(&self, path: &Path, hash: ArtifactHash) {
         if let Ok(now) = stat(path) {
             self.insert(key_of(path), now, hash);
+        }
+    }
+
+    /// Records that `path` (not an object) holds bytes of blake3 `hash`, read just now
+    /// and checked by the caller, so [`StatCache::unchanged`] holds while its stat does.
+    pub(crate) fn remember_content(&self, path: &Path, hash: ArtifactHash) {
+        if let Ok(now) = stat(path) {
+            let key = key_of(path);
+            if self.object_of(key.as_bytes()).is_none() {
+                self.insert(key, now, hash);
+            }
         }
     }
 

@@ -95,12 +95,12 @@ pub fn fingerprint(source: &Source, stats: &StatCache) -> Result<ArtifactHash, D
         Source::Digits => {
             let raw = source.load(&SourceOptions::default())?;
             hasher.update(b"builtin:digits\n");
-            for value in &raw.x {
-                hasher.update(&value.to_le_bytes());
-            }
-            for label in &raw.y {
-                hasher.update(&label.to_le_bytes());
-            }
+            // The same bytes as one value at a time, hashed in one call (115,000
+            // calls cost more than the rest of a no-op build's hashing).
+            let mut bytes = Vec::with_capacity(4 * (raw.x.len() + raw.y.len()));
+            bytes.extend(raw.x.iter().flat_map(|value| value.to_le_bytes()));
+            bytes.extend(raw.y.iter().flat_map(|label| label.to_le_bytes()));
+            hasher.update(&bytes);
         }
         _ => {
             for file in source.files()? {

@@ -172,7 +172,7 @@ pub fn store_result(
         secs,
     };
     cache.actions().put(&manifest).map_err(|err| StageFailure::Error(format!("recording the result: {err}")))?;
-    Ok(StageOutput { artifacts, metrics: output.metrics })
+    Ok(StageOutput::new(artifacts, output.metrics))
 }
 
 /// Runs `action` and stores its result: what a runner does for one action.

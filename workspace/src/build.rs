@@ -187,7 +187,7 @@ pub fn build(
     };
     let mut handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
     // Members settle through their record (crate::settle): no entry reads on a no-op.
-    let mut record = db.engine().cache.out().members();
+    let mut members = crate::settle::Members::new(db.engine().cache.out(), db.engine().cache.store().clone());
     // Every instance of the build -> its index.
     let mut present: HashMap<InstanceSpec, usize> =
         instances.iter().enumerate().map(|(index, spec)| (spec.clone(), index)).collect();
@@ -278,14 +278,15 @@ pub fn build(
                             None => member
                                 .then(|| {
                                     let store = db.engine().cache.store();
-                                    crate::settle::recorded(&record, store, &instances[index], &key)
+                                    members.recorded(store, &instances[index], &key)
                                 })
                                 .flatten()
                                 .or_else(|| {
-                                    db.engine().cache.actions().get(&key).map(|manifest| StageOutput {
-                                        artifacts: manifest.artifacts,
-                                        metrics: manifest.metrics,
-                                    })
+                                    db.engine()
+                                        .cache
+                                        .actions()
+                                        .get_output(&key)
+                                        .map(|(artifacts, metrics)| StageOutput::new(artifacts, metrics))
                                 }),
                         };
                         if let Some(output) = cached {
@@ -316,13 +317,18 @@ pub fn build(
                 }
             }
         }
-        for (index, report) in crate::settle::settle_members(db, &handles, hits, &mut record) {
+        let settled = match hits.is_empty() {
+            true => Vec::new(),
+            false => crate::settle::settle_members(db, &handles, hits, members.record()),
+        };
+        for (index, report) in settled {
             stopped |= stops(index, &report);
             on_stage(BuildEvent::Settled(&report));
             reports.insert(index, report);
         }
         let rescan = !stopped && !discovered.is_empty();
         if rescan {
+            members.prefetch();
             let new: Vec<InstanceSpec> =
                 closure(db, discovered).into_iter().filter(|spec| !present.contains_key(spec)).collect();
             for (offset, spec) in new.iter().enumerate() {
@@ -406,7 +412,8 @@ pub fn build(
                 );
                 for index in writers {
                     healed.insert(index);
-                    record.forget(&instances[index].name().0);
+                    members.distrust();
+                    members.record().forget(&instances[index].name().0);
                     db.set_result(handles[index], None);
                     reports.remove(&index);
                     known.remove(&index);
@@ -426,7 +433,7 @@ pub fn build(
                         continue;
                     }
                     match index >= targeted {
-                        true => crate::settle::settled_member(db, instance, status, outcome.secs, &mut record),
+                        true => crate::settle::settled_member(db, instance, status, outcome.secs, members.record()),
                         false => settled_now(db, instance, status, outcome.secs),
                     }
                 }
@@ -452,9 +459,9 @@ pub fn build(
     if !interrupted && !stopped && handles.len() > targeted {
         // Entries of members this build did not meet (an earlier count or space) go.
         let names: HashSet<&str> = reports.values().map(|report| report.name.0.as_str()).collect();
-        record.retain(|name| names.contains(name));
+        members.record().retain(|name| names.contains(name));
     }
-    if let Err(err) = record.save() {
+    if let Err(err) = members.save() {
         tracing::warn!(%err, "could not save the member record in .pipe/out");
     }
     if interrupted {
@@ -527,7 +534,7 @@ fn dispatch(
             }
             cache::remote::Claimed::Done(manifest) => {
                 fetched.lock().map(|mut keys| keys.insert(key)).ok();
-                let output = StageOutput { artifacts: manifest.artifacts, metrics: manifest.metrics };
+                let output = StageOutput::new(manifest.artifacts, manifest.metrics);
                 ActionOutcome { key, secs: 0.0, result: Ok(output) }
             }
             cache::remote::Claimed::Cancelled => ActionOutcome { key, secs: 0.0, result: Err(StageFailure::Cancelled) },
@@ -561,15 +568,15 @@ pub(crate) fn settled(
             stage: spec.name().0,
             key,
             inputs: inputs.clone(),
-            artifacts: output.artifacts.clone(),
-            metrics: output.metrics.clone(),
+            artifacts: (*output.artifacts).clone(),
+            metrics: (*output.metrics).clone(),
             secs,
         };
         if let Err(err) = engine.cache.out().materialize(&manifest) {
             tracing::warn!(%err, stage = %manifest.stage, "could not refresh .pipe/out");
         }
         // `last/` explains staleness later; rewrite it (an fsync) only when it changed.
-        if !engine.cache.actions().last_is(&manifest.stage, inputs) {
+        if !engine.cache.actions().last_is(&manifest.stage, &key, inputs) {
             engine.cache.actions().set_last(&manifest).ok();
         }
     }

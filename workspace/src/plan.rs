@@ -93,7 +93,7 @@ pub fn plan(db: &mut Database, instances: &[InstanceSpec], lookup: Lookup) -> Ve
             };
             let done = manifest.as_ref().map(|manifest| Done {
                 key,
-                output: StageOutput { artifacts: manifest.artifacts.clone(), metrics: manifest.metrics.clone() },
+                output: StageOutput::new(manifest.artifacts.clone(), manifest.metrics.clone()),
             });
             db.set_result(instance, done);
         }

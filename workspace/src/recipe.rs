@@ -130,11 +130,19 @@ impl Target {
 }
 
 /// A stage's result as salsa sees it: content only (hashes, metrics), never keys or
-/// timings, so an unchanged result is backdated and dependents do not re-run.
+/// timings, so an unchanged result is backdated and dependents do not re-run. Both
+/// maps are shared (`Arc`): a tune's output is copied into every query and report
+/// that reads it, a thousand members' outputs into the tune's.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StageOutput {
-    pub artifacts: BTreeMap<String, ArtifactRef>,
-    pub metrics: Metrics,
+    pub artifacts: Arc<BTreeMap<String, ArtifactRef>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl StageOutput {
+    pub fn new(artifacts: BTreeMap<String, ArtifactRef>, metrics: Metrics) -> StageOutput {
+        StageOutput { artifacts: Arc::new(artifacts), metrics: Arc::new(metrics) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -35,9 +35,7 @@ impl StageSnapshot {
     }
 
     pub fn output(&self) -> Option<StageOutput> {
-        self.manifest
-            .as_ref()
-            .map(|manifest| StageOutput { artifacts: manifest.artifacts.clone(), metrics: manifest.metrics.clone() })
+        self.manifest.as_ref().map(|manifest| StageOutput::new(manifest.artifacts.clone(), manifest.metrics.clone()))
     }
 }
 

@@ -231,7 +231,7 @@ mod tests {
     }
 
     fn default_output(entry: &Entry) -> StageOutput {
-        StageOutput { artifacts: BTreeMap::new(), metrics: (entry.default_metrics)().unwrap() }
+        StageOutput::new(BTreeMap::new(), (entry.default_metrics)().unwrap())
     }
 
     #[test]
@@ -379,7 +379,7 @@ mod tests {
                 (name.clone(), cache::ArtifactRef { hash, bytes: bytes.len() as u64 })
             })
             .collect();
-        let upstream = BTreeMap::from([(stage::DATA, StageOutput { artifacts, metrics: data.metrics })]);
+        let upstream = BTreeMap::from([(stage::DATA, StageOutput::new(artifacts, data.metrics))]);
         for stage in &stages {
             for &knob in &stage.spec().knobs {
                 let result = execute(stage.as_ref(), cache.store(), &upstream, Some(knob));
@@ -400,7 +400,7 @@ mod tests {
                 (name.clone(), cache::ArtifactRef { hash, bytes: bytes.len() as u64 })
             })
             .collect();
-        StageOutput { artifacts, metrics: output.metrics }
+        StageOutput::new(artifacts, output.metrics)
     }
 
     #[test]

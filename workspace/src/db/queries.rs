@@ -144,7 +144,7 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
             // The member's name once, not once per artifact.
             let mut prefix = member.name().0;
             prefix.push('/');
-            for (name, artifact) in &output.artifacts {
+            for (name, artifact) in output.artifacts.iter() {
                 let mut entry = String::with_capacity(prefix.len() + name.len());
                 entry.push_str(&prefix);
                 entry.push_str(name);

@@ -413,7 +413,7 @@ impl Monitor {
         let completed = state.is_none_or(|s| s.state == "COMPLETED");
         if completed {
             if let Some(manifest) = self.shared.cache.actions().get(&request.key) {
-                let output = StageOutput { artifacts: manifest.artifacts, metrics: manifest.metrics };
+                let output = StageOutput::new(manifest.artifacts, manifest.metrics);
                 return ActionOutcome { key: request.key, secs: manifest.secs, result: Ok(output) };
             }
         }

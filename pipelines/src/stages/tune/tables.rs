@@ -161,7 +161,7 @@ mod tests {
                 (knob::MODEL_HIDDEN, KnobValue::IntList(vec![32, 32])),
                 (knob::TRAIN_OPTIMIZER, KnobValue::Str("sgd".into())),
             ],
-            output: StageOutput { artifacts: BTreeMap::new(), metrics },
+            output: StageOutput::new(BTreeMap::new(), metrics),
         }
     }
 

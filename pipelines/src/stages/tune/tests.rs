@@ -94,7 +94,7 @@ impl Bench {
                 (name.clone(), cache::ArtifactRef { hash, bytes: bytes.len() as u64 })
             })
             .collect();
-        StageOutput { artifacts, metrics: output.metrics }
+        StageOutput::new(artifacts, output.metrics)
     }
 
     /// Asks `tune` for members until it asks for no more, training each once.
