@@ -188,6 +188,7 @@ pub fn build(
     let mut handles: Vec<Instance> = instances.iter().map(|spec| db.register(spec)).collect();
     // Members settle through their record (crate::settle): no entry reads on a no-op.
     let mut members = crate::settle::Members::new(db.engine().cache.out(), db.engine().cache.store().clone());
+    members.prefetch();
     // Every instance of the build -> its index.
     let mut present: HashMap<InstanceSpec, usize> =
         instances.iter().enumerate().map(|(index, spec)| (spec.clone(), index)).collect();
@@ -226,6 +227,15 @@ pub fn build(
         let mut discovered: Vec<InstanceSpec> = Vec::new();
         // Members found cached in this pass, settled after it (see `settle_members`).
         let mut hits: Vec<(usize, Done)> = Vec::new();
+        if members.pending() {
+            // The members' keys first (memoized: the loop below reads them again), so
+            // the record's thread has its time before the first member is looked up.
+            for (index, instance) in handles.iter().enumerate().skip(targeted) {
+                if !reports.contains_key(&index) && !known.contains_key(&index) && !blocked.contains_key(&index) {
+                    crate::db::instance_key(db, *instance);
+                }
+            }
+        }
         for index in 0..handles.len() {
             let instance = &handles[index];
             if stopped || reports.contains_key(&index) {
@@ -328,7 +338,6 @@ pub fn build(
         }
         let rescan = !stopped && !discovered.is_empty();
         if rescan {
-            members.prefetch();
             let new: Vec<InstanceSpec> =
                 closure(db, discovered).into_iter().filter(|spec| !present.contains_key(spec)).collect();
             for (offset, spec) in new.iter().enumerate() {
