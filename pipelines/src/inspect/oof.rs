@@ -57,7 +57,7 @@ pub struct Classifier {
 impl Classifier {
     pub fn of(oof: &OutOfFold, features: usize) -> Classifier {
         Classifier {
-            method: "ridge regression to one-hot labels, every class weighing the same, on seeded random convolution features, k-fold, softmax with fitted temperature, refitted twice, each time without the rows the fit before contradicted",
+            method: "ridge regression to one-hot labels, every class weighing the same, on seeded random convolution features and gradient histograms, k-fold, softmax with fitted temperature, refitted twice, each time without the rows the fit before contradicted",
             features,
             temperature: oof.temperature,
             pruned: oof.pruned,

@@ -129,13 +129,13 @@ fn fashion() -> Option<RawDataset> {
 fn fashion_flipped_blocks_and_noisy_copies() {
     let Some(base) = fashion() else { return };
     // Measured (3,000 training images; cleanlab on out-of-fold kNN probabilities in
-    // brackets, see the audit bench): trouser labelled dress recall 97% at precision
-    // 31% (93% at 12%); sneaker labelled sandal 96% at 32% (85% at 13%); bag labelled
-    // T-shirt at 10% 100% at 14% (92% at 6%), at 30% 99% at 41% (82% at 16%). Pullover
-    // labelled coat is below issue 15's goal of 85%: 46% at 17% (68% at 11%), so its
+    // brackets, see the audit bench): trouser labelled dress recall 100% at precision
+    // 32% (93% at 12%); sneaker labelled sandal 98% at 31% (85% at 13%); bag labelled
+    // T-shirt at 10% 100% at 14% (92% at 6%), at 30% 100% at 41% (82% at 16%). Pullover
+    // labelled coat is below issue 15's goal of 85%: 60% at 25% (68% at 11%), so its
     // floor is what was measured, with margin.
     let cases = [(1, 3, 0.2, 0.85, 0.25), (7, 5, 0.2, 0.85, 0.25), (8, 0, 0.1, 0.85, 0.1), (8, 0, 0.3, 0.85, 0.3)];
-    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.4, 0.14)]) {
+    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.5, 0.2)]) {
         let (recall, precision) = label_case(&base, from, to, rate, &options());
         eprintln!("fashion {from}>{to} at {rate}: recall {recall}, precision {precision}");
         assert!(
