@@ -117,6 +117,22 @@ fn gram(
     (g.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect())
 }
 
+/// `sum(a[l] * b[l])` over four interleaved partial sums (lanes `l % 4`), added in a fixed
+/// order at the end: the same bits on any thread count, and not one long chain of
+/// dependent additions (the Cholesky factorisation and the scores are most of the fit).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (a4.remainder(), b4.remainder());
+    for (p, q) in a4.zip(b4) {
+        for ((lane, x), y) in lanes.iter_mut().zip(p).zip(q) {
+            *lane += x * y;
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(p, q)| p * q).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
+}
+
 /// Solves `a x = b` for a symmetric positive definite `n x n` matrix `a` and `m`
 /// right-hand sides (row-major `n x m`), by Cholesky; `None` if `a` is not positive definite.
 fn cholesky_solve(mut a: Vec<f64>, n: usize, mut b: Vec<f64>, m: usize) -> Option<Vec<f64>> {
@@ -131,7 +147,7 @@ fn cholesky_solve(mut a: Vec<f64>, n: usize, mut b: Vec<f64>, m: usize) -> Optio
         a[j * n + j] = pivot;
         for i in j + 1..n {
             let row_i = &mut a[i * n..(i + 1) * n];
-            let dot: f64 = row_i[..j].iter().zip(&lj).map(|(p, q)| p * q).sum();
+            let dot = dot(&row_i[..j], &lj);
             row_i[j] = (row_i[j] - dot) / pivot;
         }
     }
@@ -191,7 +207,8 @@ fn scores(features: &Features, n_classes: usize, members: &[Vec<usize>], grams: 
                 .iter()
                 .map(|&row| {
                     let x = &features.values[row * dims..(row + 1) * dims];
-                    let s = w.iter().map(|wc| x.iter().zip(wc).map(|(&v, q)| v as f64 * q).sum()).collect();
+                    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                    let s = w.iter().map(|wc| dot(&x, wc)).collect();
                     (row, s)
                 })
                 .collect()
