@@ -3,7 +3,8 @@
 //! near-duplicate recall for noisy test copies, false findings on clean data, and the
 //! time of the whole audit on all of Fashion-MNIST. Prints one line per measurement;
 //! with `AUDIT_FIXTURE_DIR` set it also writes each fixture's training split there for
-//! `peers/audit_cleanlab.py`. Run: `cargo bench -p pipelines --bench audit`.
+//! `peers/audit_cleanlab.py`. Run: `cargo bench -p pipelines --bench audit`
+//! (`AUDIT_FULL_ONLY=1`: only all of Fashion-MNIST; `AUDIT_SMALL_ONLY=1`: all but it).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -182,6 +183,9 @@ fn main() {
             label_case("fashion-4k", &small, from, to, rate, out.as_deref());
         }
         copy_case("fashion-4k", &small, 25, 3);
+    }
+    if std::env::var_os("AUDIT_SMALL_ONLY").is_some() {
+        return;
     }
     clean_case("fashion-70k", &fashion);
     let mut flipped = fashion.clone();

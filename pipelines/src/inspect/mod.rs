@@ -7,7 +7,7 @@
 //! (`near_duplicates.rs`) and the neighbours that explain each label issue. Label
 //! issues come from confident learning (`label_issues.rs`, `confident.rs`) on the
 //! out-of-fold probabilities of the audit's own classifier (`oof.rs`: ridge regression
-//! on seeded random convolution features, `features.rs`); `explain.rs` draws each
+//! on seeded random convolution features and gradient histograms, `features.rs`); `explain.rs` draws each
 //! finding with what explains it.
 
 pub mod confident;

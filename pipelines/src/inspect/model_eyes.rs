@@ -131,7 +131,7 @@ pub fn audit(data: &Prepared, model: ModelView, options: &ModelEyesOptions) -> R
     let mut labels =
         label_issues::audit_probabilities(train, &oof.probabilities, &found.votes, &audited, data.n_classes(), &filter);
     labels.classifier = Some(Classifier {
-        method: "ridge regression to one-hot labels on the trained model's penultimate-layer embedding (unit length, seeded projection), k-fold, softmax with fitted temperature, refitted twice, each time without the rows the fit before contradicted",
+        method: "ridge regression to one-hot labels, every class weighing the same, on the trained model's penultimate-layer embedding (unit length, seeded projection), k-fold, softmax with fitted temperature, refitted twice, each time without the rows the fit before contradicted",
         features: dims,
         temperature: oof.temperature,
         pruned: oof.pruned,

@@ -57,7 +57,7 @@ pub struct Classifier {
 impl Classifier {
     pub fn of(oof: &OutOfFold, features: usize) -> Classifier {
         Classifier {
-            method: "ridge regression to one-hot labels on seeded random convolution features, k-fold, softmax with fitted temperature, refitted twice, each time without the rows the fit before contradicted",
+            method: "ridge regression to one-hot labels, every class weighing the same, on seeded random convolution features and gradient histograms, k-fold, softmax with fitted temperature, refitted twice, each time without the rows the fit before contradicted",
             features,
             temperature: oof.temperature,
             pruned: oof.pruned,
@@ -66,14 +66,34 @@ impl Classifier {
     }
 }
 
-/// Sums `X_r^T X_r` and `X_r^T Y_r` over `rows` (f32 GEMM over gathered rows, then f64).
-fn gram(features: &Features, labels: &[u32], n_classes: usize, rows: &[usize]) -> (Vec<f64>, Vec<f64>) {
+/// Per class, the weight of each of its rows in the fits: `n / (n_classes * count)`, so
+/// every class weighs the same in total. Without it a block of class `s` relabelled `g`
+/// makes `g` the larger class, the fit leans towards it, and the true members of `s`
+/// then look like `g` too: the mirror cell grows with the block and hides its excess.
+fn class_weights(labels: &[u32], n_classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; n_classes];
+    labels.iter().for_each(|&y| counts[y as usize] += 1);
+    let present = counts.iter().filter(|&&c| c > 0).count().max(1);
+    counts.iter().map(|&c| if c > 0 { (labels.len() as f64 / (present * c) as f64) as f32 } else { 0.0 }).collect()
+}
+
+/// Sums `X_r^T D X_r` and `X_r^T D Y_r` over `rows`, `D` the rows' class weights (f32
+/// GEMM over gathered rows scaled by the square roots of their weights, then f64).
+fn gram(
+    features: &Features,
+    labels: &[u32],
+    weights: &[f32],
+    n_classes: usize,
+    rows: &[usize],
+) -> (Vec<f64>, Vec<f64>) {
     let dims = features.dims;
     let mut gathered = Vec::with_capacity(rows.len() * dims);
     let mut targets = vec![0f32; rows.len() * n_classes];
     for (i, &row) in rows.iter().enumerate() {
-        gathered.extend_from_slice(&features.values[row * dims..(row + 1) * dims]);
-        targets[i * n_classes + labels[row] as usize] = 1.0;
+        let label = labels[row] as usize;
+        let scale = weights[label].sqrt();
+        gathered.extend(features.values[row * dims..(row + 1) * dims].iter().map(|&v| v * scale));
+        targets[i * n_classes + label] = scale;
     }
     let mut g = vec![0f32; dims * dims];
     let mut b = vec![0f32; dims * n_classes];
@@ -97,6 +117,22 @@ fn gram(features: &Features, labels: &[u32], n_classes: usize, rows: &[usize]) -
     (g.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect())
 }
 
+/// `sum(a[l] * b[l])` over four interleaved partial sums (lanes `l % 4`), added in a fixed
+/// order at the end: the same bits on any thread count, and not one long chain of
+/// dependent additions (the Cholesky factorisation and the scores are most of the fit).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (a4.remainder(), b4.remainder());
+    for (p, q) in a4.zip(b4) {
+        for ((lane, x), y) in lanes.iter_mut().zip(p).zip(q) {
+            *lane += x * y;
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(p, q)| p * q).sum();
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail
+}
+
 /// Solves `a x = b` for a symmetric positive definite `n x n` matrix `a` and `m`
 /// right-hand sides (row-major `n x m`), by Cholesky; `None` if `a` is not positive definite.
 fn cholesky_solve(mut a: Vec<f64>, n: usize, mut b: Vec<f64>, m: usize) -> Option<Vec<f64>> {
@@ -111,7 +147,7 @@ fn cholesky_solve(mut a: Vec<f64>, n: usize, mut b: Vec<f64>, m: usize) -> Optio
         a[j * n + j] = pivot;
         for i in j + 1..n {
             let row_i = &mut a[i * n..(i + 1) * n];
-            let dot: f64 = row_i[..j].iter().zip(&lj).map(|(p, q)| p * q).sum();
+            let dot = dot(&row_i[..j], &lj);
             row_i[j] = (row_i[j] - dot) / pivot;
         }
     }
@@ -137,12 +173,13 @@ type Grams = Vec<(Vec<f64>, Vec<f64>)>;
 fn fold_grams(
     features: &Features,
     labels: &[u32],
+    weights: &[f32],
     n_classes: usize,
     members: &[Vec<usize>],
     select: impl Fn(usize) -> bool + Sync,
 ) -> Grams {
     let rows: Vec<Vec<usize>> = members.iter().map(|m| m.iter().copied().filter(|&r| select(r)).collect()).collect();
-    rows.par_iter().map(|rows| gram(features, labels, n_classes, rows)).collect()
+    rows.par_iter().map(|rows| gram(features, labels, weights, n_classes, rows)).collect()
 }
 
 /// Out-of-fold scores of every row: fold `f`'s rows (`members[f]`) scored by the fit
@@ -170,7 +207,8 @@ fn scores(features: &Features, n_classes: usize, members: &[Vec<usize>], grams: 
                 .iter()
                 .map(|&row| {
                     let x = &features.values[row * dims..(row + 1) * dims];
-                    let s = w.iter().map(|wc| x.iter().zip(wc).map(|(&v, q)| v as f64 * q).sum()).collect();
+                    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                    let s = w.iter().map(|wc| dot(&x, wc)).collect();
                     (row, s)
                 })
                 .collect()
@@ -212,7 +250,8 @@ pub fn out_of_fold(features: &Features, labels: &[u32], n_classes: usize, fold: 
     let n = features.n;
     let n_folds = fold.iter().map(|&f| f as usize + 1).max().unwrap_or(0);
     let members: Vec<Vec<usize>> = (0..n_folds).map(|f| (0..n).filter(|&r| fold[r] as usize == f).collect()).collect();
-    let all = fold_grams(features, labels, n_classes, &members, |_| true);
+    let weights = class_weights(labels, n_classes);
+    let all = fold_grams(features, labels, &weights, n_classes, &members, |_| true);
     let mut grams = all.clone();
     let mut fitted: Vec<usize> = members.iter().map(Vec::len).collect();
     let mut pruned = 0;
@@ -232,7 +271,7 @@ pub fn out_of_fold(features: &Features, labels: &[u32], n_classes: usize, fold: 
                     p[y as usize] - other < -PRUNE_MARGIN
                 })
                 .collect();
-            let removed = fold_grams(features, labels, n_classes, &members, |r| contradicted[r]);
+            let removed = fold_grams(features, labels, &weights, n_classes, &members, |r| contradicted[r]);
             grams = all.clone();
             for (f, ((g, b), (rg, rb))) in grams.iter_mut().zip(&removed).enumerate() {
                 g.iter_mut().zip(rg).for_each(|(v, r)| *v -= r);
