@@ -437,7 +437,7 @@ mod tests {
             let values = default_thresholds(spec, None);
             for name in defaults.metrics.keys() {
                 let mut output = defaults.clone();
-                output.metrics.remove(name);
+                std::sync::Arc::make_mut(&mut output.metrics).remove(name);
                 let result = entry.stage.verdicts(&output, &Checks::new(spec.id, &values));
                 assert!(
                     matches!(&result, Err(VerdictError(message)) if message.contains(name.as_str())),
