@@ -20,55 +20,9 @@ use crate::db::{
     instance_key_inputs, instance_members, instance_output, instance_verdicts, resolved_knobs, Blocked, Database, Db,
     Done, Instance, StageStatus,
 };
-use crate::instance::{parse_instance, InstanceName, InstanceSpec};
-use crate::knob::suggest;
+use crate::instance::{InstanceName, InstanceSpec};
 use crate::recipe::{Cancel, StageFailure, StageId, StageOutput, Verdict, VerdictStatus};
 use crate::runner::Runner;
-
-/// Expands target names, stage ids and instances (`overfit[train.lr=1e-3]`) into
-/// instances in recipe order, upstream instances included. An unknown name gets a
-/// suggestion.
-pub fn resolve_targets(db: &Database, names: &[String]) -> Result<Vec<InstanceSpec>, String> {
-    let recipe = &db.engine().recipe;
-    let mut wanted: Vec<InstanceSpec> = Vec::new();
-    for name in names {
-        if let Some(target) = recipe.targets.iter().find(|target| target.name == name) {
-            wanted.extend(target.wanted());
-        } else if let Some(instance) = parse_instance(recipe, name)? {
-            wanted.push(instance);
-        } else {
-            let candidates = recipe.targets.iter().map(|t| t.name).chain(recipe.stages.iter().map(|s| s.spec().id.0));
-            return Err(match suggest(name, candidates) {
-                Some(close) => format!("unknown target or stage `{name}`, did you mean `{close}`?"),
-                None => format!(
-                    "unknown target or stage `{name}` (targets: {}; stages: {})",
-                    recipe.targets.iter().map(|t| t.name).collect::<Vec<_>>().join(", "),
-                    recipe.stages.iter().map(|s| s.spec().id.0).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
-    }
-    Ok(closure(db, wanted))
-}
-
-/// `wanted` and every instance upstream of it, in recipe order (then by name).
-pub fn closure(db: &Database, wanted: Vec<InstanceSpec>) -> Vec<InstanceSpec> {
-    let engine = db.engine();
-    let recipe = &engine.recipe;
-    let mut needed: Vec<InstanceSpec> = Vec::new();
-    let mut seen: HashSet<InstanceSpec> = HashSet::new();
-    let mut stack = wanted;
-    while let Some(instance) = stack.pop() {
-        if seen.insert(instance.clone()) {
-            if let Some(spec) = recipe.spec(instance.stage.0) {
-                stack.extend(spec.upstream.iter().map(|up| engine.upstream_of(&instance, *up)));
-            }
-            needed.push(instance);
-        }
-    }
-    needed.sort_by_cached_key(|instance| (recipe.position(instance.stage), instance.name()));
-    needed
-}
 
 #[derive(Clone, Default)]
 pub struct BuildOptions {
@@ -603,3 +557,4 @@ pub(crate) fn settled(
 }
 
 pub use crate::plan::{cached_reports, plan, status, Lookup, Planned, StaleReason, StatusReport};
+pub use crate::targets::{closure, resolve_targets};

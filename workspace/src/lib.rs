@@ -18,6 +18,7 @@ pub mod resume;
 pub mod runner;
 mod settle;
 pub mod snapshot;
+mod targets;
 pub mod verify;
 
 pub use action::{execute_and_store, run_action, Action, ActionOutcome, MemberOutput};
