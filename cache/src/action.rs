@@ -180,25 +180,35 @@ impl ActionCache {
 
     fn get_local(&self, key: &StageKey) -> Option<Manifest> {
         let path = self.path(key);
-        let bytes = match crate::fs::read(&self.root, &path) {
-            Ok(bytes) => bytes,
-            Err(err) if crate::fs::is_not_found(&err) => return None,
+        self.check_entry(key, &path, &self.read_entry(&path)?)
+    }
+
+    /// The bytes of the entry at `path`, if it can be read.
+    fn read_entry(&self, path: &Path) -> Option<Vec<u8>> {
+        match crate::fs::read(&self.root, path) {
+            Ok(bytes) => Some(bytes),
+            Err(err) if crate::fs::is_not_found(&err) => None,
             Err(err) => {
                 tracing::warn!(%err, "unreadable action entry, re-running its stage");
-                return None;
+                None
             }
-        };
-        let manifest = match Manifest::decode(&bytes) {
+        }
+    }
+
+    /// The entry `bytes` read from `path` for `key`, checked whole: its digest, its key
+    /// and inputs, its objects. A bad entry is moved aside, and so is a damaged object.
+    fn check_entry(&self, key: &StageKey, path: &Path, bytes: &[u8]) -> Option<Manifest> {
+        let manifest = match Manifest::decode(bytes) {
             Ok(manifest) => manifest,
             Err(err) => {
                 tracing::warn!(path = %path.display(), %err, "corrupt action entry, re-running its stage");
-                self.quarantine_file(&path);
+                self.quarantine_file(path);
                 return None;
             }
         };
         if manifest.key != *key || manifest.inputs.key() != *key {
             tracing::warn!(path = %path.display(), "action entry does not match its key, re-running its stage");
-            self.quarantine_file(&path);
+            self.quarantine_file(path);
             return None;
         }
         for (name, artifact) in &manifest.artifacts {
@@ -220,24 +230,27 @@ impl ActionCache {
     /// are verified either way.
     pub fn get_output(&self, key: &StageKey) -> Option<(BTreeMap<String, ArtifactRef>, Metrics)> {
         let path = self.path(key);
+        let Some(bytes) = self.read_entry(&path) else {
+            return self.fetch(key).map(|manifest| (manifest.artifacts, manifest.metrics));
+        };
+        let content = ArtifactHash::of(&bytes);
         let stats = self.store.stats();
-        if let Ok(bytes) = crate::fs::read(&self.root, &path) {
-            let content = ArtifactHash::of(&bytes);
-            if stats.unchanged(&path, &content) {
-                let head = serde_json::from_slice::<ManifestHead>(&bytes).ok().filter(|head| head.key == *key);
-                if let Some(head) = head {
-                    if head.artifacts.values().all(|artifact| self.store.verify(&artifact.hash)) {
-                        return Some((head.artifacts, head.metrics));
-                    }
+        if stats.unchanged(&path, &content) {
+            let head = serde_json::from_slice::<ManifestHead>(&bytes).ok().filter(|head| head.key == *key);
+            if let Some(head) = head {
+                if head.artifacts.values().all(|artifact| self.store.verify(&artifact.hash)) {
+                    return Some((head.artifacts, head.metrics));
                 }
             }
         }
-        let manifest = self.get(key)?;
-        // Checked whole just now: remember its bytes for the next build.
-        if let Ok(bytes) = crate::fs::read(&self.root, &path) {
-            stats.remember_content(&path, ArtifactHash::of(&bytes));
+        match self.check_entry(key, &path, &bytes) {
+            Some(manifest) => {
+                // Checked whole just now: remember its bytes for the next build.
+                stats.remember_content(&path, content);
+                Some((manifest.artifacts, manifest.metrics))
+            }
+            None => self.fetch(key).map(|manifest| (manifest.artifacts, manifest.metrics)),
         }
-        Some((manifest.artifacts, manifest.metrics))
     }
 
     /// The manifest stored under `key` without checking its objects and without moving

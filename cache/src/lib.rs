@@ -56,7 +56,7 @@ pub use queue::ActionQueue;
 pub use resume::{best_state, PrefixKey, ResumeIndex, SavedState};
 pub use run_index::{changed_knobs, stages_hash, RunSummary};
 pub use runs::{RunRecord, RunStage, Runs};
-pub use stat::{hash_file, DigestHasher, DigestSet, StatCache};
+pub use stat::{hash_file, DigestHasher, StatCache};
 pub use store::Store;
 
 use std::path::{Path, PathBuf};

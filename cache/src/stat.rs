@@ -44,9 +44,6 @@ impl std::hash::Hasher for DigestHasher {
 
 pub(crate) type DigestMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<DigestHasher>>;
 
-/// A set of blake3 hashes hashed by [`DigestHasher`].
-pub type DigestSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<DigestHasher>>;
-
 /// A stat cache: (path, size, mtime, inode) -> content hash, so a no-op build does
 /// not re-read gigabytes. Saved to `stat-cache.txt` in the cache, one line per file
 /// (`size mtime_ns inode hash path`): a cache of a 1,000-trial tune remembers ~10,000
