@@ -201,7 +201,7 @@ impl StatCache {
         if !state.dirty {
             return Ok(());
         }
-        write_atomic(&self.root, &self.path, &format(&state, &self.objects))?;
+        write_atomic(&self.root, &self.path, &format(&state))?;
         // The JSON file of earlier versions, now unread.
         crate::fs::remove_file(&self.root, &self.root.join("stat-cache.json")).ok();
         state.dirty = false;
@@ -222,82 +222,92 @@ fn object_name(rest: &[u8]) -> Option<ArtifactHash> {
 }
 
 /// One line per entry: `size mtime_ns inode hash path` (the path last, as bytes; a
-/// path holding a newline is not remembered: it is re-hashed instead).
-fn format(state: &State, objects: &[u8]) -> Vec<u8> {
+/// path holding a newline is not remembered: it is re-hashed instead). A store object
+/// is named by its hash, so its line stops after the hash: `size mtime_ns inode hash`
+/// (lines of earlier versions, with the object's path, are still read).
+fn format(state: &State) -> Vec<u8> {
     use std::io::Write as _;
-    let mut bytes = Vec::with_capacity((state.files.len() + state.verified.len()) * 160);
-    let mut line = |entry: Entry, path: &[u8]| {
-        if path.contains(&b'\n') {
+    let mut bytes = Vec::with_capacity(state.files.len() * 160 + state.verified.len() * 110);
+    let mut line = |entry: Entry, path: Option<&[u8]>| {
+        if path.is_some_and(|path| path.contains(&b'\n')) {
             return;
         }
         // Writing into a Vec cannot fail.
-        let _ = write!(bytes, "{} {} {} {} ", entry.size, entry.mtime_ns, entry.inode, entry.hash);
-        bytes.extend_from_slice(path);
+        let _ = write!(bytes, "{} {} {} {}", entry.size, entry.mtime_ns, entry.inode, entry.hash);
+        if let Some(path) = path {
+            bytes.push(b' ');
+            bytes.extend_from_slice(path);
+        }
         bytes.push(b'\n');
     };
     for (path, entry) in &state.files {
-        line(*entry, path.as_bytes());
+        line(*entry, Some(path.as_bytes()));
     }
     // In hash order, so an unchanged cache writes the same bytes.
     let mut verified: Vec<(&ArtifactHash, &FileStat)> = state.verified.iter().collect();
     verified.sort_unstable_by_key(|(hash, _)| **hash);
-    let mut path = objects.to_vec();
     for (hash, (size, mtime_ns, inode)) in verified {
-        let hex = hash.to_hex();
-        path.truncate(objects.len());
-        path.extend_from_slice(&hex.as_bytes()[..2]);
-        path.push(b'/');
-        path.extend_from_slice(hex.as_bytes());
-        line(Entry { size: *size, mtime_ns: *mtime_ns, inode: *inode, hash: *hash }, &path);
+        line(Entry { size: *size, mtime_ns: *mtime_ns, inode: *inode, hash: *hash }, None);
     }
     bytes
 }
 
-/// An optionally negative decimal integer, all digits (what `{}` of an integer writes).
-fn decimal(text: &[u8]) -> Option<i128> {
-    let (negative, digits) = match text.strip_prefix(b"-") {
-        Some(digits) => (true, digits),
-        None => (false, text),
-    };
-    if digits.is_empty() || digits.len() > 38 {
+/// The unsigned decimal at the start of `text`, and the rest after one space. At most
+/// 19 digits (what `{}` of a u64 below 10^19 writes; sizes, inodes and times in ns).
+fn number(text: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || text.get(digits) != Some(&b' ') {
         return None;
     }
-    let mut value: i128 = 0;
-    for digit in digits {
-        if !digit.is_ascii_digit() {
-            return None;
-        }
-        value = value * 10 + i128::from(digit - b'0');
-    }
-    Some(if negative { -value } else { value })
+    let value = text[..digits].iter().fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'));
+    Some((value, &text[digits + 1..]))
+}
+
+/// One line of [`format`]: the entry, and its path when it names one.
+fn parse_line(line: &[u8]) -> Option<(Entry, Option<&[u8]>)> {
+    let (size, rest) = number(line)?;
+    let (negative, rest) = match rest.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, rest),
+    };
+    let (mtime, rest) = number(rest)?;
+    let mtime_ns = if negative { -i128::from(mtime) } else { i128::from(mtime) };
+    let (inode, rest) = number(rest)?;
+    let hash = ArtifactHash::from_bytes(crate::digest::hex_decode(rest.get(..64)?)?);
+    let path = match rest.get(64) {
+        None => None,
+        Some(b' ') => Some(&rest[65..]),
+        Some(_) => return None,
+    };
+    Some((Entry { size, mtime_ns, inode, hash }, path))
 }
 
 /// The entries of [`format`]'s bytes; a line that does not parse is skipped (its file
-/// is re-hashed when next asked for).
+/// is re-hashed when next asked for). A cache of a 1,000-trial tune has ~10,000 lines,
+/// read by every no-op build: one pass per line, newlines found by `memchr`.
 fn parse(bytes: &[u8], objects: &[u8]) -> State {
     let mut state = State::default();
     // Sized once: growing a map of ~10,000 objects rehashes into fresh pages.
-    state.verified.reserve(bytes.iter().filter(|b| **b == b'\n').count());
-    for line in bytes.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
-        let mut fields = line.splitn(5, |b| *b == b' ');
-        let parsed = (|| {
-            let size = u64::try_from(decimal(fields.next()?)?).ok()?;
-            let mtime_ns = decimal(fields.next()?)?;
-            let inode = u64::try_from(decimal(fields.next()?)?).ok()?;
-            let hex = fields.next()?;
-            let hash = ArtifactHash::from_bytes(crate::digest::hex_decode(hex)?);
-            Some((Entry { size, mtime_ns, inode, hash }, hex))
-        })();
-        let (Some((entry, hex)), Some(path)) = (parsed, fields.next()) else { continue };
-        match path.strip_prefix(objects) {
-            // An object is remembered only with its own name as its hash: `ab/<hex>`,
-            // the very digits just decoded (compared as text, not decoded twice).
-            Some(rest) => {
-                if rest.len() == 67 && rest[..2] == hex[..2] && rest[2] == b'/' && rest[3..] == *hex {
-                    state.verified.insert(entry.hash, (entry.size, entry.mtime_ns, entry.inode));
+    state.verified.reserve(memchr::memchr_iter(b'\n', bytes).count());
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+        let line = &bytes[start..end];
+        start = end + 1;
+        let Some((entry, path)) = parse_line(line) else { continue };
+        let stat = (entry.size, entry.mtime_ns, entry.inode);
+        match path.map(|path| (path, path.strip_prefix(objects))) {
+            None => {
+                state.verified.insert(entry.hash, stat);
+            }
+            // An object is remembered only with its own name as its hash: `ab/<hex>`
+            // (a line of an earlier version, which wrote the object's path).
+            Some((_, Some(rest))) => {
+                if object_name(rest) == Some(entry.hash) {
+                    state.verified.insert(entry.hash, stat);
                 }
             }
-            None => {
+            Some((path, None)) => {
                 state.files.insert(std::ffi::OsStr::from_bytes(path).to_os_string(), entry);
             }
         }
@@ -317,17 +327,32 @@ mod tests {
         let path = cache.store().path(&hash);
         cache.save_stats().unwrap();
         let text = std::fs::read_to_string(dir.join("stat-cache.txt")).unwrap();
-        assert!(text.contains(&format!("{hash} {}", key_of(&path).to_string_lossy())), "{text}");
+        // An object's line ends at its hash: its path is its name.
+        assert!(text.lines().any(|line| line.ends_with(&format!(" {hash}"))), "{text}");
+        assert!(!text.contains("objects/"), "{text}");
         let reloaded = StatCache::load(&dir);
         assert!(reloaded.unchanged(&path, &hash));
         assert!(!reloaded.unchanged(&path, &ArtifactHash::of(b"other")));
-        // A line naming an object under another hash is not trusted.
+        // A line of an earlier version, with the object's path, is still read...
+        let line = text.lines().find(|line| line.ends_with(&hash.to_string())).unwrap();
+        let old = format!("{line} {}\n", key_of(&path).to_string_lossy());
+        std::fs::write(dir.join("stat-cache.txt"), &old).unwrap();
+        assert!(StatCache::load(&dir).unchanged(&path, &hash));
+        // ... but one naming an object under another hash is not trusted.
         let other = ArtifactHash::of(b"other");
-        std::fs::write(dir.join("stat-cache.txt"), text.replace(&format!("{hash} "), &format!("{other} "))).unwrap();
+        std::fs::write(dir.join("stat-cache.txt"), old.replacen(&format!("{hash} "), &format!("{other} "), 1)).unwrap();
         assert!(!StatCache::load(&dir).unchanged(&path, &other));
         assert!(!StatCache::load(&dir).unchanged(&path, &hash));
-        assert_eq!(decimal(b"-12"), Some(-12));
-        assert_eq!((decimal(b""), decimal(b"1x"), decimal(b"+1")), (None, None, None));
+        // Damaged lines are skipped, not misread.
+        for bad in
+            [format!("x{line}"), line.replacen(' ', "  ", 1), format!("{line}0"), line[..line.len() - 1].to_string()]
+        {
+            std::fs::write(dir.join("stat-cache.txt"), format!("{bad}\n")).unwrap();
+            assert!(!StatCache::load(&dir).unchanged(&path, &hash), "{bad}");
+        }
+        assert_eq!(number(b"12 x"), Some((12, &b"x"[..])));
+        assert_eq!((number(b" 1"), number(b"1x"), number(b"+1 "), number(b"1")), (None, None, None, None));
+        assert_eq!(number(b"99999999999999999999 "), None);
         std::fs::remove_dir_all(&dir).ok();
     }
 

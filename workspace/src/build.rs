@@ -144,7 +144,7 @@ pub fn build(
     let mut members = crate::settle::Members::new(db.engine().cache.out(), db.engine().cache.store().clone());
     members.prefetch();
     // Every instance of the build -> its index.
-    let mut present: HashMap<InstanceSpec, usize> =
+    let mut present: crate::instance::SpecMap<InstanceSpec, usize> =
         instances.iter().enumerate().map(|(index, spec)| (spec.clone(), index)).collect();
     // Instances found blocked -> what they waited for: asked again only once one of
     // those settled (a tune is not re-listed while its trials are still unsettled).
@@ -294,6 +294,7 @@ pub fn build(
         if rescan {
             let new: Vec<InstanceSpec> =
                 closure(db, discovered).into_iter().filter(|spec| !present.contains_key(spec)).collect();
+            present.reserve(new.len());
             for (offset, spec) in new.iter().enumerate() {
                 present.insert(spec.clone(), handles.len() + offset);
             }

@@ -28,7 +28,7 @@ pub use build::{
 };
 pub use config::{Config, ConfigError};
 pub use db::{Blocked, Database, Db, StageStatus};
-pub use instance::{parse_instance, InstanceName, InstanceSpec};
+pub use instance::{parse_instance, InstanceName, InstanceSpec, SpecBuild, SpecHasher, SpecMap, SpecSet};
 pub use knob::{ChoiceKnob, Float, KnobId, KnobKind, KnobSpec, KnobValue};
 pub use recipe::{
     Cancel, Checks, ExecContext, ExecError, ExecOutput, MemberLookup, NoProgress, NothingKnown, Progress, ProgressSink,

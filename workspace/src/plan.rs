@@ -2,8 +2,6 @@
 //! executing anything (`pipe status`, `show`, `report`, `diff`, `verify`). Members of
 //! fan-in stages are planned as they are met, before the stage itself.
 
-use std::collections::HashSet;
-
 use cache::{KeyInputs, Manifest, StageKey};
 
 use crate::build::{closure, settled, StageReport};
@@ -58,7 +56,7 @@ pub struct Planned {
 pub fn plan(db: &mut Database, instances: &[InstanceSpec], lookup: Lookup) -> Vec<Planned> {
     let mut planned: Vec<Planned> = Vec::with_capacity(instances.len());
     let mut queue: std::collections::VecDeque<InstanceSpec> = instances.iter().cloned().collect();
-    let mut present: HashSet<InstanceSpec> = instances.iter().cloned().collect();
+    let mut present: crate::instance::SpecSet<InstanceSpec> = instances.iter().cloned().collect();
     while let Some(spec) = queue.pop_front() {
         let instance = db.register(&spec);
         // Every member is planned (and listed) too, with or without a result.

@@ -1,10 +1,8 @@
 //! What a build is asked for: target names, stage ids and instances
 //! (`overfit[train.lr=1e-3]`) expanded into instances, with everything upstream.
 
-use std::collections::HashSet;
-
 use crate::db::{Database, Db as _};
-use crate::instance::{parse_instance, InstanceSpec};
+use crate::instance::{parse_instance, InstanceSpec, SpecSet};
 use crate::knob::suggest;
 
 /// Expands target names, stage ids and instances (`overfit[train.lr=1e-3]`) into
@@ -38,7 +36,7 @@ pub fn closure(db: &Database, wanted: Vec<InstanceSpec>) -> Vec<InstanceSpec> {
     let engine = db.engine();
     let recipe = &engine.recipe;
     let mut needed: Vec<InstanceSpec> = Vec::new();
-    let mut seen: HashSet<InstanceSpec> = HashSet::new();
+    let mut seen: SpecSet<InstanceSpec> = SpecSet::default();
     let mut stack = wanted;
     while let Some(instance) = stack.pop() {
         if seen.insert(instance.clone()) {

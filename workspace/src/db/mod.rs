@@ -171,7 +171,7 @@ pub struct Inputs {
     fingerprints: BTreeMap<String, Fingerprint>,
     /// One slot per registered instance (created outside queries, before any query
     /// can ask for it).
-    slots: Mutex<HashMap<InstanceSpec, Slot>>,
+    slots: Mutex<crate::instance::SpecMap<InstanceSpec, Slot>>,
     /// salsa id -> name of every registered instance, to read salsa's events.
     names: Mutex<HashMap<salsa::Id, InstanceName>>,
     registry: Option<Registry>,
@@ -301,6 +301,8 @@ impl Database {
         let recipe = &engine.recipe;
         let mut stack: Vec<InstanceSpec> = specs.to_vec();
         let mut added = false;
+        // Sized once: a tune registers its thousand members in one call.
+        self.inputs.slots.lock().unwrap_or_else(|e| e.into_inner()).reserve(specs.len());
         while let Some(next) = stack.pop() {
             let mut slots = self.inputs.slots.lock().unwrap_or_else(|e| e.into_inner());
             if slots.contains_key(&next) {

@@ -28,10 +28,12 @@ pub(crate) fn device_name(db: &dyn Db) -> String {
     db.inputs().device().value(db).as_str().unwrap_or("cpu").to_string()
 }
 
-/// The members of a fan-in instance (with its overrides added) and the outputs known
-/// for them, as its stage lists them now. Empty for a stage without members.
+/// The members of a fan-in instance (with its overrides added), as its stage lists
+/// them now. Empty for a stage without members. Apart from [`instance_members`] so
+/// that settling the members (a new output each) does not list them again: a stage
+/// whose list reads no output (a tune without halving) plans its thousand trials once.
 #[salsa::tracked(returns(ref))]
-pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(InstanceSpec, Option<StageOutput>)>, String> {
+pub fn instance_member_specs(db: &dyn Db, instance: Instance) -> Result<Vec<InstanceSpec>, String> {
     let spec = instance.spec(db);
     let engine = db.engine();
     let stage = engine.stage(spec.stage.0);
@@ -42,9 +44,10 @@ pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(Instance
     let knobs = resolved_knobs(db, spec, &stage.spec().knobs);
     let lookup = Lookup { db, parent: spec };
     let members = stage.members(&knobs, &lookup)?;
-    let mut resolved: Vec<(InstanceSpec, Option<StageOutput>)> = Vec::with_capacity(members.len());
+    let mut resolved: Vec<InstanceSpec> = Vec::with_capacity(members.len());
     // Each distinct member once (a hash set: a tune lists thousands).
-    let mut seen: std::collections::HashSet<InstanceSpec> = std::collections::HashSet::with_capacity(members.len());
+    let mut seen: crate::instance::SpecSet<InstanceSpec> =
+        crate::instance::SpecSet::with_capacity_and_hasher(members.len(), Default::default());
     for member in &members {
         if !declared.contains(&member.stage) {
             return Err(format!(
@@ -53,13 +56,20 @@ pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(Instance
             ));
         }
         let full = engine.member_of(spec, member);
-        if !seen.insert(full.clone()) {
-            continue;
+        if seen.insert(full.clone()) {
+            resolved.push(full);
         }
-        let output = lookup.full_output(&full);
-        resolved.push((full, output));
     }
     Ok(resolved)
+}
+
+/// The members of a fan-in instance ([`instance_member_specs`]) and the outputs known
+/// for them. Empty for a stage without members.
+#[salsa::tracked(returns(ref))]
+pub fn instance_members(db: &dyn Db, instance: Instance) -> Result<Vec<(InstanceSpec, Option<StageOutput>)>, String> {
+    let specs = instance_member_specs(db, instance).as_ref().map_err(Clone::clone)?;
+    let lookup = Lookup { db, parent: instance.spec(db) };
+    Ok(specs.iter().map(|full| (full.clone(), lookup.full_output(full))).collect())
 }
 
 /// Member outputs for [`Stage::members`], read through salsa. An instance not yet

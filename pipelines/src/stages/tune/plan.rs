@@ -1,9 +1,9 @@
 //! The tune stage's knobs, read once, and its members: the untuned config at the
 //! trial budget, then every trial of every rung known so far.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use workspace::{InstanceSpec, KnobId, KnobKind, KnobValue, StageOutput};
+use workspace::{InstanceSpec, KnobId, KnobKind, KnobValue, SpecMap, StageOutput};
 
 use crate::ids::{knob, stage};
 use crate::stages::{overfit, RecipeStage};
@@ -142,7 +142,7 @@ pub struct Plan {
     pub members: Vec<InstanceSpec>,
     pub runs: Vec<TrialRun>,
     /// Where each member is in `members` (a tune has thousands: no linear search).
-    index: HashMap<InstanceSpec, usize>,
+    index: SpecMap<InstanceSpec, usize>,
 }
 
 impl Plan {
@@ -172,7 +172,7 @@ pub fn score(output: &StageOutput) -> Score {
 /// Every member known so far, given the outputs found (`output`); the list only
 /// grows as outputs arrive (a rung's promotions are appended once it is complete).
 pub fn plan(setup: &Setup, output: &dyn Fn(&InstanceSpec) -> Option<StageOutput>) -> Plan {
-    let mut plan = Plan { members: Vec::new(), runs: Vec::new(), index: HashMap::new() };
+    let mut plan = Plan { members: Vec::new(), runs: Vec::new(), index: SpecMap::default() };
     plan.member(setup.untuned());
     let rungs = setup.rungs();
     let trials = match &setup.halving {
