@@ -53,6 +53,9 @@ pub struct KeyInputs {
     pub dtype: String,
 }
 
+/// Bytes of a key's encoding gathered before they are hashed ([`KeyInputs::key`]).
+const KEY_BLOCK: usize = 64 * 1024;
+
 impl KeyInputs {
     /// The canonical byte encoding hashed into the key. Built by pushing bytes, not by
     /// formatting: a tune's key names thousands of member artifacts, and each of its
@@ -65,9 +68,12 @@ impl KeyInputs {
     }
 
     /// The blake3 hash of [`KeyInputs::canonical`]. The pieces are gathered in one
-    /// buffer per thread, kept between calls, and hashed at once: blake3 fed a few bytes
-    /// at a time costs a call per piece (a 1,000-trial tune: 250,000 of them), fed a
-    /// whole encoding it hashes 16 blocks per instruction.
+    /// buffer per thread, kept between calls, and hashed a block of [`KEY_BLOCK`]
+    /// bytes at a time: blake3 fed a few bytes at a time costs a call per piece (a
+    /// 1,000-trial tune: 250,000 of them), fed a block it hashes 16 chunks per
+    /// instruction. A tune's encoding is megabytes; a buffer of all of it was the
+    /// largest allocation of a no-op build (fresh pages the kernel must zero), so the
+    /// buffer stops at one block. blake3 streams: the hash is the same.
     pub fn key(&self) -> StageKey {
         thread_local! {
             static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -75,8 +81,20 @@ impl KeyInputs {
         BUFFER.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
             buffer.clear();
-            self.encode(&mut |part| buffer.extend_from_slice(part.as_bytes()));
-            StageKey::from_bytes(*blake3::hash(&buffer).as_bytes())
+            buffer.reserve(KEY_BLOCK);
+            let mut hasher: Option<blake3::Hasher> = None;
+            self.encode(&mut |part| {
+                if buffer.len() + part.len() > KEY_BLOCK && !buffer.is_empty() {
+                    hasher.get_or_insert_with(blake3::Hasher::new).update(&buffer);
+                    buffer.clear();
+                }
+                buffer.extend_from_slice(part.as_bytes());
+            });
+            let hash = match hasher {
+                None => blake3::hash(&buffer),
+                Some(mut hasher) => hasher.update(&buffer).finalize(),
+            };
+            StageKey::from_bytes(*hash.as_bytes())
         })
     }
 
@@ -235,7 +253,14 @@ mod tests {
         many.knobs.insert("model.hidden".into(), "list[int:64]".into());
         many.upstream.insert("tune/b.json".into(), ArtifactHash::of(b"b"));
         many.fingerprints.insert("dataset".into(), ArtifactHash::of(b"d"));
-        for inputs in [inputs(), many] {
+        // A tune's encoding: many blocks of KEY_BLOCK, streamed into the hash.
+        let mut tune = inputs();
+        for member in 0..2_000 {
+            tune.upstream
+                .insert(format!("overfit[train.seed={member}]/metrics.json"), ArtifactHash::of(&[member as u8]));
+        }
+        assert!(tune.canonical().len() > 2 * KEY_BLOCK);
+        for inputs in [inputs(), many, tune] {
             assert_eq!(inputs.canonical(), formatted(&inputs));
             // The streamed hash is the hash of the whole text.
             assert_eq!(inputs.key(), StageKey::from_bytes(*blake3::hash(formatted(&inputs).as_bytes()).as_bytes()));

@@ -50,6 +50,30 @@ pub fn choice_name<C: ChoiceKnob>(value: C) -> &'static str {
     (0..C::OPTIONS.len()).find(|&i| C::from_index(i) == value).map_or("", |i| C::OPTIONS[i])
 }
 
+/// `{:.N}` of a number, written through integers: core's exact float formatting (a
+/// bignum fallback for most values) was half of judging a trial, and a no-op build of
+/// a 1,000-trial tune judges every trial. The same text as `{:.N}` but where the
+/// scaled value lies within rounding error of a tie; `{:.N}` itself for what this
+/// cannot hold exactly (non-finite, more than 9 digits, or 2^52 or more once scaled).
+#[derive(Clone, Copy)]
+pub struct Fixed(pub f64, pub usize);
+
+impl std::fmt::Display for Fixed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Fixed(value, digits) = *self;
+        if !value.is_finite() || digits > 9 || value.abs() * 10f64.powi(digits as i32) >= 4.5e15 {
+            return write!(f, "{value:.digits$}");
+        }
+        let scale = 10u64.pow(digits as u32);
+        let scaled = (value.abs() * scale as f64).round_ties_even() as u64;
+        let sign = if value.is_sign_negative() { "-" } else { "" };
+        match digits {
+            0 => write!(f, "{sign}{scaled}"),
+            _ => write!(f, "{sign}{}.{:0digits$}", scaled / scale, scaled % scale),
+        }
+    }
+}
+
 /// A pass/fail verdict with a hint shown only when it does not pass.
 pub fn verdict(check: &str, pass: bool, value: f64, expected: f64, message: String, hint: &str) -> Verdict {
     Verdict {
@@ -305,4 +329,27 @@ fn record_test_access(_stage: StageId, _access: TestAccess) {}
 #[cfg(test)]
 pub fn test_accesses() -> Vec<(StageId, TestAccess)> {
     TEST_ACCESS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+#[cfg(test)]
+mod fixed_tests {
+    use super::Fixed;
+
+    #[test]
+    fn fixed_writes_what_precision_formatting_writes() {
+        let mut values =
+            vec![0.0, -0.0, 1.0, 0.5, 2.302585, 99.99999, -3.25e-7, 1234.5678, 1e14, f64::NAN, f64::INFINITY];
+        values.extend((0..20_000).map(|i| (i as f64 * 0.618_033_988_7).sin() * 10f64.powi(i % 9 - 4)));
+        for value in values {
+            for digits in [0, 1, 3, 4, 9, 12] {
+                let (fast, exact) = (Fixed(value, digits).to_string(), format!("{value:.digits$}"));
+                if fast != exact {
+                    // Only a scaled value within rounding error of a tie may round the other way.
+                    let scaled = value.abs() * 10f64.powi(digits as i32);
+                    let off = (scaled.fract() - 0.5).abs();
+                    assert!(off <= 1e-15 * scaled.max(1.0) * 4.0, "{value:e} at {digits}: {fast} vs {exact}");
+                }
+            }
+        }
+    }
 }

@@ -149,6 +149,10 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
         })
         .collect();
     let mut inputs = key_inputs(stage, knobs, &upstream, fingerprints, &device_name(db));
+    // A fan-in stage's key names every member artifact (a 1,000-trial tune: 9,000):
+    // gathered, sorted once and built into the map in one go, not inserted one by one.
+    let mut entries: Vec<(String, ArtifactHash)> =
+        Vec::with_capacity(members.iter().filter_map(|(_, output)| output.as_ref()).map(|o| o.artifacts.len()).sum());
     for (member, output) in members {
         if let Some(output) = output {
             // The member's name once, not once per artifact.
@@ -158,9 +162,21 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
                 let mut entry = String::with_capacity(prefix.len() + name.len());
                 entry.push_str(&prefix);
                 entry.push_str(name);
-                inputs.upstream.insert(entry, artifact.hash);
+                entries.push((entry, artifact.hash));
             }
         }
+    }
+    if !entries.is_empty() {
+        // Stable: of equal names (none are expected) the later wins, as with inserts.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut upstream: BTreeMap<String, ArtifactHash> = std::mem::take(&mut inputs.upstream);
+        if upstream.is_empty() {
+            // Sorted: built in one pass.
+            upstream = entries.into_iter().collect();
+        } else {
+            upstream.extend(entries);
+        }
+        inputs.upstream = upstream;
     }
     Ok(inputs)
 }

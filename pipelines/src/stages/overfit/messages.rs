@@ -1,14 +1,19 @@
 //! The sentences of the `loss_decreased` verdict: which way the loss went, by how
 //! much, and what to try.
 
+use crate::stages::common::Fixed;
+
 /// `training loss went 2.3035 -> 1.6210 (29.6% lower), want at least 50% lower`, or
 /// `rose ... (10.2% higher)`: the direction in words, never a negative "lower".
 pub(super) fn loss_change_message(first: f64, last: f64, drop: f64, min_drop: f64) -> String {
-    let want = format!("want at least {:.0}% lower", min_drop * 100.0);
+    let (first, last, want) = (Fixed(first, 4), Fixed(last, 4), Fixed(min_drop * 100.0, 0));
     if drop >= 0.0 {
-        format!("training loss went {first:.4} -> {last:.4} ({:.1}% lower), {want}", drop * 100.0)
+        format!("training loss went {first} -> {last} ({}% lower), want at least {want}% lower", Fixed(drop * 100.0, 1))
     } else {
-        format!("training loss rose {first:.4} -> {last:.4} ({:.1}% higher), {want}", -drop * 100.0)
+        format!(
+            "training loss rose {first} -> {last} ({}% higher), want at least {want}% lower",
+            Fixed(-drop * 100.0, 1)
+        )
     }
 }
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use workspace::{Checks, ExecError, StageSpec, Verdict, VerdictError, VerdictStatus};
 
-use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, MODEL_KNOBS, OPTIM_KNOBS, SCHEDULE_KNOBS};
+use super::common::{err, json_bytes, knobs, train_err, verdict, Cx, Fixed, MODEL_KNOBS, OPTIM_KNOBS, SCHEDULE_KNOBS};
 use super::regularize::setup::{Regularization, AUGMENT_KNOBS, TRAINING_KNOBS};
 use super::{RecipeStage, Run};
 use crate::data::Prepared;
@@ -164,7 +164,7 @@ impl RecipeStage for Overfit {
                 acc >= min_acc,
                 acc,
                 min_acc,
-                format!("training accuracy {acc:.4}, want >= {min_acc}"),
+                format!("training accuracy {}, want >= {min_acc}", Fixed(acc, 4)),
                 "the model cannot fit its training data: train longer (train.steps), a bigger model (model.hidden for an mlp, model.channels or model.dense for a convnet, model.width for a resnet), or check the data",
             ),
         ];
@@ -196,8 +196,9 @@ fn lr_schedule_verdict(m: &Metrics, checks: &Checks<'_>) -> Result<Verdict, Verd
         value: lowest,
         expected: min_ratio,
         message: format!(
-            "the schedule takes the learning rate to {lowest:.3} of train.lr within the first {:.0}% of training, want >= {min_ratio}",
-            by_fraction * 100.0
+            "the schedule takes the learning rate to {} of train.lr within the first {}% of training, want >= {min_ratio}",
+            Fixed(lowest, 3),
+            Fixed(by_fraction * 100.0, 0)
         ),
         hint: (!pass).then(|| {
             "the schedule is secretly driving your learning rate to zero: use train.schedule = \"constant\", or decay later (a larger train.step_every or train.min_lr_ratio)".to_string()
