@@ -184,11 +184,13 @@ pub fn build(
         if members.pending() {
             // The members' keys first (memoized: the loop below reads them again), so
             // the record's thread has its time before the first member is looked up.
-            for (index, instance) in handles.iter().enumerate().skip(targeted) {
-                if !reports.contains_key(&index) && !known.contains_key(&index) && !blocked.contains_key(&index) {
-                    crate::db::instance_key(db, *instance);
-                }
-            }
+            let todo: Vec<Instance> = (targeted..handles.len())
+                .filter(|index| {
+                    !reports.contains_key(index) && !known.contains_key(index) && !blocked.contains_key(index)
+                })
+                .map(|index| handles[index])
+                .collect();
+            member_keys(db, &todo);
         }
         for index in 0..handles.len() {
             let instance = &handles[index];
@@ -464,6 +466,37 @@ pub fn build(
         })
         .collect();
     BuildResult { reports, interrupted }
+}
+
+/// The keys of `members`, computed on two threads when there are many (a no-op of a
+/// 1,000-trial tune: a thousand keys of their own, each a megabyte-free but
+/// non-trivial hash): salsa shares the memos between the two handles of the
+/// database, and a key is a pure function of its inputs, so the order does not matter.
+fn member_keys(db: &Database, members: &[Instance]) {
+    const PARALLEL_FROM: usize = 64;
+    if members.len() < PARALLEL_FROM {
+        members.iter().for_each(|instance| {
+            crate::db::instance_key(db, *instance);
+        });
+        return;
+    }
+    let (first, second) = members.split_at(members.len() / 2);
+    let other = db.clone();
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new().name("pipe-keys".into()).spawn_scoped(scope, move || {
+            second.iter().for_each(|instance| {
+                crate::db::instance_key(&other, *instance);
+            });
+        });
+        first.iter().for_each(|instance| {
+            crate::db::instance_key(db, *instance);
+        });
+        if spawned.is_err() {
+            second.iter().for_each(|instance| {
+                crate::db::instance_key(db, *instance);
+            });
+        }
+    });
 }
 
 /// The first instance waiting for an outcome, for messages.
