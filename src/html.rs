@@ -470,6 +470,7 @@ mod tests {
             }],
             error: None,
             bad_input: false,
+            member: false,
         }]
     }
 

@@ -77,11 +77,15 @@ pub fn stage_json(report: &StageReport, out: &OutDir) -> Value {
     value
 }
 
-fn print_failure(stage: &str, verdict: &Verdict) {
-    eprintln!("error[{}]: {}", verdict.check, verdict.message);
+fn print_failure(stage: &str, verdict: &Verdict, member: bool) {
+    let level = if member { "warning" } else { "error" };
+    eprintln!("{level}[{}]: {}", verdict.check, verdict.message);
     eprintln!("  --> stage `{stage}`");
     if let Some(hint) = &verdict.hint {
         eprintln!("  = help: {hint}");
+    }
+    if member {
+        eprintln!("  = note: a member of a fan-in stage (a trial, rung or ensemble member): the stage that reads it judges it, so it does not fail the build");
     }
 }
 
@@ -190,7 +194,7 @@ impl Printer {
         }
         // Failures go to stderr in both modes: stdout stays the protocol.
         for verdict in report.verdicts.iter().filter(|v| v.status == VerdictStatus::Fail) {
-            print_failure(report.name.as_str(), verdict);
+            print_failure(report.name.as_str(), verdict, report.member);
         }
         if report.status == Some(StageStatus::Failed) {
             if let Some(error) = &report.error {
@@ -218,12 +222,19 @@ impl Printer {
         let count = |status: Option<StageStatus>| reports.iter().filter(|r| r.status == status).count();
         let (ran, cached, failed) =
             (count(Some(StageStatus::Ran)), count(Some(StageStatus::Cached)), count(Some(StageStatus::Failed)));
-        let failed_checks =
-            reports.iter().flat_map(|r| &r.verdicts).filter(|v| v.status == VerdictStatus::Fail).count();
+        let fails = |member: bool| {
+            reports
+                .iter()
+                .filter(|r| r.member == member)
+                .flat_map(|r| &r.verdicts)
+                .filter(|v| v.status == VerdictStatus::Fail)
+                .count()
+        };
+        let (failed_checks, member_checks) = (fails(false), fails(true));
         if self.json {
             say!(
                 "{}",
-                json!({ "event": "done", "ran": ran, "cached": cached, "failed": failed, "failed_checks": failed_checks, "secs": secs })
+                json!({ "event": "done", "ran": ran, "cached": cached, "failed": failed, "failed_checks": failed_checks, "failed_member_checks": member_checks, "secs": secs })
             );
         } else {
             let skipped = count(None);
@@ -233,6 +244,9 @@ impl Printer {
             }
             if failed_checks > 0 {
                 line.push_str(&format!("; {failed_checks} check(s) failed"));
+            }
+            if member_checks > 0 {
+                line.push_str(&format!("; {member_checks} check(s) of members failed (judged by their stage)"));
             }
             say!("{line} in {secs:.2}s");
         }

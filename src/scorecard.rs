@@ -238,6 +238,7 @@ mod tests {
             verdicts,
             error: (status == Some(StageStatus::Failed)).then(|| "loss is NaN at step 3".into()),
             bad_input: false,
+            member: false,
         }
     }
 

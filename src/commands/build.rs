@@ -70,7 +70,7 @@ pub fn run(
     session.cache.save_stats().map_err(failed)?;
     let code = if reports.iter().any(|r| r.bad_input) {
         2
-    } else if reports.iter().any(|r| r.failed()) {
+    } else if reports.iter().any(|r| r.fails_build()) {
         1
     } else {
         0

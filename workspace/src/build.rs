@@ -49,11 +49,21 @@ pub struct StageReport {
     pub error: Option<String>,
     /// The failure was bad user input (a malformed data file): exit 2, not 1.
     pub bad_input: bool,
+    /// A member of a fan-in stage (a trial, a rung, an ensemble member) that the build
+    /// met through it: its failed verdicts are that stage's to judge (a diverged trial
+    /// is a finding of the search), so they do not fail the build. Set when it settled.
+    pub member: bool,
 }
 
 impl StageReport {
     pub fn failed(&self) -> bool {
         self.status == Some(StageStatus::Failed) || self.verdicts.iter().any(|v| v.status == VerdictStatus::Fail)
+    }
+
+    /// Whether this report fails the build: a failed execution, or a failed verdict
+    /// of an instance that is not a member ([`StageReport::member`]).
+    pub fn fails_build(&self) -> bool {
+        self.status == Some(StageStatus::Failed) || (!self.member && self.failed())
     }
 
     fn skipped(instance: &InstanceSpec, key: Option<StageKey>, why: &str) -> StageReport {
@@ -67,6 +77,7 @@ impl StageReport {
             verdicts: Vec::new(),
             error: Some(why.to_string()),
             bad_input: false,
+            member: false,
         }
     }
 }
@@ -587,6 +598,7 @@ pub(crate) fn settled(
         verdicts: instance_verdicts(db, instance).clone(),
         error: None,
         bad_input: false,
+        member: false,
     }
 }
 

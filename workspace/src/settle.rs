@@ -218,10 +218,11 @@ pub(crate) fn settled_member(
                 verdicts: instance_verdicts(db, instance).clone(),
                 error: None,
                 bad_input: false,
+                member: true,
             };
         }
     }
-    let report = settled_now(db, instance, status, secs);
+    let report = StageReport { member: true, ..settled_now(db, instance, status, secs) };
     let key = report.key;
     if let (Some(output), Some(key)) = (&report.output, key) {
         let member = RecordedMember { key, artifacts: output.artifacts.clone(), metrics: output.metrics.clone() };
