@@ -35,6 +35,7 @@ mod key;
 mod lock;
 mod out;
 mod queue;
+mod record;
 pub mod remote;
 mod resume;
 mod run_index;

@@ -218,10 +218,13 @@ impl OutDir {
     }
 }
 
+/// The member record's file in `out/`.
+const MEMBERS_FILE: &str = ".members.txt";
+
 /// What `out/` holds for the members of fan-in stages (trials, rungs, ensemble
 /// members), by instance name: the key each was last settled under and its output.
-/// Saved as `out/.members.json`: one JSON line, then the blake3 of that line (a torn
-/// or hand-edited file is ignored). A build settles a member whose key is recorded from
+/// Saved as `out/.members.txt` (`record.rs`: tab-separated lines, then their blake3;
+/// a torn or hand-edited file is ignored). A build settles a member whose key is recorded from
 /// here instead of reading and verifying its action entry and re-checking its copies
 /// in `out/` and `last/`: a no-op of a 1,000-trial tune is then one read, not 1,000
 /// entry decodes, 1,000 `last/` reads and 1,000 directories. Copies of members are
@@ -246,16 +249,9 @@ pub struct RecordedMember {
 impl OutDir {
     /// The member record (empty when there is none, or it cannot be trusted).
     pub fn members(&self) -> MemberRecord {
-        let path = self.out.join(".members.json");
-        let members = crate::fs::read(&self.root, &path)
-            .ok()
-            .and_then(|bytes| {
-                let text = std::str::from_utf8(&bytes).ok()?;
-                let (json, digest) = text.trim_end().rsplit_once('\n')?;
-                (digest.parse::<ArtifactHash>().ok()? == ArtifactHash::of(json.as_bytes()))
-                    .then(|| serde_json::from_str(json).ok())?
-            })
-            .unwrap_or_default();
+        let path = self.out.join(MEMBERS_FILE);
+        let members =
+            crate::fs::read(&self.root, &path).ok().and_then(|bytes| crate::record::decode(&bytes)).unwrap_or_default();
         MemberRecord { root: self.root.clone(), path, members, dirty: false }
     }
 }
@@ -302,12 +298,12 @@ impl MemberRecord {
         if !self.dirty {
             return Ok(());
         }
-        let mut bytes =
-            serde_json::to_vec(&self.members).map_err(|source| CacheError::Json { path: self.path.clone(), source })?;
-        let digest = ArtifactHash::of(&bytes);
-        bytes.extend_from_slice(format!("\n{digest}\n").as_bytes());
-        create_dirs(&self.root, self.path.parent().unwrap_or(&self.root))?;
+        let bytes = crate::record::encode(&self.members);
+        let dir = self.path.parent().unwrap_or(&self.root);
+        create_dirs(&self.root, dir)?;
         write_atomic(&self.root, &self.path, &bytes)?;
+        // The JSON record of earlier versions, now unread.
+        remove_file(&self.root, &dir.join(".members.json")).ok();
         self.dirty = false;
         Ok(())
     }
@@ -444,7 +440,7 @@ mod tests {
         let other = StageKey::from_bytes([9; 32]);
         assert!(record.get("overfit[train.lr=0.1]", &other).is_none(), "another key is not this member's");
         // A hand edit (here: the metric) breaks the digest: nothing is trusted.
-        let path = dir.join("out/.members.json");
+        let path = dir.join("out").join(MEMBERS_FILE);
         let text = std::fs::read_to_string(&path).unwrap().replace("0.5", "0.9");
         std::fs::write(&path, text).unwrap();
         assert!(cache.out().members().get("overfit[train.lr=0.1]", &manifest.key).is_none());

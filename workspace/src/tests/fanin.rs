@@ -236,7 +236,7 @@ fn a_no_op_from_the_member_record_still_notices_every_change() {
     assert_eq!(e_text(&reports, &fx), "a=1 b=0.2|a=1 b=0.3|a=1 b=0.4|");
 }
 
-/// `out/.members.json` holds the members of the latest build that had members: a
+/// `out/.members.txt` holds the members of the latest build that had members: a
 /// changed trial replaces its entry, and a build without members leaves it alone.
 #[test]
 fn the_member_record_keeps_only_the_latest_members() {
