@@ -121,7 +121,7 @@ impl InstanceSpec {
             }
             name.push_str(knob.0);
             name.push('=');
-            name.push_str(&value.to_toml());
+            value.write_toml(&mut name);
         }
         name.push(']');
         InstanceName(name)

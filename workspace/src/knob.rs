@@ -94,6 +94,29 @@ impl KnobValue {
     }
 
     /// The value as TOML would write it, for people.
+    /// [`KnobValue::to_toml`] appended to `out` (an instance's name writes three per
+    /// trial, and a no-op of a 1,000-trial tune names each trial several times).
+    pub fn write_toml(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        // Writing into a String cannot fail.
+        match self {
+            KnobValue::Bool(v) => {
+                let _ = write!(out, "{v}");
+            }
+            KnobValue::Int(v) => {
+                let _ = write!(out, "{v}");
+            }
+            KnobValue::Float(v) => {
+                let start = out.len();
+                let _ = write!(out, "{:?}", v.0);
+                if !out[start..].contains(['.', 'e', 'E', 'n', 'N']) {
+                    out.push_str(".0");
+                }
+            }
+            other => out.push_str(&other.to_toml()),
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         match self {
             KnobValue::Bool(v) => v.to_string(),
@@ -333,6 +356,22 @@ mod tests {
         assert_eq!(list.canonical(), r#"strlist["a=1,b=2","c"]"#);
         assert_ne!(list.canonical(), KnobValue::StrList(vec!["a=1".into(), "b=2,c".into()]).canonical());
         assert_eq!(list.to_toml(), r#"["a=1,b=2", "c"]"#);
+        // Appended in place, the same text.
+        let values = [
+            KnobValue::Float(Float(1.0)),
+            KnobValue::Float(Float(1e-7)),
+            KnobValue::Float(Float(f64::INFINITY)),
+            KnobValue::Float(Float(-2.5e20)),
+            KnobValue::Int(-3),
+            KnobValue::Bool(true),
+            KnobValue::Str("a\"b".into()),
+            list,
+        ];
+        for value in values {
+            let mut out = String::from("x=");
+            value.write_toml(&mut out);
+            assert_eq!(out, format!("x={}", value.to_toml()), "{value:?}");
+        }
     }
 
     #[test]
