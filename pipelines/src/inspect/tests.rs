@@ -132,10 +132,11 @@ fn fashion_flipped_blocks_and_noisy_copies() {
     // brackets, see the audit bench): trouser labelled dress recall 100% at precision
     // 32% (93% at 12%); sneaker labelled sandal 98% at 31% (85% at 13%); bag labelled
     // T-shirt at 10% 100% at 14% (92% at 6%), at 30% 100% at 41% (82% at 16%). Pullover
-    // labelled coat is below issue 15's goal of 85%: 60% at 25% (68% at 11%), so its
-    // floor is what was measured, with margin.
+    // labelled coat is below issue 15's goal of 85%: 75% at 26% (68% at 11%; 60% at 25%
+    // before the mixture estimate of `confident::mixture_count`), so its floor is what
+    // was measured, with margin.
     let cases = [(1, 3, 0.2, 0.85, 0.25), (7, 5, 0.2, 0.85, 0.25), (8, 0, 0.1, 0.85, 0.1), (8, 0, 0.3, 0.85, 0.3)];
-    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.5, 0.2)]) {
+    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.7, 0.24)]) {
         let (recall, precision) = label_case(&base, from, to, rate, &options());
         eprintln!("fashion {from}>{to} at {rate}: recall {recall}, precision {precision}");
         assert!(
