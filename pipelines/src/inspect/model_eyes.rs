@@ -39,9 +39,13 @@ use super::features::{standardise, Features};
 use super::label_issues::{self, LabelAudit, LabelIssue};
 use super::neighbours::{self, Search};
 use super::oof::{self, Classifier};
-use super::{explain, picture_scale, views, EXCESS_FACTOR, MIN_CLASSIFIER_CONFIDENCE};
+use super::{explain, picture_scale, views, MIN_CLASSIFIER_CONFIDENCE};
 use crate::data::Prepared;
 use crate::render::is_image;
+
+/// `super::EXCESS_FACTOR` before it was raised with the neighbour vote blend, which this
+/// audit does not use (its probabilities are the classifier's alone).
+const EXCESS_FACTOR: f64 = 1.2;
 
 /// Knobs of the audit in the model's embedding (the `inspect` stage's own).
 #[derive(Debug, Clone, PartialEq)]
