@@ -172,9 +172,11 @@ pub fn find(probabilities: &[Vec<f64>], labels: &[u32], n_classes: usize, filter
 /// suggested `s`) of the calibrated joint and not its mirror (`s`, `g`). So in every cell
 /// the excess over its mirror, times `factor`, rounded, is taken as the number of errors
 /// there, and that many examples given `g` whose probability of `s` exceeds that of `g`
-/// are flagged, largest margin `p_s - p_g` first (cleanlab's `prune_by_noise_rate`
-/// ranking, on the asymmetric part of the joint only). `factor` above 1 makes up for the
-/// classifier having partly learnt the block, which hides some of it from the joint.
+/// are flagged, largest [`log_ratio`] first (cleanlab's `prune_by_noise_rate` ranks by
+/// the margin `p_s - p_g`; the log ratio flagged the same planted rows on the fixtures of
+/// `benches/audit.rs` with 1 to 2 points more precision, fewer of them already flagged
+/// by the confident rule). `factor` above 1 makes up for the classifier having partly
+/// learnt the block, which hides some of it from the joint.
 ///
 /// The mirror is a poor measure of a block of classes that are confused one way by
 /// nature (pullovers read as coats far more often than coats as pullovers): relabelling
@@ -188,17 +190,17 @@ fn asymmetric_excess(
     flagged: &mut [Option<usize>],
 ) {
     let n_classes = calibrated.len();
-    for given in 0..n_classes {
+    for (given, row) in calibrated.iter().enumerate() {
         for suggested in (0..n_classes).filter(|&s| s != given) {
-            let excess = (factor * (calibrated[given][suggested] - calibrated[suggested][given])).round();
+            let excess = (factor * (row[suggested] - calibrated[suggested][given])).round();
             if excess < 1.0 {
                 continue;
             }
             let excess = excess.max(mixture_count(probabilities, labels, given, suggested).round());
             let mut cell: Vec<(f64, usize)> = (0..labels.len())
                 .filter(|&i| labels[i] as usize == given)
-                .map(|i| (probabilities[i][suggested] - probabilities[i][given], i))
-                .filter(|&(margin, _)| margin > 0.0)
+                .map(|i| (log_ratio(&probabilities[i], given, suggested), i))
+                .filter(|&(ratio, _)| ratio > 0.0)
                 .collect();
             cell.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             for &(_, i) in cell.iter().take(excess as usize) {
@@ -206,6 +208,11 @@ fn asymmetric_excess(
             }
         }
     }
+}
+
+/// `ln p_s - ln p_g`: how much more an example looks like `suggested` than like `given`.
+fn log_ratio(p: &[f64], given: usize, suggested: usize) -> f64 {
+    p[suggested].max(1e-300).ln() - p[given].max(1e-300).ln()
 }
 
 /// Quantiles of the rows labelled `suggested` (the most `suggested`-like share first)
@@ -221,7 +228,7 @@ const MIXTURE_QUANTILES: [f64; 3] = [0.3, 0.4, 0.5];
 /// add a few), so their count over `q` estimates those members from above; the median
 /// over `MIXTURE_QUANTILES` is taken.
 fn mixture_count(probabilities: &[Vec<f64>], labels: &[u32], given: usize, suggested: usize) -> f64 {
-    let score = |p: &[f64]| p[suggested].max(1e-300).ln() - p[given].max(1e-300).ln();
+    let score = |p: &[f64]| log_ratio(p, given, suggested);
     let of = |class: usize| -> Vec<f64> {
         probabilities.iter().zip(labels).filter(|(_, &y)| y as usize == class).map(|(p, _)| score(p)).collect()
     };

@@ -131,13 +131,13 @@ fn fashion_flipped_blocks_and_noisy_copies() {
     let Some(base) = fashion() else { return };
     // Measured (3,000 training images; cleanlab on out-of-fold kNN probabilities in
     // brackets, see the audit bench): trouser labelled dress recall 100% at precision
-    // 30% (93% at 12%); sneaker labelled sandal 98% at 33% (85% at 13%); bag labelled
-    // T-shirt at 10% 100% at 14% (92% at 6%), at 30% 99% at 43% (82% at 16%). Pullover
-    // labelled coat is below issue 15's goal of 85%: 79% at 27% (68% at 11%; 60% at 25%
+    // 31% (93% at 12%); sneaker labelled sandal 98% at 34% (85% at 13%); bag labelled
+    // T-shirt at 10% 100% at 15% (92% at 6%), at 30% 99% at 44% (82% at 16%). Pullover
+    // labelled coat is below issue 15's goal of 85%: 79% at 29% (68% at 11%; 60% at 25%
     // before the mixture estimate of `confident::mixture_count` and the neighbour vote
     // blend), so its floor is what was measured, with margin.
     let cases = [(1, 3, 0.2, 0.85, 0.25), (7, 5, 0.2, 0.85, 0.25), (8, 0, 0.1, 0.85, 0.1), (8, 0, 0.3, 0.85, 0.3)];
-    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.75, 0.25)]) {
+    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.75, 0.27)]) {
         let (recall, precision) = label_case(&base, from, to, rate, &options());
         eprintln!("fashion {from}>{to} at {rate}: recall {recall}, precision {precision}");
         assert!(
