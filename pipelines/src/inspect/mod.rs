@@ -58,7 +58,8 @@ pub const EMBED_DIMS: usize = 64;
 /// A label issue's suggested label holds at least this out-of-fold probability of the
 /// audit's own classifier (`oof.rs`, in `inspect` and in `label_issues`). On all of Fashion-MNIST (clean, 45,000 training
 /// images) the audit flagged 4.2% at 0.8 in inspect v4 (4.5% in v5, with the excess
-/// flags of `EXCESS_FACTOR` and a third round) (a NumPy prototype of the same
+/// flags of `EXCESS_FACTOR` and a third round; 4.0% in v9, 3.6% in v10 with
+/// [`VOTE_SHARE`] and the mixture estimates) (a NumPy prototype of the same
 /// classifier: 6.5% at 0.5, 4.6% at 0.7, 3.3% at 0.8, 1.9% at 0.9, while recall of
 /// planted flips falls from 0.8 on; see `benches/audit.rs`).
 pub const MIN_CLASSIFIER_CONFIDENCE: f64 = 0.8;
