@@ -70,6 +70,34 @@ pub fn audited_rows(n: usize, max: usize, seed: u64) -> Vec<usize> {
     rows
 }
 
+/// Each audited row's out-of-fold `probabilities` (one row per audited row), `1 - share`
+/// of them, blended with `share` of its out-of-fold neighbours' vote (`votes`, per
+/// training row; `labels` per training row), spread by `priors` with the weight of one
+/// voter. The classifier and the neighbours see an example differently (a fit over every
+/// class against the nearest few in a fixed embedding), so where they agree the example
+/// is contradicted more surely, and where only one contradicts it, less.
+pub(crate) fn blend_votes(
+    probabilities: &[Vec<f64>],
+    votes: &[Vec<Neighbour>],
+    audited: &[usize],
+    labels: &[u32],
+    priors: &[f64],
+    share: f64,
+) -> Vec<Vec<f64>> {
+    probabilities
+        .iter()
+        .zip(audited)
+        .map(|(p, &row)| {
+            if votes[row].is_empty() {
+                return p.clone();
+            }
+            let voters: Vec<u32> = votes[row].iter().map(|nb| labels[nb.row as usize]).collect();
+            let vote = confident::votes_to_probabilities(&voters, priors, 1.0);
+            p.iter().zip(&vote).map(|(a, b)| (1.0 - share) * a + share * b).collect()
+        })
+        .collect()
+}
+
 /// Confident learning over the audited training rows' out-of-fold `probabilities`
 /// (one row per audited row); each issue is explained by its out-of-fold neighbours
 /// (`votes`, per training row).

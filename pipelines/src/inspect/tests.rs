@@ -61,12 +61,13 @@ fn copy_recall(base: &RawDataset, n: usize, levels: i64) -> f64 {
 #[test]
 fn digits_flipped_blocks_are_found_with_few_false_alarms() {
     let base = digits();
-    // Measured: 1>7 at 10% recall 100%, precision 86%; 0>6 at 20% 100% and 96%; 4>9 at
-    // 30% 82% and 93% (56% and 73% before the classes were weighted equally in the fits).
+    // Measured: 1>7 at 10% recall 100%, precision 100%; 0>6 at 20% 100% and 100%; 4>9 at
+    // 30% 88% and 94% (82% and 93% before the neighbour vote blend and `EXCESS_FACTOR`
+    // 1.4; 56% and 73% before the classes were weighted equally in the fits).
     let (recall, precision) = label_case(&base, 1, 7, 0.1, &options());
     assert!(recall >= 0.95 && precision >= 0.75, "1>7 at 10%: recall {recall}, precision {precision}");
     let (recall, precision) = label_case(&base, 4, 9, 0.3, &options());
-    assert!(recall >= 0.75 && precision >= 0.85, "4>9 at 30%: recall {recall}, precision {precision}");
+    assert!(recall >= 0.85 && precision >= 0.9, "4>9 at 30%: recall {recall}, precision {precision}");
     let (recall, precision) = label_case(&base, 0, 6, 0.2, &options());
     assert!(recall >= 0.9 && precision >= 0.85, "0>6 at 20%: recall {recall}, precision {precision}");
     // A looser self-confidence bound flags at least as many.
@@ -130,12 +131,13 @@ fn fashion_flipped_blocks_and_noisy_copies() {
     let Some(base) = fashion() else { return };
     // Measured (3,000 training images; cleanlab on out-of-fold kNN probabilities in
     // brackets, see the audit bench): trouser labelled dress recall 100% at precision
-    // 32% (93% at 12%); sneaker labelled sandal 98% at 31% (85% at 13%); bag labelled
-    // T-shirt at 10% 100% at 14% (92% at 6%), at 30% 100% at 41% (82% at 16%). Pullover
-    // labelled coat is below issue 15's goal of 85%: 60% at 25% (68% at 11%), so its
-    // floor is what was measured, with margin.
+    // 31% (93% at 12%); sneaker labelled sandal 98% at 34% (85% at 13%); bag labelled
+    // T-shirt at 10% 100% at 15% (92% at 6%), at 30% 99% at 44% (82% at 16%). Pullover
+    // labelled coat is below issue 15's goal of 85%: 79% at 29% (68% at 11%; 60% at 25%
+    // before the mixture estimate of `confident::mixture_count` and the neighbour vote
+    // blend), so its floor is what was measured, with margin.
     let cases = [(1, 3, 0.2, 0.85, 0.25), (7, 5, 0.2, 0.85, 0.25), (8, 0, 0.1, 0.85, 0.1), (8, 0, 0.3, 0.85, 0.3)];
-    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.5, 0.2)]) {
+    for (from, to, rate, min_recall, min_precision) in cases.into_iter().chain([(2, 4, 0.2, 0.75, 0.27)]) {
         let (recall, precision) = label_case(&base, from, to, rate, &options());
         eprintln!("fashion {from}>{to} at {rate}: recall {recall}, precision {precision}");
         assert!(

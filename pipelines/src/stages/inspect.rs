@@ -47,7 +47,7 @@ impl RecipeStage for Inspect {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::INSPECT,
-            version: 9,
+            version: 10,
             doc: "become one with the data: balance, duplicates, leakage, corrupt values, outliers, label noise, pictures",
             knobs: vec![
                 knob::INSPECT_TOP_K,

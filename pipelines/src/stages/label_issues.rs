@@ -42,7 +42,7 @@ impl RecipeStage for LabelIssues {
     fn spec(&self) -> StageSpec {
         StageSpec {
             id: stage::LABEL_ISSUES,
-            version: 9,
+            version: 10,
             doc:
                 "label errors seen with the trained model's eyes: confident learning in its penultimate-layer embedding",
             knobs: vec![
