@@ -271,8 +271,21 @@ pub fn instance_verdicts(db: &dyn Db, instance: Instance) -> Vec<Verdict> {
     let spec = instance.spec(db);
     let stage = db.engine().stage(spec.stage.0);
     let Some(output) = instance_output(db, instance) else { return Vec::new() };
-    let values = resolved_knobs(db, spec, &stage.spec().checks);
-    judge(stage.as_ref(), output, &values)
+    let checks = &stage.spec().checks;
+    if spec.overrides.is_empty() || !spec.overrides.iter().any(|(id, _)| checks.contains(id)) {
+        // A trial overrides training knobs, not thresholds: its stage's values, read once.
+        let plain = Instance::new(db, InstanceSpec::plain(spec.stage));
+        return judge(stage.as_ref(), output, config_check_values(db, plain));
+    }
+    judge(stage.as_ref(), output, &resolved_knobs(db, spec, checks))
+}
+
+/// The threshold knobs of a plain stage (`plain` has no overrides), as the config
+/// sets them: what the verdicts of its instances read unless they override one.
+#[salsa::tracked(returns(ref))]
+fn config_check_values(db: &dyn Db, plain: Instance) -> BTreeMap<KnobId, KnobValue> {
+    let spec = plain.spec(db);
+    resolved_knobs(db, spec, &db.engine().stage(spec.stage.0).spec().checks)
 }
 
 /// A stage's verdicts, with an undecodable output or undeclared threshold as a failed verdict.
