@@ -95,22 +95,34 @@ fn scan(query: usize, col0: usize, dots: &[f32], squared: &[f32], search: &Searc
     let is_train = query < search.n_train;
     let own_fold = if is_train { search.fold[query] } else { u8::MAX };
     let (mut any_bound, mut vote_bound) = (lists.any.bound(), lists.vote.bound());
-    for (offset, (dot, sq)) in dots.iter().zip(&squared[col0..]).enumerate() {
-        let key = sq - 2.0 * dot;
-        let j = col0 + offset;
-        if key >= any_bound && key >= vote_bound || j == query {
+    let squared = &squared[col0..col0 + dots.len()];
+    for (chunk, (dots, squared)) in dots.chunks(SKIP_CHUNK).zip(squared.chunks(SKIP_CHUNK)).enumerate() {
+        // Most of a row beats neither list: a chunk whose smallest key does not is
+        // passed over in one vectorised pass (the same keys as below, so the same lists).
+        let smallest = dots.iter().zip(squared).fold(f32::INFINITY, |min, (dot, sq)| min.min(sq - 2.0 * dot));
+        if smallest >= any_bound.max(vote_bound) {
             continue;
         }
-        if key < any_bound {
-            lists.any.offer(key, j as u32);
-            any_bound = lists.any.bound();
-        }
-        if is_train && key < vote_bound && search.fold[j] != own_fold {
-            lists.vote.offer(key, j as u32);
-            vote_bound = lists.vote.bound();
+        for (offset, (dot, sq)) in dots.iter().zip(squared).enumerate() {
+            let key = sq - 2.0 * dot;
+            let j = col0 + chunk * SKIP_CHUNK + offset;
+            if key >= any_bound && key >= vote_bound || j == query {
+                continue;
+            }
+            if key < any_bound {
+                lists.any.offer(key, j as u32);
+                any_bound = lists.any.bound();
+            }
+            if is_train && key < vote_bound && search.fold[j] != own_fold {
+                lists.vote.offer(key, j as u32);
+                vote_bound = lists.vote.bound();
+            }
         }
     }
 }
+
+/// Columns of a row of dot products checked at once against both lists' bounds.
+const SKIP_CHUNK: usize = 32;
 
 /// Searches `embedding` (n rows, training split first) as `search` says.
 ///
