@@ -13,15 +13,15 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache::{KeyInputs, Manifest, StageKey};
+use cache::{KeyInputs, StageKey};
 
 use crate::action::{Action, ActionOutcome, MemberOutput};
 use crate::db::{
-    instance_key_inputs, instance_members, instance_output, instance_verdicts, resolved_knobs, Blocked, Database, Db,
-    Done, Instance, StageStatus,
+    instance_key_inputs, instance_members, instance_output, resolved_knobs, Blocked, Database, Db, Done, Instance,
+    StageStatus,
 };
-use crate::instance::{InstanceName, InstanceSpec};
-use crate::recipe::{Cancel, StageFailure, StageId, StageOutput, Verdict, VerdictStatus};
+use crate::instance::InstanceSpec;
+use crate::recipe::{Cancel, StageFailure, StageOutput};
 use crate::runner::Runner;
 
 #[derive(Clone, Default)]
@@ -32,54 +32,6 @@ pub struct BuildOptions {
     pub jobs: usize,
     /// Set by Ctrl-C: stop dispatching, abandon running actions, return.
     pub interrupt: Cancel,
-}
-
-/// What happened to one instance in a build.
-#[derive(Debug, Clone)]
-pub struct StageReport {
-    /// The instance's name (the stage id when it has no overrides).
-    pub name: InstanceName,
-    pub stage: StageId,
-    pub key: Option<StageKey>,
-    /// `None` when the stage was skipped because an earlier one failed.
-    pub status: Option<StageStatus>,
-    pub secs: f64,
-    pub output: Option<StageOutput>,
-    pub verdicts: Vec<Verdict>,
-    pub error: Option<String>,
-    /// The failure was bad user input (a malformed data file): exit 2, not 1.
-    pub bad_input: bool,
-    /// A member of a fan-in stage (a trial, a rung, an ensemble member) that the build
-    /// met through it: its failed verdicts are that stage's to judge (a diverged trial
-    /// is a finding of the search), so they do not fail the build. Set when it settled.
-    pub member: bool,
-}
-
-impl StageReport {
-    pub fn failed(&self) -> bool {
-        self.status == Some(StageStatus::Failed) || self.verdicts.iter().any(|v| v.status == VerdictStatus::Fail)
-    }
-
-    /// Whether this report fails the build: a failed execution, or a failed verdict
-    /// of an instance that is not a member ([`StageReport::member`]).
-    pub fn fails_build(&self) -> bool {
-        self.status == Some(StageStatus::Failed) || (!self.member && self.failed())
-    }
-
-    fn skipped(instance: &InstanceSpec, key: Option<StageKey>, why: &str) -> StageReport {
-        StageReport {
-            name: instance.name(),
-            stage: instance.stage,
-            key,
-            status: None,
-            secs: 0.0,
-            output: None,
-            verdicts: Vec::new(),
-            error: Some(why.to_string()),
-            bad_input: false,
-            member: false,
-        }
-    }
 }
 
 /// The result of [`build`].
@@ -551,56 +503,7 @@ fn dispatch(
     });
 }
 
-/// [`settled`] with the instance's current key inputs (it has a result, so they are known).
-pub(crate) fn settled_now(db: &Database, instance: Instance, status: StageStatus, secs: f64) -> StageReport {
-    match instance_key_inputs(db, instance) {
-        Ok(inputs) => settled(db, instance, inputs, status, secs),
-        Err(_) => StageReport::skipped(instance.spec(db), None, "its inputs are not known"),
-    }
-}
-
-/// The report of an instance with a result: refreshes `.pipe/out` and `last/`.
-pub(crate) fn settled(
-    db: &Database,
-    instance: Instance,
-    inputs: &KeyInputs,
-    status: StageStatus,
-    secs: f64,
-) -> StageReport {
-    let spec = instance.spec(db);
-    let output = instance_output(db, instance).clone();
-    let engine = db.engine();
-    let key = crate::db::instance_key(db, instance).unwrap_or_else(|| inputs.key());
-    if let Some(output) = &output {
-        let manifest = Manifest {
-            stage: spec.name().0,
-            key,
-            inputs: inputs.clone(),
-            artifacts: (*output.artifacts).clone(),
-            metrics: (*output.metrics).clone(),
-            secs,
-        };
-        if let Err(err) = engine.cache.out().materialize(&manifest) {
-            tracing::warn!(%err, stage = %manifest.stage, "could not refresh .pipe/out");
-        }
-        // `last/` explains staleness later; rewrite it (an fsync) only when it changed.
-        if !engine.cache.actions().last_is(&manifest.stage, &key, inputs) {
-            engine.cache.actions().set_last(&manifest).ok();
-        }
-    }
-    StageReport {
-        name: spec.name(),
-        stage: spec.stage,
-        key: Some(key),
-        status: Some(status),
-        secs,
-        output,
-        verdicts: instance_verdicts(db, instance).clone(),
-        error: None,
-        bad_input: false,
-        member: false,
-    }
-}
-
 pub use crate::plan::{cached_reports, plan, status, Lookup, Planned, StaleReason, StatusReport};
+use crate::report::settled_now;
+pub use crate::report::StageReport;
 pub use crate::targets::{closure, resolve_targets};

@@ -14,6 +14,7 @@ pub mod instance;
 pub mod knob;
 pub mod plan;
 pub mod recipe;
+mod report;
 pub mod resume;
 pub mod runner;
 mod settle;

@@ -4,10 +4,11 @@
 
 use cache::{KeyInputs, Manifest, StageKey};
 
-use crate::build::{closure, settled, StageReport};
+use crate::build::closure;
 use crate::db::{instance_key_inputs, instance_members, Blocked, Database, Db, Done, StageStatus};
 use crate::instance::{InstanceName, InstanceSpec};
 use crate::recipe::{StageId, StageOutput};
+use crate::report::{settled, StageReport};
 
 /// Why a stage is stale.
 #[derive(Debug, Clone, PartialEq, Eq)]

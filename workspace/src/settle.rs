@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use cache::{ArtifactHash, DigestHasher, MemberRecord, OutDir, RecordedMember, StageKey, Store};
 
-use crate::build::{settled_now, StageReport};
 use crate::db::{instance_key, instance_output, instance_verdicts, Database, Done, Instance, StageStatus};
 use crate::instance::InstanceSpec;
 use crate::recipe::StageOutput;
+use crate::report::{settled_now, StageReport};
 
 /// The member record of a build, and the checks of the objects it names, shared with
 /// the thread that reads it.
