@@ -32,6 +32,7 @@ mod fsck;
 mod gc;
 mod input;
 mod key;
+mod lines;
 mod lock;
 mod out;
 mod queue;

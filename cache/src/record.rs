@@ -75,12 +75,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<BTreeMap<String, RecordedMember>> {
         }
     };
     let mut current: Option<Current<'_>> = None;
-    let mut start = 0;
-    while start < text.len() {
-        let end = memchr::memchr(b'\n', &text.as_bytes()[start..]).map_or(text.len(), |at| start + at);
-        let line = &text[start..end];
-        start = end + 1;
-        let mut fields = Fields(Some(line));
+    for line in crate::lines::lines(text.as_bytes()) {
+        let mut fields = Fields(Some(&text[line]));
         match (fields.next()?, fields.next()?) {
             ("m", name) => {
                 let key = fields.next()?.parse::<StageKey>().ok()?;

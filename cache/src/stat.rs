@@ -290,12 +290,8 @@ fn parse(bytes: &[u8], objects: &[u8]) -> State {
     let mut state = State::default();
     // Sized once: growing a map of ~10,000 objects rehashes into fresh pages.
     state.verified.reserve(memchr::memchr_iter(b'\n', bytes).count());
-    let mut start = 0;
-    while start < bytes.len() {
-        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
-        let line = &bytes[start..end];
-        start = end + 1;
-        let Some((entry, path)) = parse_line(line) else { continue };
+    for line in crate::lines::lines(bytes) {
+        let Some((entry, path)) = parse_line(&bytes[line]) else { continue };
         let stat = (entry.size, entry.mtime_ns, entry.inode);
         match path.map(|path| (path, path.strip_prefix(objects))) {
             None => {

@@ -22,6 +22,7 @@ use crate::db::{
 };
 use crate::instance::InstanceSpec;
 use crate::recipe::{Cancel, StageFailure, StageOutput};
+use crate::report::settled_now;
 use crate::runner::Runner;
 
 #[derive(Clone, Default)]
@@ -437,27 +438,22 @@ pub fn build(
 /// database, and a key is a pure function of its inputs, so the order does not matter.
 fn member_keys(db: &Database, members: &[Instance]) {
     const PARALLEL_FROM: usize = 64;
-    if members.len() < PARALLEL_FROM {
-        members.iter().for_each(|instance| {
+    let keys = |db: &Database, part: &[Instance]| {
+        part.iter().for_each(|instance| {
             crate::db::instance_key(db, *instance);
-        });
-        return;
+        })
+    };
+    if members.len() < PARALLEL_FROM {
+        return keys(db, members);
     }
     let (first, second) = members.split_at(members.len() / 2);
     let other = db.clone();
     std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new().name("pipe-keys".into()).spawn_scoped(scope, move || {
-            second.iter().for_each(|instance| {
-                crate::db::instance_key(&other, *instance);
-            });
-        });
-        first.iter().for_each(|instance| {
-            crate::db::instance_key(db, *instance);
-        });
+        let spawned =
+            std::thread::Builder::new().name("pipe-keys".into()).spawn_scoped(scope, move || keys(&other, second));
+        keys(db, first);
         if spawned.is_err() {
-            second.iter().for_each(|instance| {
-                crate::db::instance_key(db, *instance);
-            });
+            keys(db, second);
         }
     });
 }
@@ -504,6 +500,5 @@ fn dispatch(
 }
 
 pub use crate::plan::{cached_reports, plan, status, Lookup, Planned, StaleReason, StatusReport};
-use crate::report::settled_now;
 pub use crate::report::StageReport;
 pub use crate::targets::{closure, resolve_targets};

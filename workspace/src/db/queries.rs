@@ -150,7 +150,7 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
         .collect();
     let mut inputs = key_inputs(stage, knobs, &upstream, fingerprints, &device_name(db));
     // A fan-in stage's key names every member artifact (a 1,000-trial tune: 9,000):
-    // gathered, sorted once and built into the map in one go, not inserted one by one.
+    // gathered, then built into the map in one go (sorted once), not inserted one by one.
     let mut entries: Vec<(String, ArtifactHash)> =
         Vec::with_capacity(members.iter().filter_map(|(_, output)| output.as_ref()).map(|o| o.artifacts.len()).sum());
     for (member, output) in members {
@@ -167,16 +167,9 @@ pub fn instance_key_inputs(db: &dyn Db, instance: Instance) -> Result<KeyInputs,
         }
     }
     if !entries.is_empty() {
-        // Stable: of equal names (none are expected) the later wins, as with inserts.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut upstream: BTreeMap<String, ArtifactHash> = std::mem::take(&mut inputs.upstream);
-        if upstream.is_empty() {
-            // Sorted: built in one pass.
-            upstream = entries.into_iter().collect();
-        } else {
-            upstream.extend(entries);
-        }
-        inputs.upstream = upstream;
+        // `collect` sorts stably and keeps the last of equal names (none are expected),
+        // as inserting them in this order did.
+        inputs.upstream = std::mem::take(&mut inputs.upstream).into_iter().chain(entries).collect();
     }
     Ok(inputs)
 }
@@ -272,7 +265,7 @@ pub fn instance_verdicts(db: &dyn Db, instance: Instance) -> Vec<Verdict> {
     let stage = db.engine().stage(spec.stage.0);
     let Some(output) = instance_output(db, instance) else { return Vec::new() };
     let checks = &stage.spec().checks;
-    if spec.overrides.is_empty() || !spec.overrides.iter().any(|(id, _)| checks.contains(id)) {
+    if !spec.overrides.iter().any(|(id, _)| checks.contains(id)) {
         // A trial overrides training knobs, not thresholds: its stage's values, read once.
         let plain = Instance::new(db, InstanceSpec::plain(spec.stage));
         return judge(stage.as_ref(), output, config_check_values(db, plain));
