@@ -338,7 +338,7 @@ mod fixed_tests {
     #[test]
     fn fixed_writes_what_precision_formatting_writes() {
         let mut values =
-            vec![0.0, -0.0, 1.0, 0.5, 2.302585, 99.99999, -3.25e-7, 1234.5678, 1e14, f64::NAN, f64::INFINITY];
+            vec![0.0, -0.0, 1.0, 0.5, 2.345_678, 99.99999, -3.25e-7, 1234.5678, 1e14, f64::NAN, f64::INFINITY];
         values.extend((0..20_000).map(|i| (i as f64 * 0.618_033_988_7).sin() * 10f64.powi(i % 9 - 4)));
         for value in values {
             for digits in [0, 1, 3, 4, 9, 12] {
